@@ -1,0 +1,139 @@
+# dcnserve — plain Makefile. Objects under build/ (build/asan, build/tsan for
+# sanitizer builds). `make help` lists the targets.
+#
+#   make            build the library, the server and the tools
+#   make run        install missing build deps (as root), build, serve the default model
+#   make test       build, then every test (unit, golden parity, integration)
+#   make check      the unit and integration tests under ASan+UBSan, threaded ones under TSan
+#   make bench      engine benchmark against ONNX Runtime (bench/README.md)
+
+CC       ?= cc
+PYTHON   ?= /usr/bin/python3
+SANITIZER ?=
+PORT     ?= 8080
+MODEL    ?= model/default/criteo-dcn.dcn
+
+ifeq ($(SANITIZER),address)
+  BUILD  := build/asan
+  SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZER),thread)
+  BUILD  := build/tsan
+  SANFLAGS := -fsanitize=thread
+else
+  BUILD  := build/release
+  SANFLAGS :=
+endif
+
+OPT      ?= -O2
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fno-strict-aliasing $(SANFLAGS) -MMD -MP -I.
+LDFLAGS  += $(SANFLAGS)
+LDLIBS   += -lm -lpthread
+
+# Debian packages the build and the tests need (checked with dpkg).
+DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
+             libcriterion-dev python3 python3-numpy python3-torch wrk curl
+
+# ---------------------------------------------------------------- library
+MODEL_SRC := model/dcn.c model/gguf.c model/kernels.c model/kern_scalar.c \
+             model/kern_avx2.c model/kern_avx512.c
+MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
+LIBDCN    := $(BUILD)/libdcn.a
+
+# Each instruction set in its own file with its own flags (chosen at run time).
+$(BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
+$(BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+
+$(LIBDCN): $(MODEL_OBJ)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+INSPECT := $(BUILD)/dcn-inspect
+$(INSPECT): $(BUILD)/model/inspect.o $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ---------------------------------------------------------------- server
+SERVER_SRC := $(wildcard server/*.c) $(wildcard proto/*.c)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+SERVER_MAIN := $(BUILD)/server/main.o
+SERVER_LIBOBJ := $(filter-out $(SERVER_MAIN),$(SERVER_OBJ))
+DCNSERVE := $(BUILD)/dcnserve
+SERVER_LIBS := -lmicrohttpd -ljansson -luv
+
+$(DCNSERVE): $(SERVER_OBJ) $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) $(LDLIBS)
+
+# ---------------------------------------------------------------- tests
+# One Criterion binary per test file; tests/<module>/test_*.c mirrors the tree.
+TEST_SRC := $(wildcard tests/model/test_*.c) $(wildcard tests/proto/test_*.c) $(wildcard tests/server/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# Tests of threaded code, also run under TSan by `make check`.
+TSAN_TESTS := $(wildcard tests/server/test_*.c)
+
+$(BUILD)/tests/model/%: $(BUILD)/tests/model/%.o $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion -ljansson $(LDLIBS)
+$(BUILD)/tests/proto/%: $(BUILD)/tests/proto/%.o $(SERVER_LIBOBJ) $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
+$(BUILD)/tests/server/%: $(BUILD)/tests/server/%.o $(SERVER_LIBOBJ) $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
+
+# ---------------------------------------------------------------- bench
+BENCH := $(BUILD)/dcn-bench
+$(BENCH): $(BUILD)/bench/dcn_bench.o $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ---------------------------------------------------------------- rules
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(KFLAGS) -c -o $@ $<
+
+.PHONY: all deps run test unit pytest check bench golden clean help
+.DEFAULT_GOAL := all
+
+all: $(LIBDCN) $(INSPECT) $(DCNSERVE)
+
+# Installs what is missing when run as root, else prints the apt-get line.
+deps:
+	@missing=""; for p in $(DEPS_PKGS); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "missing packages; run:"; echo "  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+run: deps all
+	$(DCNSERVE) --model $(MODEL) --port $(PORT)
+
+unit: $(TEST_BIN)
+	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done
+
+pytest: all
+	DCNSERVE=$(DCNSERVE) DCN_INSPECT=$(INSPECT) $(PYTHON) tests/run_py.py
+
+test: deps all unit pytest
+
+check: deps
+	$(MAKE) SANITIZER=address all unit
+	$(MAKE) SANITIZER=address pytest
+	$(if $(TSAN_TESTS),$(MAKE) SANITIZER=thread tsan-unit)
+
+tsan-unit: $(TSAN_TESTS:tests/%.c=$(BUILD)/tests/%)
+	@set -e; for t in $^; do echo "== $$t (tsan)"; TSAN_OPTIONS=halt_on_error=1 $$t --jobs 1; done
+
+bench: deps $(BENCH)
+	$(PYTHON) bench/run.py --bench $(BENCH)
+
+golden:
+	$(PYTHON) tests/ref/gen_golden.py --out tests/golden
+
+clean:
+	rm -rf build
+
+help:
+	@sed -n '1,12p' Makefile
+
+-include $(shell find build -name '*.d' 2>/dev/null)
