@@ -1,0 +1,26 @@
+/* kern_avx512.c — the kernels for AVX-512 F/BW/VL/DQ (16 floats a vector),
+ * compiled with the AVX-512 flags and used only when the CPU has them. The
+ * code is kern_simd.inc, shared with the AVX2 set and tested through it;
+ * on CPUs with AVX-512 the kernel tests cover this set as well. */
+#include "model/kernels.h"
+
+#include <immintrin.h>
+
+typedef __m512 V;
+#define VW 16
+#define MR 12
+#define KSET kern_avx512
+#define SET_NAME "avx512"
+#define vzero() _mm512_setzero_ps()
+#define vload(p) _mm512_loadu_ps(p)
+#define vstore(p, v) _mm512_storeu_ps((p), (v))
+#define vbcast(f) _mm512_set1_ps(f)
+#define vfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define vadd(a, b) _mm512_add_ps((a), (b))
+#define vmax(a, b) _mm512_max_ps((a), (b))
+#define vload_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#define vload_bf16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
+#define vload_i8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))))
+
+#include "model/kern_simd.inc"

@@ -1,0 +1,59 @@
+/* kern_scalar.c — the portable reference kernels: plain loops, always built,
+ * the oracle every optimised set is tested against. Same packed layout as
+ * the SIMD sets (kernels.h), panel width 16.
+ */
+#include "model/kernels.h"
+
+#include <string.h>
+
+/* Applies the epilogue to one accumulator (row r of the call, column n). */
+static float epilogue(const kepi *e, size_t r, size_t n, float acc) {
+    switch (e->kind) {
+    case KEPI_RELU: {
+        float v = acc + e->bias[n];
+        return v > 0.0f ? v : 0.0f;
+    }
+    case KEPI_CROSS: {
+        float bs = e->bscale ? e->bscale[r] : 1.0f;
+        return e->x0[r * e->ldx0 + n] * (acc + e->bias[n] * bs) + e->xl[r * e->ldxl + n];
+    }
+    default:
+        return acc + e->bias[n];
+    }
+}
+
+static void gemm_scalar(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
+                        float *y, size_t ldy, const kepi *e) {
+    size_t nr = L->nr;
+    for (size_t r = 0; r < m; r++)
+        for (size_t n = 0; n < L->out; n++) {
+            const float *w = L->wp + (n / nr) * L->in * nr + n % nr;
+            float acc = 0.0f;
+            for (size_t g = 0; g < n_rg; g++)
+                for (size_t k = rg[g].k0; k < rg[g].k1; k++) acc += x[r * ldx + k] * w[k * nr];
+            y[r * ldy + n] = epilogue(e, r, n, acc);
+        }
+}
+
+static void add_f32(float *dst, const float *row, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += row[i];
+}
+static void add_f16(float *dst, const uint16_t *row, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += kern_f16_to_f32(row[i]);
+}
+static void add_bf16(float *dst, const uint16_t *row, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += kern_bf16_to_f32(row[i]);
+}
+static void add_i8(float *dst, const int8_t *row, float scale, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += (float)row[i] * scale;
+}
+
+const kern_set kern_scalar = {
+    .name = "scalar",
+    .nr = 16,
+    .gemm = gemm_scalar,
+    .add_f32 = add_f32,
+    .add_f16 = add_f16,
+    .add_bf16 = add_bf16,
+    .add_i8 = add_i8,
+};
