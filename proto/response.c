@@ -1,0 +1,181 @@
+/* response.c — ranking (stable sort, top_k) and JSON encoding of answers and
+ * errors (see rk.h).
+ *
+ * DESIGN: answers are written straight into a growable buffer rather than
+ * built as a jansson tree: a 1,000-candidate answer is one pass, no per-item
+ * allocation. Scores are printed with %.9g, enough to round-trip a float32.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/rk.h"
+
+/* Makes room for n more bytes plus the NUL; returns 0 or -1 (sets oom). */
+static int buf_reserve(rk_buf *b, size_t n)
+{
+    if (b->oom) return -1;
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (!d) { b->oom = 1; return -1; }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+void rk_buf_put(rk_buf *b, const char *s, size_t n)
+{
+    if (buf_reserve(b, n) < 0) return;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+void rk_buf_puts(rk_buf *b, const char *s) { rk_buf_put(b, s, strlen(s)); }
+
+void rk_buf_printf(rk_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    char small[128];
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof small) { rk_buf_put(b, small, (size_t)n); return; }
+    if (buf_reserve(b, (size_t)n) < 0) return;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* Writes s as a JSON string: quotes, backslash escapes for '"', '\\' and
+ * control bytes; other bytes (valid UTF-8 from jansson) pass through. */
+void rk_buf_json_str(rk_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (buf_reserve(b, n + 2) < 0) return;
+    b->data[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            rk_buf_put(b, e, 2);
+        } else if (c < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            rk_buf_put(b, e, 6);
+        } else {
+            rk_buf_put(b, (const char *)&c, 1);
+        }
+    }
+    rk_buf_put(b, "\"", 1);
+}
+
+/* Writes a string or integer JSON value (ids). */
+static void put_id(rk_buf *b, const json_t *v)
+{
+    if (json_is_string(v)) rk_buf_json_str(b, json_string_value(v), json_string_length(v));
+    else if (json_is_integer(v)) rk_buf_printf(b, "%lld", (long long)json_integer_value(v));
+    else rk_buf_puts(b, "null");
+}
+
+/* Writes a float; non-finite values (never expected) become null. */
+static void put_float(rk_buf *b, float x)
+{
+    if (isfinite(x)) rk_buf_printf(b, "%.9g", (double)x);
+    else rk_buf_puts(b, "null");
+}
+
+/* Merge sort of indices by (score desc, index asc); tmp has n entries. */
+static int before(const float *s, uint32_t a, uint32_t b)
+{
+    float x = s[a], y = s[b];
+    if (isnan(x)) return isnan(y) ? a < b : 0;
+    if (isnan(y)) return 1;
+    return x > y || (x == y && a < b);
+}
+
+static void msort(const float *s, uint32_t *v, uint32_t *tmp, size_t n)
+{
+    if (n < 2) return;
+    size_t h = n / 2;
+    msort(s, v, tmp, h);
+    msort(s, v + h, tmp, n - h);
+    size_t i = 0, j = h, k = 0;
+    while (i < h && j < n) tmp[k++] = before(s, v[j], v[i]) ? v[j++] : v[i++];
+    while (i < h) tmp[k++] = v[i++];
+    while (j < n) tmp[k++] = v[j++];
+    memcpy(v, tmp, n * sizeof *v);
+}
+
+size_t rk_rank(const float *scores, size_t n, int64_t top_k, uint32_t *order)
+{
+    for (size_t i = 0; i < n; i++) order[i] = (uint32_t)i;
+    uint32_t *tmp = n > 1 ? malloc(n * sizeof *tmp) : NULL;
+    if (tmp) {
+        msort(scores, order, tmp, n);
+        free(tmp);
+    } else {
+        /* out of memory: insertion sort, still stable */
+        for (size_t i = 1; i < n; i++) {
+            uint32_t x = order[i];
+            size_t j = i;
+            while (j > 0 && before(scores, x, order[j - 1])) { order[j] = order[j - 1]; j--; }
+            order[j] = x;
+        }
+    }
+    if (top_k >= 0 && (uint64_t)top_k < n) return (size_t)top_k;
+    return n;
+}
+
+void rk_encode_head(rk_buf *b, const rk_request *rq, const char *model_name,
+                    const char *model_version, const float *scores, const float *logits,
+                    const uint32_t *order, size_t n_order)
+{
+    rk_buf_puts(b, "{\"request_id\":");
+    if (rq->request_id) put_id(b, rq->request_id);
+    else rk_buf_puts(b, "null");
+    rk_buf_puts(b, ",\"model\":{\"name\":");
+    rk_buf_json_str(b, model_name, strlen(model_name));
+    rk_buf_puts(b, ",\"version\":");
+    rk_buf_json_str(b, model_version, strlen(model_version));
+    rk_buf_puts(b, "},\"ranked\":[");
+    for (size_t k = 0; k < n_order; k++) {
+        uint32_t i = order[k];
+        rk_buf_puts(b, k ? ",{\"id\":" : "{\"id\":");
+        put_id(b, rq->cand_ids[i]);
+        rk_buf_puts(b, ",\"score\":");
+        put_float(b, scores[i]);
+        if (logits && rq->want_logits) {
+            rk_buf_puts(b, ",\"logit\":");
+            put_float(b, logits[i]);
+        }
+        rk_buf_printf(b, ",\"rank\":%zu}", k + 1);
+    }
+    rk_buf_puts(b, "]");
+}
+
+void rk_encode_tail(rk_buf *b, const rk_latency *lat)
+{
+    rk_buf_printf(b,
+                  ",\"latency_us\":{\"total\":%llu,\"parse\":%llu,\"queue\":%llu,"
+                  "\"inference\":%llu,\"encode\":%llu}}",
+                  (unsigned long long)lat->total_us, (unsigned long long)lat->parse_us,
+                  (unsigned long long)lat->queue_us, (unsigned long long)lat->inference_us,
+                  (unsigned long long)lat->encode_us);
+}
+
+void rk_encode_error(rk_buf *b, int err, const char *message)
+{
+    if (!message || !*message) message = rk_strerror(err);
+    rk_buf_puts(b, "{\"error\":{\"code\":");
+    const char *name = rk_err_name(err);
+    rk_buf_json_str(b, name, strlen(name));
+    rk_buf_puts(b, ",\"message\":");
+    rk_buf_json_str(b, message, strlen(message));
+    rk_buf_puts(b, "}}");
+}

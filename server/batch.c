@@ -1,0 +1,235 @@
+/* batch.c — the dynamic batcher (see batch.h for the design).
+ *
+ * DESIGN: a singly linked FIFO of jobs under one mutex. A job stays at the
+ * head until its last row is taken; queued_rows counts untaken rows. Workers
+ * wait on `cond`; a push or a close broadcasts. With a queue delay, a worker
+ * that finds too few rows sleeps until the head job's enqueue time plus the
+ * delay (timed wait), so batches flush on size or on time, whichever first.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proto/rk.h"
+#include "server/batch.h"
+
+struct batch_queue {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    batch_opts o;
+    batch_job *head, *tail;
+    size_t queued_rows;
+    int closed;
+};
+
+uint64_t batch_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+batch_queue *batch_new(const batch_opts *o)
+{
+    if (!o->max_batch_rows || !o->max_queue_rows) return NULL;
+    batch_queue *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    q->o = *o;
+    if (!q->o.workers) q->o.workers = 1;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    return q;
+}
+
+void batch_destroy(batch_queue *q)
+{
+    if (!q) return;
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cond);
+    free(q);
+}
+
+int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns)
+{
+    int rc = 0;
+    pthread_mutex_lock(&q->mu);
+    if (q->closed) {
+        rc = RK_EUNAVAIL;
+    } else if (job->n_rows == 0 || q->queued_rows + job->n_rows > q->o.max_queue_rows) {
+        rc = RK_EBUSY;
+    } else {
+        job->enq_ns = now_ns;
+        job->next_row = 0;
+        job->next = NULL;
+        job->chunk_rows = job->n_rows;
+        if (job->n_rows > q->o.split_min_rows && q->o.workers > 1) {
+            size_t c = (job->n_rows + q->o.workers - 1) / q->o.workers;
+            if (c < q->o.split_min_rows) c = q->o.split_min_rows;
+            job->chunk_rows = (uint32_t)c;
+        }
+        if (job->chunk_rows > q->o.max_batch_rows) job->chunk_rows = (uint32_t)q->o.max_batch_rows;
+        if (q->tail) q->tail->next = job;
+        else q->head = job;
+        q->tail = job;
+        q->queued_rows += job->n_rows;
+        /* a large job can feed several workers at once */
+        if (job->chunk_rows < job->n_rows) pthread_cond_broadcast(&q->cond);
+        else pthread_cond_signal(&q->cond);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+/* Appends a segment to a growable array; returns 0 or -1. */
+static int seg_push(batch_seg **v, size_t *n, size_t *cap, batch_seg s)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 8;
+        batch_seg *nv = realloc(*v, c * sizeof *nv);
+        if (!nv) return -1;
+        *v = nv;
+        *cap = c;
+    }
+    (*v)[(*n)++] = s;
+    return 0;
+}
+
+/* Unlinks the head job. */
+static void pop_head(batch_queue *q)
+{
+    batch_job *j = q->head;
+    q->head = j->next;
+    if (!q->head) q->tail = NULL;
+    j->next = NULL;
+}
+
+/* Cuts one batch from the head of the queue (mutex held). Returns NULL only
+ * when out of memory. */
+static batch_work *cut(batch_queue *q, uint64_t now)
+{
+    batch_work *w = calloc(1, sizeof *w);
+    size_t cap = 0, ecap = 0;
+    if (!w) return NULL;
+    while (q->head) {
+        batch_job *j = q->head;
+        uint32_t left = j->n_rows - j->next_row;
+        if (j->deadline_ns && j->deadline_ns <= now) {
+            if (seg_push(&w->expired, &w->n_expired, &ecap, (batch_seg){j, j->next_row, left}) < 0) break;
+            q->queued_rows -= left;
+            j->next_row = j->n_rows;
+            pop_head(q);
+            continue;
+        }
+        if (w->n_segs && j->key != w->key) break;
+        size_t room = q->o.max_batch_rows - w->n_rows;
+        if (room == 0) break;
+        uint32_t k = left < j->chunk_rows ? left : j->chunk_rows;
+        if (k > room) k = (uint32_t)room;
+        if (seg_push(&w->segs, &w->n_segs, &cap, (batch_seg){j, j->next_row, k}) < 0) break;
+        w->key = j->key;
+        w->n_rows += k;
+        j->next_row += k;
+        q->queued_rows -= k;
+        if (j->next_row == j->n_rows) {
+            pop_head(q);
+        } else {
+            /* one chunk of a split job per batch; let another worker take the next */
+            pthread_cond_signal(&q->cond);
+            break;
+        }
+    }
+    return w;
+}
+
+batch_work *batch_take(batch_queue *q)
+{
+    batch_work *w = NULL;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        if (!q->head) {
+            if (q->closed) break;
+            pthread_cond_wait(&q->cond, &q->mu);
+            continue;
+        }
+        uint64_t now = batch_now_ns();
+        if (q->o.max_delay_us && !q->closed && q->queued_rows < q->o.max_batch_rows) {
+            uint64_t due = q->head->enq_ns + q->o.max_delay_us * 1000u;
+            if (q->head->deadline_ns && q->head->deadline_ns < due) due = q->head->deadline_ns;
+            if (now < due) {
+                struct timespec ts = {(time_t)(due / 1000000000u), (long)(due % 1000000000u)};
+                pthread_cond_timedwait(&q->cond, &q->mu, &ts);
+                continue;
+            }
+        }
+        w = cut(q, now);
+        if (w && (w->n_segs || w->n_expired)) break;
+        batch_free(w);
+        w = NULL;
+        if (!q->head) continue;
+        /* out of memory: back off briefly rather than spin */
+        pthread_mutex_unlock(&q->mu);
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+        pthread_mutex_lock(&q->mu);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return w;
+}
+
+batch_work *batch_expire(batch_queue *q, uint64_t now_ns)
+{
+    batch_work *w = NULL;
+    size_t ecap = 0;
+    pthread_mutex_lock(&q->mu);
+    batch_job **pp = &q->head, *prev = NULL;
+    while (*pp) {
+        batch_job *j = *pp;
+        if (j->deadline_ns && j->deadline_ns <= now_ns) {
+            if (!w && !(w = calloc(1, sizeof *w))) break;
+            uint32_t left = j->n_rows - j->next_row;
+            if (seg_push(&w->expired, &w->n_expired, &ecap, (batch_seg){j, j->next_row, left}) < 0) break;
+            q->queued_rows -= left;
+            j->next_row = j->n_rows;
+            *pp = j->next;
+            if (q->tail == j) q->tail = prev;
+            j->next = NULL;
+            continue;
+        }
+        prev = j;
+        pp = &j->next;
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (w && !w->n_expired) {
+        batch_free(w);
+        w = NULL;
+    }
+    return w;
+}
+
+void batch_close(batch_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    q->closed = 1;
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->mu);
+}
+
+void batch_free(batch_work *w)
+{
+    if (!w) return;
+    free(w->segs);
+    free(w->expired);
+    free(w);
+}
+
+size_t batch_queued_rows(batch_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    size_t n = q->queued_rows;
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}

@@ -1,0 +1,57 @@
+/* pool.h — the worker pool: pthreads that take batches from a batch_queue,
+ * score them through a callback and hand them back on a done-list.
+ *
+ * DESIGN
+ * - n dedicated threads, each with one private state pointer (the server
+ *   keeps its dcn_scratch there), created lazily by the score callback and
+ *   released by the free callback when the thread exits.
+ * - Completion: a worker appends the finished batch to the done-list under a
+ *   mutex, then calls notify (the server's uv_async_send, which coalesces);
+ *   the loop thread detaches the whole list with pool_take_done. Workers never
+ *   touch anything but their batch and their state.
+ * - Expired rows found by the loop's timer (pool_expire) travel the same
+ *   done-list, so the loop has one place where rows come back.
+ * - pool_stop closes the queue: workers finish every queued row, then exit;
+ *   batches finished meanwhile stay on the done-list for the loop.
+ */
+#ifndef SRV_POOL_H
+#define SRV_POOL_H
+
+#include "server/batch.h"
+
+/* Scores the live segments of w (w->key is the model); *state is the
+ * worker's private pointer. Returns 0 or a negative code (stored in
+ * w->status). */
+typedef int (*pool_score_fn)(void *ctx, void **state, batch_work *w);
+typedef void (*pool_free_fn)(void *ctx, void *state);
+typedef void (*pool_notify_fn)(void *ctx);
+
+typedef struct pool pool;
+
+/* Starts n_workers threads on queue q; score and free_state get score_ctx,
+ * notify gets notify_ctx. Returns NULL on failure (no thread
+ * left running). */
+pool *pool_new(batch_queue *q, size_t n_workers, pool_score_fn score, pool_free_fn free_state,
+               void *score_ctx, pool_notify_fn notify, void *notify_ctx);
+
+/* Detaches the done-list, oldest first; NULL if empty. Free each with
+ * batch_free after use. */
+batch_work *pool_take_done(pool *p);
+
+/* Moves rows past their deadline to the done-list (and notifies); returns
+ * the number of expired rows. */
+size_t pool_expire(pool *p, uint64_t now_ns);
+
+/* Closes the queue and joins every worker; the done-list is kept. */
+void pool_stop(pool *p);
+
+/* pool_stop if needed, frees the pool and whatever is left on the done-list. */
+void pool_free(pool *p);
+
+size_t pool_workers(const pool *p);
+
+/* Default worker count: usable CPUs (affinity mask), capped by the cgroup v2
+ * CPU quota (cpu.max), at least 1. */
+size_t pool_default_workers(void);
+
+#endif

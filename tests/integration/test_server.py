@@ -1,0 +1,435 @@
+"""Integration tests of the dcnserve binary: each test class starts the real
+server (env DCNSERVE) on a free loopback port with a small model written by
+tools/dcnfile.py, and talks HTTP to it with the standard library.
+
+Covers: POST /rank against an independent reference (tests/ref/dcn_ref.py)
+and the golden cases when present, top_k and stable ties, context vs
+per-candidate features, every error status, health/model/metrics endpoints,
+concurrent clients. Reload and drain live in test_lifecycle.py.
+"""
+import http.client
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
+
+DCNSERVE = os.environ.get("DCNSERVE", os.path.join(ROOT, "build", "release", "dcnserve"))
+
+try:
+    import dcnfile  # noqa: E402
+except Exception:  # pragma: no cover - numpy missing
+    dcnfile = None
+
+# ---------------------------------------------------------------- helpers
+
+TINY_SPEC = {
+    "dense": [
+        {"name": "I1", "transform": "log", "log_shift": 1.0, "log_floor": 1.0, "clip_min": 0.0},
+        {"name": "I2", "mean": 0.5, "std": 2.0, "default": 1.0},
+    ],
+    "sparse": [
+        {"name": "C1", "vocab_size": 50, "dim": 4, "mapping": "hex_mod", "missing_row": 0},
+        {"name": "C2", "vocab_size": 20, "dim": 4, "mapping": "hash_mod", "hash_seed": 7,
+         "max_ids": 3, "pooling": "mean"},
+        {"name": "C3", "vocab_size": 10, "dim": 4, "mapping": "index", "unknown_row": 9},
+    ],
+    "cross": {"kind": "lowrank", "layers": 2, "rank": 3},
+    "deep": [8],
+    "combine": "stacked",
+}
+
+
+def make_model(path, name="tiny", version="1", seed=0):
+    """Writes a small model with random weights (deterministic by seed)."""
+    spec = dict(TINY_SPEC, name=name, version=version)
+    meta = dcnfile.spec_metadata(spec)
+    plain = {k: v.value for k, v in meta.items()}
+    rng = random.Random(seed)
+
+    def rand(shape):
+        if len(shape) == 1:
+            return [rng.gauss(0, 0.4) for _ in range(shape[0])]
+        return [rand(shape[1:]) for _ in range(shape[0])]
+
+    weights = {}
+    for tname, (shape, allowed) in dcnfile.expected_tensors(plain).items():
+        if tname.startswith("vocab.") or tname.endswith(".scale"):
+            continue
+        weights[tname] = rand(list(shape))
+    dcnfile.build_model_file(path, spec, weights)
+    return path
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A dcnserve process on a free loopback port."""
+
+    def __init__(self, model, *args, env=None):
+        self.port = None
+        self.model = model
+        self.args = list(args)
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+        self.log = tempfile.TemporaryFile()
+
+    def start(self, timeout=10.0):
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [DCNSERVE, "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port)]
+                + self.args, stdout=self.log, stderr=self.log, env=self.env)
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    st, _, _ = self.request("GET", "/v2/health/live", timeout=1)
+                    if st == 200:
+                        return self
+                except OSError:
+                    time.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        raise RuntimeError("dcnserve did not start:\n" + self.output())
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+                headers = dict({"Content-Type": "application/json"}, **(headers or {}))
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+        finally:
+            c.close()
+
+    def rank(self, req, **kw):
+        st, h, data = self.request("POST", "/rank", req, **kw)
+        return st, h, json.loads(data) if data else None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def random_rows(n, rng):
+    rows = []
+    for _ in range(n):
+        r = {}
+        if rng.random() < 0.9:
+            r["I1"] = rng.choice([0, 1, 3, 17, 250, -2, 1.5])
+        if rng.random() < 0.7:
+            r["I2"] = rng.uniform(-3, 3)
+        if rng.random() < 0.9:
+            r["C1"] = rng.choice(["", "0a", "ff", "68fd1e64", "zz", 12])
+        if rng.random() < 0.8:
+            k = rng.randint(0, 3)
+            r["C2"] = [rng.choice(["a", "b", "café", "x y", 5, -12]) for _ in range(k)]
+        if rng.random() < 0.8:
+            r["C3"] = rng.choice([0, 3, 9, 10, -1, "4", "007", "x"])
+        rows.append(r)
+    return rows
+
+
+def reference_scores(model_path, rows):
+    """Scores rows with the independent NumPy reference (tests/ref)."""
+    import dcn_ref
+    ref = dcn_ref.RefModel(model_path)
+    _, scores, _ = ref.forward(rows)
+    return [float(s) for s in scores]
+
+
+@unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+class RankTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = make_model(os.path.join(cls.tmp.name, "tiny.dcn"), name="tiny", version="7")
+        cls.srv = Server(cls.model, "--workers", "2", "--max-candidates", "3000",
+                         "--max-body-bytes", "1000000", "--drain-delay-ms", "0").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+        cls.tmp.cleanup()
+
+    def test_rank_matches_reference(self):
+        rng = random.Random(1)
+        rows = random_rows(40, rng)
+        req = {"request_id": "r-1", "candidates": [{"id": i, "features": r} for i, r in enumerate(rows)]}
+        st, h, out = self.srv.rank(req)
+        self.assertEqual(st, 200, out)
+        self.assertEqual(out["request_id"], "r-1")
+        self.assertEqual(out["model"], {"name": "tiny", "version": "7"})
+        want = reference_scores(self.model, rows)
+        got = {c["id"]: c["score"] for c in out["ranked"]}
+        self.assertEqual(sorted(got), list(range(40)))
+        for i in range(40):
+            self.assertAlmostEqual(got[i], want[i], delta=1e-5, msg=f"candidate {i}: {rows[i]}")
+        scores = [c["score"] for c in out["ranked"]]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        self.assertEqual([c["rank"] for c in out["ranked"]], list(range(1, 41)))
+        for k in ("total", "parse", "queue", "inference", "encode"):
+            self.assertIn(k, out["latency_us"])
+        self.assertIn("inference;dur=", h["server-timing"])
+
+    def test_top_k_and_stable_ties(self):
+        same = {"I1": 3, "C1": "0a"}
+        cands = [{"id": f"c{i}", "features": same} for i in range(10)]
+        cands.append({"id": "other", "features": {"I1": 250, "C1": "ff"}})
+        st, _, out = self.srv.rank({"candidates": cands, "top_k": 4})
+        self.assertEqual(st, 200, out)
+        self.assertEqual(len(out["ranked"]), 4)
+        tied = [c["id"] for c in out["ranked"] if c["id"] != "other"]
+        self.assertEqual(tied, [f"c{i}" for i in range(len(tied))])  # input order kept
+        st, _, out = self.srv.rank({"candidates": cands, "top_k": 0})
+        self.assertEqual((st, out["ranked"]), (200, []))
+        st, _, out = self.srv.rank({"candidates": cands, "top_k": 100})
+        self.assertEqual(len(out["ranked"]), 11)
+
+    def test_context_equals_per_candidate(self):
+        rng = random.Random(2)
+        rows = random_rows(30, rng)
+        ctx = {"I2": 0.25, "C2": ["a", "b"], "C3": 4}
+        # per-candidate copy of the context, candidate values winning
+        full = [dict(ctx, **r) for r in rows]
+        st1, _, a = self.srv.rank({"context": ctx, "candidates": [{"id": i, "features": r} for i, r in enumerate(rows)]})
+        st2, _, b = self.srv.rank({"candidates": [{"id": i, "features": r} for i, r in enumerate(full)]})
+        self.assertEqual((st1, st2), (200, 200))
+        sa = {c["id"]: c["score"] for c in a["ranked"]}
+        sb = {c["id"]: c["score"] for c in b["ranked"]}
+        for i in range(30):
+            self.assertAlmostEqual(sa[i], sb[i], delta=1e-6)
+        want = reference_scores(self.model, full)
+        for i in range(30):
+            self.assertAlmostEqual(sa[i], want[i], delta=1e-5)
+        # a context-only request (nothing per row): every feature shared
+        st, _, c = self.srv.rank({"context": {"I1": 5, "C1": "ff", "C2": "a"},
+                                  "candidates": [{"id": 1}, {"id": 2, "features": {}}]})
+        self.assertEqual(st, 200)
+        want = reference_scores(self.model, [{"I1": 5, "C1": "ff", "C2": "a"}] * 2)
+        for item in c["ranked"]:
+            self.assertAlmostEqual(item["score"], want[0], delta=1e-5)
+
+    def test_large_request_split_and_logits(self):
+        rng = random.Random(3)
+        rows = random_rows(2500, rng)
+        st, _, out = self.srv.rank({"candidates": [{"id": i, "features": r} for i, r in enumerate(rows)],
+                                    "return": {"logits": True}})
+        self.assertEqual(st, 200)
+        want = reference_scores(self.model, rows)
+        got = {c["id"]: c for c in out["ranked"]}
+        for i in range(0, 2500, 7):
+            self.assertAlmostEqual(got[i]["score"], want[i], delta=1e-5)
+            self.assertAlmostEqual(1 / (1 + math.exp(-got[i]["logit"])), got[i]["score"], delta=1e-5)
+
+    def test_concurrent_clients(self):
+        rng = random.Random(4)
+        reqs = []
+        for k in range(24):
+            rows = random_rows(rng.randint(1, 60), rng)
+            ctx = {"I2": rng.uniform(-1, 1)} if k % 2 else {}
+            reqs.append((ctx, rows))
+        wants = [reference_scores(self.model, [dict(c, **r) for r in rows]) for c, rows in reqs]
+        errors = []
+
+        def client(idx):
+            try:
+                for k in range(idx, len(reqs), 6):
+                    ctx, rows = reqs[k]
+                    st, _, out = self.srv.rank({"request_id": k, "context": ctx,
+                                                "candidates": [{"id": i, "features": r} for i, r in enumerate(rows)]})
+                    if st != 200 or out["request_id"] != k:
+                        errors.append((k, st, out))
+                        continue
+                    for c in out["ranked"]:
+                        if abs(c["score"] - wants[k][c["id"]]) > 1e-5:
+                            errors.append((k, c))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        self.assertEqual(errors, [])
+
+    def test_strict_and_lenient(self):
+        st, _, out = self.srv.rank({"candidates": [{"id": 1, "features": {"I1": 1, "nope": 3}}]})
+        self.assertEqual(st, 400)
+        self.assertEqual(out["error"]["code"], "unknown_feature")
+        self.assertIn("nope", out["error"]["message"])
+        st, _, out = self.srv.rank({"strict": False, "candidates": [{"id": 1, "features": {"I1": 1, "nope": 3}}]})
+        self.assertEqual(st, 200)
+
+    def test_bad_requests_are_400(self):
+        cases = [
+            ('{"candidates": [', "invalid_json"),
+            ('[1, 2]', "invalid_request"),
+            ('{"candidates": 3}', "invalid_request"),
+            ('{"candidates": [{"features": {}}]}', "invalid_request"),
+            ('{"candidates": [{"id": 1.5}]}', "invalid_request"),
+            ('{"candidates": [], "top_k": -1}', "invalid_request"),
+            ('{"candidates": [], "bogus": 1}', "invalid_request"),
+            ('{"candidates": [{"id": 1, "features": {"I1": "x"}}]}', "invalid_feature_value"),
+            ('{"candidates": [{"id": 1, "features": {"C1": 1.5}}]}', "invalid_feature_value"),
+            ('{"candidates": [{"id": 1, "features": {"C2": ["a", "b", "c", "d"]}}]}', "invalid_feature_value"),
+            ('{"context": {"C3": {}}, "candidates": [{"id": 1}]}', "invalid_feature_value"),
+            ('{"candidates": [{"id": 1, "features": {"I1": 1, "I1": 2}}]}', "invalid_json"),
+        ]
+        for body, code in cases:
+            st, _, data = self.srv.request("POST", "/rank", body, {"Content-Type": "application/json"})
+            out = json.loads(data)
+            self.assertEqual((st, out["error"]["code"]), (400, code), body)
+
+    def test_http_errors(self):
+        st, _, data = self.srv.request("GET", "/nope")
+        self.assertEqual((st, json.loads(data)["error"]["code"]), (404, "not_found"))
+        st, h, _ = self.srv.request("GET", "/rank")
+        self.assertEqual(st, 405)
+        self.assertIn("POST", h["allow"])
+        st, _, _ = self.srv.request("POST", "/rank", "{}", {"Content-Type": "text/plain"})
+        self.assertEqual(st, 415)
+        st, _, data = self.srv.request("POST", "/rank", "x" * 1100000, {"Content-Type": "application/json"})
+        self.assertEqual((st, json.loads(data)["error"]["code"]), (413, "body_too_large"))
+        cands = [{"id": i} for i in range(3001)]
+        st, _, out = self.srv.rank({"candidates": cands})
+        self.assertEqual((st, out["error"]["code"]), (413, "too_many_candidates"))
+
+    def test_body_limit_checked_before_reading(self):
+        # Content-Length over the limit: answered without sending the body
+        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=10)
+        s.sendall(b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000000\r\n\r\n")
+        data = s.recv(4096).decode()
+        s.close()
+        self.assertTrue(data.startswith("HTTP/1.1 413"), data)
+
+    def test_length_required(self):
+        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=10)
+        s.sendall(b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n")
+        data = s.recv(4096).decode()
+        s.close()
+        self.assertTrue(data.startswith("HTTP/1.1 411"), data)
+
+    def test_chunked_body(self):
+        body = json.dumps({"candidates": [{"id": "a", "features": {"I1": 2}}]}).encode()
+        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=10)
+        s.sendall(b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                  + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data)
+
+    def test_deadline_504(self):
+        rows = random_rows(3000, random.Random(5))
+        st, _, out = self.srv.rank({"deadline_ms": 1, "candidates": [{"id": i, "features": r} for i, r in enumerate(rows)]})
+        self.assertEqual((st, out["error"]["code"]), (504, "deadline_exceeded"))
+
+    def test_health_model_metrics(self):
+        for p in ("/v2/health/live", "/healthz", "/v2/health/ready", "/readyz"):
+            st, _, _ = self.srv.request("GET", p)
+            self.assertEqual(st, 200, p)
+        st, _, data = self.srv.request("GET", "/v1/model")
+        info = json.loads(data)
+        self.assertEqual((st, info["name"], info["version"]), (200, "tiny", "7"))
+        self.assertEqual([f["name"] for f in info["features"]["dense"]], ["I1", "I2"])
+        self.assertEqual([f["name"] for f in info["features"]["sparse"]], ["C1", "C2", "C3"])
+        self.assertEqual(info["architecture"]["cross"]["kind"], "lowrank")
+        self.assertRegex(info["crc32"], "^[0-9a-f]{8}$")
+        self.srv.rank({"candidates": [{"id": 1, "features": {"I1": 1}}]})
+        st, h, data = self.srv.request("GET", "/metrics")
+        text = data.decode()
+        self.assertEqual(st, 200)
+        self.assertTrue(h["content-type"].startswith("text/plain"))
+        self.assertRegex(text, r'dcnserve_requests_total\{handler="rank",code="200"\} [1-9]')
+        self.assertRegex(text, r"dcnserve_candidates_scored_total [1-9]")
+        self.assertIn('dcnserve_request_phase_seconds_count{phase="inference"}', text)
+        self.assertIn('dcnserve_model_info{name="tiny",version="7"', text)
+        self.assertIn("dcnserve_batch_rows_bucket", text)
+
+    def test_admin_forbidden_with_token(self):
+        # loopback is allowed by default; a token makes loopback insufficient
+        srv = Server(self.model, "--admin-token", "s3cret", "--drain-delay-ms", "0").start()
+        try:
+            st, _, _ = srv.request("POST", "/admin/reload")
+            self.assertEqual(st, 403)
+            st, _, data = srv.request("POST", "/admin/reload", headers={"Authorization": "Bearer s3cret"})
+            self.assertEqual(st, 200, data)
+        finally:
+            srv.stop()
+
+
+@unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+class BusyTest(unittest.TestCase):
+    def test_queue_full_is_503_with_retry_after(self):
+        # A 2 s queue delay holds the first request's 30 rows in the queue
+        # (the batch waits to fill), so the second cannot fit in 50 rows.
+        with tempfile.TemporaryDirectory() as d:
+            model = make_model(os.path.join(d, "m.dcn"))
+            srv = Server(model, "--workers", "1", "--max-queue-rows", "50", "--max-batch-rows", "256",
+                         "--max-queue-delay-us", "2000000", "--drain-delay-ms", "0").start()
+            try:
+                req = {"candidates": [{"id": i, "features": {"I1": i}} for i in range(30)]}
+                first = {}
+                t = threading.Thread(target=lambda: first.update(r=srv.rank(req)))
+                t.start()
+                deadline = time.time() + 5
+                while time.time() < deadline:
+                    _, _, m = srv.request("GET", "/metrics")
+                    if "dcnserve_queue_rows 30" in m.decode():
+                        break
+                    time.sleep(0.02)
+                st, h, out = srv.rank(req)
+                self.assertEqual((st, out["error"]["code"]), (503, "queue_full"))
+                self.assertEqual(h.get("retry-after"), "1")
+                t.join(30)
+                self.assertEqual(first["r"][0], 200)  # flushed by the queue-delay timer
+                _, _, data = srv.request("GET", "/metrics")
+                self.assertIn('dcnserve_rejections_total{reason="queue_full"} 1', data.decode())
+            finally:
+                srv.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
