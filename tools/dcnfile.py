@@ -838,10 +838,12 @@ def expected_tensors(meta, vocab_terms=None):
         elif kind == "lowrank":
             out[f"cross.{l}.v"] = ((r, d), F)
             out[f"cross.{l}.u"] = ((d, r), F)
-        else:
+        elif kind == "mix":
             out[f"cross.{l}.v"] = ((K, r, d), F)
             out[f"cross.{l}.c"] = ((K, r, r), F)
             out[f"cross.{l}.u"] = ((K, d, r), F)
+        else:
+            raise DcnFormatError(f"dcnv2.cross.kind: {kind!r}")
         out[f"cross.{l}.bias"] = ((d,), ("F32",))
         if kind == "mix" and gate != "constant" and not shared:
             out[f"cross.{l}.gate.weight"] = ((K, d), F)
@@ -992,6 +994,7 @@ def build_model_file(path, spec, weights, checksum=True):
     optional). Returns (metadata, {name: (array, dtype)}) as written."""
     meta = spec_metadata(spec)
     plain = {k: v.value for k, v in meta.items()}
+    validate_metadata(plain, {k: v.type for k, v in meta.items()})
     terms = {}
     vocab = {}
     for i, f in enumerate(spec.get("sparse", [])):
