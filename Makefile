@@ -88,6 +88,7 @@ $(BUILD)/%.o: %.c
 	$(CC) $(CFLAGS) $(KFLAGS) -c -o $@ $<
 
 .PHONY: all deps run test unit pytest check bench golden clean help
+.SECONDARY:
 .DEFAULT_GOAL := all
 
 all: $(LIBDCN) $(INSPECT) $(DCNSERVE)
@@ -108,8 +109,11 @@ deps:
 run: deps all
 	$(DCNSERVE) --model $(MODEL) --port $(PORT)
 
+# The golden parity test runs once more on the scalar kernels (the oracle).
 unit: $(TEST_BIN)
-	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done
+	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done; \
+	echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=scalar)"; \
+	DCN_KERNELS=scalar $(BUILD)/tests/model/test_golden --jobs 2
 
 pytest: all
 	DCNSERVE=$(DCNSERVE) DCN_INSPECT=$(INSPECT) $(PYTHON) tests/run_py.py

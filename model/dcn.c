@@ -854,7 +854,8 @@ static int build(loader *ld) {
     if ((rc = load_cross(ld))) return rc;
     if ((rc = load_mlp(ld, "deep", &m->deep, m->deep_sizes, in->n_deep, in->d))) return rc;
     size_t deep_out = in->n_deep ? m->deep_sizes[in->n_deep - 1] : 0;
-    m->logit_in = in->combine == DCN_COMBINE_PARALLEL ? in->d + deep_out : (deep_out ? deep_out : in->d);
+    /* An empty deep network passes its input through (FORMAT.md §4). */
+    m->logit_in = in->combine == DCN_COMBINE_PARALLEL ? in->d + (deep_out ? deep_out : in->d) : (deep_out ? deep_out : in->d);
     {
         const gg_tensor *tw = need_tensor(ld, "logit.weight", WEIGHT_DTYPES, 2, (uint64_t[]){1, m->logit_in}, &rc);
         const gg_tensor *tb = tw ? need_tensor(ld, "logit.bias", WEIGHT_DTYPES, 1, (uint64_t[]){1}, &rc) : NULL;
@@ -1069,7 +1070,7 @@ int64_t dcn_map_str(const dcn_model *m, size_t f, const char *str, size_t len) {
             if (str[i] < '0' || str[i] > '9') return s->unknown_row;
             v = v * 10 + (uint64_t)(str[i] - '0');
         }
-        if (neg) return s->unknown_row; /* negative indices are never rows */
+        if (neg && v) return s->unknown_row; /* negative indices are never rows; -0 is 0 */
         return v < s->vocab_size ? (int64_t)v : s->unknown_row;
     }
     case DCN_MAP_HEX_MOD: {
@@ -1494,6 +1495,11 @@ int dcn_score(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, float *sco
         ld_deep = s->ldh;
     }
     size_t dout = in->n_deep ? in->deep_sizes[in->n_deep - 1] : 0;
+    if (in->combine == DCN_COMBINE_PARALLEL && !in->n_deep) { /* identity deep network */
+        deep_out = s->x0;
+        ld_deep = ldd;
+        dout = in->d;
+    }
     for (size_t r = 0; r < n; r++) {
         float z = m->logit_b;
         const float *w = m->logit_w;

@@ -1,0 +1,148 @@
+/* test_kernels.c — every optimised kernel set this CPU runs equals the scalar
+ * reference: GEMM with each epilogue, on awkward sizes (1, 7, 15, 16, 17, 63,
+ * 65, 1023), split input ranges (request-context sharing) and row counts that
+ * leave partial tiles; embedding-row conversions on odd lengths and
+ * unaligned pointers. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/kernels.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float frand(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static const size_t sizes[] = {1, 7, 15, 16, 17, 63, 65, 1023};
+#define NSIZES (sizeof sizes / sizeof sizes[0])
+
+/* Runs one GEMM case on set ks and on the scalar set; asserts closeness
+ * relative to the sum of |x||w| (the rounding budget of a dot product). */
+static void check_gemm(const kern_set *ks, size_t m, size_t out, size_t in, int kind, int split) {
+    size_t ldx = in + 3, ldy = out + 5;
+    float *w = malloc(out * in * sizeof *w), *b = malloc(out * sizeof *b);
+    float *x = malloc(m * ldx * sizeof *x), *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl);
+    float *bs = malloc(m * sizeof *bs);
+    float *y1 = calloc(m * ldy, sizeof *y1), *y2 = calloc(m * ldy, sizeof *y2), *mag = calloc(m * out, sizeof *mag);
+    for (size_t i = 0; i < out * in; i++) w[i] = frand();
+    for (size_t i = 0; i < out; i++) b[i] = frand();
+    for (size_t i = 0; i < m * ldx; i++) x[i] = frand();
+    for (size_t i = 0; i < m * ldy; i++) x0[i] = frand(), xl[i] = frand();
+    for (size_t i = 0; i < m; i++) bs[i] = frand() + 1.5f;
+    klinear Ls, Lk;
+    cr_assert_eq(kern_pack(&Ls, w, b, out, in, kern_scalar.nr), 0);
+    cr_assert_eq(kern_pack(&Lk, w, b, out, in, ks->nr), 0);
+    krange rg[3];
+    size_t nrg = 1;
+    rg[0] = (krange){0, (uint32_t)in};
+    if (split && in >= 3) { /* skip a middle range, as shared features do */
+        rg[0] = (krange){0, (uint32_t)(in / 3)};
+        rg[1] = (krange){(uint32_t)(2 * in / 3), (uint32_t)in};
+        nrg = 2;
+    }
+    kepi e = {.kind = kind, .bias = NULL, .x0 = x0, .ldx0 = ldy, .xl = xl, .ldxl = ldy,
+              .bscale = kind == KEPI_CROSS ? bs : NULL};
+    e.bias = Ls.bias;
+    kern_scalar.gemm(m, x, ldx, &Ls, rg, nrg, y1, ldy, &e);
+    e.bias = Lk.bias;
+    ks->gemm(m, x, ldx, &Lk, rg, nrg, y2, ldy, &e);
+    for (size_t r = 0; r < m; r++)
+        for (size_t n = 0; n < out; n++) {
+            double s = fabs(b[n]) * (kind == KEPI_CROSS ? fabs(bs[r]) : 1.0);
+            for (size_t g = 0; g < nrg; g++)
+                for (size_t k = rg[g].k0; k < rg[g].k1; k++) s += fabs(x[r * ldx + k] * w[n * in + k]);
+            if (kind == KEPI_CROSS) s = s * fabs(x0[r * ldy + n]) + fabs(xl[r * ldy + n]);
+            double tol = 4e-7 * s + 1e-30;
+            cr_assert(fabs((double)y1[r * ldy + n] - y2[r * ldy + n]) <= tol,
+                      "%s m=%zu out=%zu in=%zu kind=%d split=%d at (%zu,%zu): %g vs %g", ks->name, m, out, in, kind,
+                      split, r, n, y1[r * ldy + n], y2[r * ldy + n]);
+        }
+    /* Columns past out are never written. */
+    for (size_t r = 0; r < m; r++)
+        for (size_t n = out; n < ldy; n++) cr_assert_eq(y2[r * ldy + n], 0.0f);
+    kern_linear_free(&Ls);
+    kern_linear_free(&Lk);
+    free(w), free(b), free(x), free(x0), free(xl), free(bs), free(y1), free(y2), free(mag);
+}
+
+Test(kernels, scalar_is_always_available) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    cr_assert_geq(n, 1);
+    cr_assert_str_eq(sets[0]->name, "scalar");
+    cr_assert_not_null(kern_get());
+}
+
+Test(kernels, gemm_matches_scalar_on_awkward_sizes, .timeout = 120) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    static const size_t rows[] = {1, 5, 6, 7, 13, 49};
+    for (size_t s = 1; s < n; s++)
+        for (size_t i = 0; i < NSIZES; i++)
+            for (size_t j = 0; j < NSIZES; j++) {
+                if (sizes[i] * sizes[j] > 70000) continue; /* keep 1023 x 1023 out: covered below */
+                for (int kind = KEPI_BIAS; kind <= KEPI_CROSS; kind++)
+                    check_gemm(sets[s], rows[(i + j + (size_t)kind) % 6], sizes[i], sizes[j], kind, (int)(i + j) % 2);
+            }
+    if (n == 1) cr_log_warn("only the scalar kernel set runs on this CPU");
+}
+
+Test(kernels, gemm_large_and_split, .timeout = 120) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    for (size_t s = 1; s < n; s++) {
+        check_gemm(sets[s], 65, 1023, 65, KEPI_CROSS, 1);
+        check_gemm(sets[s], 17, 65, 1023, KEPI_RELU, 1);
+        check_gemm(sets[s], 7, 1023, 17, KEPI_BIAS, 0);
+    }
+}
+
+Test(kernels, embedding_rows_match_scalar) {
+    const kern_set *sets[3];
+    size_t nsets = kern_available(sets, 3);
+    for (size_t s = 1; s < nsets; s++)
+        for (size_t i = 0; i < NSIZES; i++) {
+            size_t n = sizes[i];
+            /* +1 element offsets make every pointer unaligned. */
+            float *row = malloc((n + 1) * sizeof *row), *d1 = malloc((n + 1) * sizeof *d1),
+                  *d2 = malloc((n + 1) * sizeof *d2);
+            uint16_t *h = malloc((n + 1) * sizeof *h);
+            int8_t *q = malloc(n + 1);
+            for (size_t k = 0; k <= n; k++) {
+                row[k] = frand();
+                d1[k] = d2[k] = frand();
+                q[k] = (int8_t)(frand() * 127);
+                h[k] = (uint16_t)(rng_state & 0x7bff); /* finite halves and bfloat16s */
+            }
+            sets[s]->add_f32(d2 + 1, row + 1, n);
+            kern_scalar.add_f32(d1 + 1, row + 1, n);
+            for (size_t k = 0; k <= n; k++) cr_assert_eq(d1[k], d2[k], "add_f32 n=%zu k=%zu", n, k);
+            sets[s]->add_f16(d2 + 1, h + 1, n);
+            kern_scalar.add_f16(d1 + 1, h + 1, n);
+            for (size_t k = 0; k <= n; k++) cr_assert_eq(d1[k], d2[k], "add_f16 n=%zu k=%zu", n, k);
+            sets[s]->add_bf16(d2 + 1, h + 1, n);
+            kern_scalar.add_bf16(d1 + 1, h + 1, n);
+            for (size_t k = 0; k <= n; k++) cr_assert_eq(d1[k], d2[k], "add_bf16 n=%zu k=%zu", n, k);
+            sets[s]->add_i8(d2 + 1, q + 1, 0.037f, n);
+            kern_scalar.add_i8(d1 + 1, q + 1, 0.037f, n);
+            for (size_t k = 0; k <= n; k++)
+                cr_assert(fabsf(d1[k] - d2[k]) <= 1e-6f * (1.0f + fabsf(d1[k])), "add_i8 n=%zu k=%zu", n, k);
+            free(row), free(d1), free(d2), free(h), free(q);
+        }
+}
+
+Test(kernels, half_conversions) {
+    cr_assert_eq(kern_f16_to_f32(0x3c00), 1.0f);
+    cr_assert_eq(kern_f16_to_f32(0xc000), -2.0f);
+    cr_assert_eq(kern_f16_to_f32(0x0001), 5.960464477539063e-8f); /* smallest subnormal */
+    cr_assert_eq(kern_f16_to_f32(0x7bff), 65504.0f);
+    cr_assert(isinf(kern_f16_to_f32(0x7c00)));
+    cr_assert(isnan(kern_f16_to_f32(0x7e00)));
+    cr_assert_eq(kern_bf16_to_f32(0x3f80), 1.0f);
+    cr_assert_eq(kern_bf16_to_f32(0xc040), -3.0f);
+}
