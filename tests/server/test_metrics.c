@@ -1,0 +1,46 @@
+/* test_metrics.c — histogram bucketing and the Prometheus text rendering. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/metrics.h"
+
+Test(metrics, histogram_buckets_are_cumulative)
+{
+    met_set m;
+    met_init(&m);
+    met_hist_observe(&m.request_seconds, 30e-6);  /* 50 µs bucket */
+    met_hist_observe(&m.request_seconds, 0.003);  /* 5 ms bucket */
+    met_hist_observe(&m.request_seconds, 99.0);   /* +Inf */
+    met_hist_observe(&m.batch_rows, 1);
+    met_hist_observe(&m.batch_rows, 3);
+    met_count_request(&m, MET_H_RANK, 200);
+    met_count_request(&m, MET_H_RANK, 200);
+    met_count_request(&m, MET_H_RANK, 504);
+    met_count_request(&m, MET_H_OTHER, 418);
+    met_count_rejection(&m, RK_EBUSY);
+    m.candidates_scored = 42;
+    met_gauges g = {.inflight_requests = 3, .queue_rows = 7, .workers = 2, .ready = 1,
+                    .model_name = "m\"x", .model_version = "1", .model_crc32 = 0xabc};
+    rk_buf b = {0};
+    met_render(&m, &g, &b);
+    const char *t = b.data;
+    cr_assert(strstr(t, "dcnserve_request_duration_seconds_bucket{le=\"2.5e-05\"} 0\n"));
+    cr_assert(strstr(t, "dcnserve_request_duration_seconds_bucket{le=\"5e-05\"} 1\n"));
+    cr_assert(strstr(t, "dcnserve_request_duration_seconds_bucket{le=\"0.005\"} 2\n"));
+    cr_assert(strstr(t, "dcnserve_request_duration_seconds_bucket{le=\"10\"} 2\n"));
+    cr_assert(strstr(t, "dcnserve_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+    cr_assert(strstr(t, "dcnserve_request_duration_seconds_count 3\n"));
+    cr_assert(strstr(t, "dcnserve_batch_rows_bucket{le=\"2\"} 1\n"));
+    cr_assert(strstr(t, "dcnserve_batch_rows_bucket{le=\"4\"} 2\n"));
+    cr_assert(strstr(t, "dcnserve_requests_total{handler=\"rank\",code=\"200\"} 2\n"));
+    cr_assert(strstr(t, "dcnserve_requests_total{handler=\"rank\",code=\"504\"} 1\n"));
+    cr_assert(strstr(t, "dcnserve_requests_total{handler=\"other\",code=\"other\"} 1\n"));
+    cr_assert(strstr(t, "dcnserve_rejections_total{reason=\"queue_full\"} 1\n"));
+    cr_assert(strstr(t, "dcnserve_candidates_scored_total 42\n"));
+    cr_assert(strstr(t, "dcnserve_request_phase_seconds_count{phase=\"encode\"} 0\n"));
+    cr_assert(strstr(t, "dcnserve_inflight_requests 3\n"));
+    cr_assert(strstr(t, "dcnserve_model_info{name=\"m\\\"x\",version=\"1\",crc32=\"00000abc\"} 1\n"));
+    cr_assert(strstr(t, "# TYPE dcnserve_batch_rows histogram\n"));
+    free(b.data);
+}
