@@ -78,7 +78,10 @@ $(BUILD)/tests/server/%: $(BUILD)/tests/server/%.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
 
 # ---------------------------------------------------------------- bench
+# bench/run.py drives it (bench/README.md); `make bench BENCH_ARGS=--quick`
+# is a short smoke run.
 BENCH := $(BUILD)/dcn-bench
+BENCH_ARGS ?=
 $(BENCH): $(BUILD)/bench/dcn_bench.o $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -129,7 +132,7 @@ tsan-unit: $(TSAN_TESTS:tests/%.c=$(BUILD)/tests/%)
 	@set -e; for t in $^; do echo "== $$t (tsan)"; TSAN_OPTIONS=halt_on_error=1 $$t --jobs 1; done
 
 bench: deps $(BENCH)
-	$(PYTHON) bench/run.py --bench $(BENCH)
+	$(PYTHON) bench/run.py --bench $(BENCH) $(BENCH_ARGS)
 
 golden:
 	$(PYTHON) tests/ref/gen_golden.py --out tests/golden

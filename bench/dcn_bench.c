@@ -1,0 +1,1054 @@
+/* dcn_bench.c — the engine benchmark harness behind `make bench`.
+ *
+ * Subcommands (JSON lines on stdout, one per measurement; progress on stderr):
+ *   peak    FP32 FMA throughput probe on 1..N threads, and the running clock:
+ *           the roof the engine's GFLOP/s are compared with
+ *   run     dcn_score throughput and per-batch latency, per batch size and
+ *           thread count
+ *   share   request-context sharing: one request of R candidates whose first
+ *           sparse features are the request's context, scored with the
+ *           context passed once (dcn_batch segments) and passed per row
+ *   dump    a few pool rows and the engine's scores, for the ONNX Runtime
+ *           parity check (bench/ort_bench.js)
+ * `dcn-bench help` lists the options. bench/run.py drives all of them.
+ *
+ * DESIGN
+ * - Inputs: a pool of random rows made once per model (dense ~ N(0, 1),
+ *   single-hot ids uniform over each vocabulary), larger than many batches,
+ *   walked in order, so embedding rows are not reused from batch to batch
+ *   and the gathers hit memory as they would in serving.
+ * - Threads, as the server runs them: a batch is split row-wise into T
+ *   contiguous slices (min(T, rows) of them); the calling thread scores slice
+ *   0 and T-1 long-lived worker pthreads the others, each with its own
+ *   dcn_scratch. A worker waits on its own semaphore and posts one shared
+ *   `done` semaphore; the semaphores order every access to a slice, so no
+ *   other lock exists. The timed region of a batch is the whole
+ *   split/score/join.
+ * - Noise: each measurement records the CPU other processes used meanwhile
+ *   (busy jiffies of /proc/stat minus this process's rusage, as a fraction
+ *   of wall time x online CPUs) and re-runs a point that others disturbed
+ *   more than --foreign-max, keeping the least disturbed run.
+ * - Nothing here is a test: figures are printed, never asserted, except
+ *   that every dcn_score call must succeed and sharing must not change the
+ *   scores beyond float rounding (both reported).
+ */
+#include "model/dcn.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BENCH_X86 1
+#else
+#define BENCH_X86 0
+#endif
+
+#define MAX_LIST 16
+
+/* ---------------------------------------------------------------- options */
+
+typedef struct opts {
+    const char *cmd;
+    const char *model;
+    const char *out;                  /* dump: output file */
+    size_t batches[MAX_LIST], n_batches;
+    size_t threads[MAX_LIST], n_threads;
+    double min_time_s;                /* per point, after warm-up */
+    double max_time_s;                /* stop past this once min_iters_floor batches ran */
+    size_t min_iters;
+    double warmup_s;
+    size_t pool_rows;
+    uint64_t seed;
+    int retries;                      /* re-runs of a disturbed point */
+    double foreign_max;               /* fraction of all CPUs */
+    size_t req_rows;                  /* share: candidates per request */
+    long shared_sparse;               /* share: leading sparse features shared; -1 = about d/2 */
+    size_t dump_rows;
+} opts;
+
+static void usage(FILE *f)
+{
+    fputs("usage: dcn-bench peak  [--threads 1,2] [--min-time S]\n"
+          "       dcn-bench run   --model F [--batches 1,16,64,256,1024] [--threads 1,2]\n"
+          "                       [--min-time S] [--max-time S] [--min-iters N] [--warmup S]\n"
+          "                       [--pool ROWS] [--seed N] [--retries N] [--foreign-max F]\n"
+          "       dcn-bench share --model F [--rows 100] [--shared-sparse N] [--threads 1,2] ...\n"
+          "       dcn-bench dump  --model F --out FILE [--rows 8] [--seed N]\n"
+          "JSON lines on stdout; progress on stderr.\n", f);
+}
+
+/* Parses "1,16,64" into out[]; returns the count, or -1 on a bad list. */
+static int parse_list(const char *s, size_t *out, size_t max)
+{
+    size_t n = 0;
+    while (*s) {
+        char *end;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (end == s || v == 0 || v > (1u << 20) || n == max)
+            return -1;
+        out[n++] = (size_t)v;
+        s = end;
+        if (*s == ',')
+            s++;
+        else if (*s)
+            return -1;
+    }
+    return n ? (int)n : -1;
+}
+
+/* Fills *o from argv; returns 0, or -1 after printing what is wrong. */
+static int parse_args(int argc, char **argv, opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->batches[0] = 1, o->batches[1] = 16, o->batches[2] = 64;
+    o->batches[3] = 256, o->batches[4] = 1024, o->n_batches = 5;
+    o->threads[0] = 1, o->threads[1] = 2, o->n_threads = 2;
+    o->min_time_s = 1.5;
+    o->max_time_s = 6.0;
+    o->min_iters = 10;
+    o->warmup_s = 0.3;
+    o->pool_rows = 65536;
+    o->seed = 12345;
+    o->retries = 1;
+    o->foreign_max = 0.05;
+    o->req_rows = 100;
+    o->shared_sparse = -1;
+    o->dump_rows = 8;
+    if (argc < 2)
+        return -1;
+    o->cmd = argv[1];
+    for (int i = 2; i < argc; i++) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v || strncmp(k, "--", 2) != 0) {
+            fprintf(stderr, "dcn-bench: bad argument %s\n", k);
+            return -1;
+        }
+        i++;
+        int n;
+        if (!strcmp(k, "--model")) o->model = v;
+        else if (!strcmp(k, "--out")) o->out = v;
+        else if (!strcmp(k, "--batches")) {
+            if ((n = parse_list(v, o->batches, MAX_LIST)) < 0) goto bad;
+            o->n_batches = (size_t)n;
+        } else if (!strcmp(k, "--threads")) {
+            if ((n = parse_list(v, o->threads, MAX_LIST)) < 0) goto bad;
+            o->n_threads = (size_t)n;
+        } else if (!strcmp(k, "--min-time")) o->min_time_s = atof(v);
+        else if (!strcmp(k, "--max-time")) o->max_time_s = atof(v);
+        else if (!strcmp(k, "--min-iters")) o->min_iters = (size_t)atol(v);
+        else if (!strcmp(k, "--warmup")) o->warmup_s = atof(v);
+        else if (!strcmp(k, "--pool")) o->pool_rows = (size_t)atol(v);
+        else if (!strcmp(k, "--seed")) o->seed = strtoull(v, NULL, 10);
+        else if (!strcmp(k, "--retries")) o->retries = atoi(v);
+        else if (!strcmp(k, "--foreign-max")) o->foreign_max = atof(v);
+        else if (!strcmp(k, "--rows")) o->req_rows = o->dump_rows = (size_t)atol(v);
+        else if (!strcmp(k, "--shared-sparse")) o->shared_sparse = atol(v);
+        else {
+        bad:
+            fprintf(stderr, "dcn-bench: bad argument %s %s\n", k, v);
+            return -1;
+        }
+    }
+    if (o->min_time_s <= 0 || o->pool_rows < 1024 || o->req_rows < 1 || o->dump_rows < 1) {
+        fprintf(stderr, "dcn-bench: --min-time, --pool (>= 1024) and --rows must be positive\n");
+        return -1;
+    }
+    if (o->max_time_s < o->min_time_s)
+        o->max_time_s = o->min_time_s;
+    if (o->min_iters < 1)
+        o->min_iters = 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- small utilities */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* splitmix64: a fast, well-mixed, seedable generator. */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The p-th percentile (0..100) of sorted[0..n), linearly interpolated. */
+static double percentile(const double *sorted, size_t n, double p)
+{
+    if (n == 1)
+        return sorted[0];
+    double x = p / 100.0 * (double)(n - 1);
+    size_t lo = (size_t)x, hi = lo + 1 < n ? lo + 1 : lo;
+    return sorted[lo] + (sorted[hi] - sorted[lo]) * (x - (double)lo);
+}
+
+/* Prints s as a JSON string literal (the model name comes from a file). */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* ---------------------------------------------------------------- foreign CPU */
+
+/* A reading of the whole machine's busy time and this process's CPU time. */
+typedef struct cpu_mark {
+    double wall_s, busy_s, steal_s, own_s;
+} cpu_mark;
+
+/* Reads the aggregate "cpu" line of /proc/stat: busy (user, nice, system,
+ * irq, softirq) and steal time in seconds; 0 on success, -1 if unreadable. */
+static int read_proc_stat(double *busy_s, double *steal_s)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 7)
+        return -1;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    *busy_s = (double)(v[0] + v[1] + v[2] + v[5] + v[6]) / hz;
+    *steal_s = (double)v[7] / hz;
+    return 0;
+}
+
+static void cpu_mark_take(cpu_mark *m)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    m->own_s = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+               (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+    if (read_proc_stat(&m->busy_s, &m->steal_s) < 0)
+        m->busy_s = m->steal_s = NAN;
+    m->wall_s = now_s();
+}
+
+/* The share of all CPUs that other processes (and the hypervisor's steal)
+ * used between two marks; NaN when /proc/stat is unreadable. */
+static void cpu_mark_diff(const cpu_mark *a, const cpu_mark *b, double *foreign, double *steal)
+{
+    double cap = (b->wall_s - a->wall_s) * (double)sysconf(_SC_NPROCESSORS_ONLN);
+    double f = ((b->busy_s - a->busy_s) - (b->own_s - a->own_s)) / cap;
+    *foreign = f > 0 ? f : 0;
+    *steal = (b->steal_s - a->steal_s) / cap;
+}
+
+/* ---------------------------------------------------------------- FMA peak probe */
+
+#if BENCH_X86
+/* 12 independent 8-lane FMA chains: enough to cover FMA latency x pipes on
+ * current x86 cores. Returns a value that depends on every chain, so the
+ * compiler keeps them. 192 FLOP per iteration. */
+__attribute__((target("avx2,fma"))) static float fma256_loop(uint64_t iters)
+{
+    const __m256 a = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    __m256 x0 = _mm256_set1_ps(1.0f), x1 = _mm256_set1_ps(1.1f), x2 = _mm256_set1_ps(1.2f),
+           x3 = _mm256_set1_ps(1.3f), x4 = _mm256_set1_ps(1.4f), x5 = _mm256_set1_ps(1.5f),
+           x6 = _mm256_set1_ps(1.6f), x7 = _mm256_set1_ps(1.7f), x8 = _mm256_set1_ps(1.8f),
+           x9 = _mm256_set1_ps(1.9f), x10 = _mm256_set1_ps(2.0f), x11 = _mm256_set1_ps(2.1f);
+    for (uint64_t i = 0; i < iters; i++) {
+        x0 = _mm256_fmadd_ps(x0, a, c), x1 = _mm256_fmadd_ps(x1, a, c);
+        x2 = _mm256_fmadd_ps(x2, a, c), x3 = _mm256_fmadd_ps(x3, a, c);
+        x4 = _mm256_fmadd_ps(x4, a, c), x5 = _mm256_fmadd_ps(x5, a, c);
+        x6 = _mm256_fmadd_ps(x6, a, c), x7 = _mm256_fmadd_ps(x7, a, c);
+        x8 = _mm256_fmadd_ps(x8, a, c), x9 = _mm256_fmadd_ps(x9, a, c);
+        x10 = _mm256_fmadd_ps(x10, a, c), x11 = _mm256_fmadd_ps(x11, a, c);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+                             _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0] + out[7];
+}
+
+/* The same with 16 chains of 16 lanes: 512 FLOP per iteration. */
+__attribute__((target("avx512f"))) static float fma512_loop(uint64_t iters)
+{
+    const __m512 a = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    __m512 x[16];
+    for (int k = 0; k < 16; k++)
+        x[k] = _mm512_set1_ps(1.0f + 0.1f * (float)k);
+    for (uint64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 16
+        for (int k = 0; k < 16; k++)
+            x[k] = _mm512_fmadd_ps(x[k], a, c);
+    }
+    __m512 s = x[0];
+    for (int k = 1; k < 16; k++)
+        s = _mm512_add_ps(s, x[k]);
+    return _mm512_reduce_add_ps(s);
+}
+
+/* A chain of dependent integer adds (one per cycle): the running clock. */
+static uint64_t add_chain_loop(uint64_t iters)
+{
+    uint64_t x = 0;
+    for (uint64_t i = 0; i < iters; i++)
+        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
+                         : "+r"(x));
+    return x;
+}
+#endif
+
+enum { PROBE_FMA256, PROBE_FMA512, PROBE_CLOCK };
+
+typedef struct probe_arg {
+    int kind;
+    uint64_t iters;
+    pthread_barrier_t *start;
+    double rate;                      /* FLOP/s or adds/s of this thread */
+    volatile float sink;
+} probe_arg;
+
+/* Thread body of the peak probe: waits for the others, runs its loop and
+ * stores its own rate. */
+static void *probe_thread(void *p)
+{
+    probe_arg *a = p;
+    pthread_barrier_wait(a->start);
+    double t0 = now_s(), per_iter = 0;
+#if BENCH_X86
+    if (a->kind == PROBE_FMA256) a->sink = fma256_loop(a->iters), per_iter = 192;
+    else if (a->kind == PROBE_FMA512) a->sink = fma512_loop(a->iters), per_iter = 512;
+    else a->sink = (float)add_chain_loop(a->iters), per_iter = 8;
+#endif
+    a->rate = per_iter * (double)a->iters / (now_s() - t0);
+    return NULL;
+}
+
+/* Runs one probe kind on n threads for about seconds_s; prints one JSON line. */
+static int run_probe(int kind, size_t n, double seconds_s)
+{
+    /* calibrate on one thread: a short run, then scale to the wanted time */
+    probe_arg cal = {.kind = kind, .iters = 1u << 20};
+    pthread_barrier_t b1;
+    pthread_barrier_init(&b1, NULL, 1);
+    cal.start = &b1;
+    probe_thread(&cal);
+    pthread_barrier_destroy(&b1);
+    double per_iter = kind == PROBE_FMA256 ? 192 : kind == PROBE_FMA512 ? 512 : 8;
+    uint64_t iters = (uint64_t)(seconds_s * cal.rate / per_iter) + 1;
+
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)n);
+    probe_arg *a = calloc(n, sizeof *a);
+    pthread_t *th = calloc(n, sizeof *th);
+    if (!a || !th) {
+        free(a), free(th);
+        return -1;
+    }
+    cpu_mark m0, m1;
+    cpu_mark_take(&m0);
+    for (size_t i = 0; i < n; i++) {
+        a[i].kind = kind, a[i].iters = iters, a[i].start = &start;
+        if (i > 0)
+            pthread_create(&th[i], NULL, probe_thread, &a[i]);
+    }
+    probe_thread(&a[0]);
+    for (size_t i = 1; i < n; i++)
+        pthread_join(th[i], NULL);
+    cpu_mark_take(&m1);
+    pthread_barrier_destroy(&start);
+    double sum = 0, min = INFINITY, fg, st;
+    for (size_t i = 0; i < n; i++)
+        sum += a[i].rate, min = a[i].rate < min ? a[i].rate : min;
+    cpu_mark_diff(&m0, &m1, &fg, &st);
+    static const char *names[] = {"fma256_fp32", "fma512_fp32", "clock_add_chain"};
+    if (kind == PROBE_CLOCK)
+        printf("{\"kind\": \"peak\", \"test\": \"%s\", \"threads\": %zu, \"ghz\": %.3f, "
+               "\"ghz_min_thread\": %.3f, \"foreign_cpu\": %.4f}\n",
+               names[kind], n, sum / (double)n * 1e-9, min * 1e-9, fg);
+    else
+        printf("{\"kind\": \"peak\", \"test\": \"%s\", \"threads\": %zu, \"gflops\": %.2f, "
+               "\"gflops_min_thread\": %.2f, \"foreign_cpu\": %.4f}\n",
+               names[kind], n, sum * 1e-9, min * 1e-9, fg);
+    fflush(stdout);
+    free(a), free(th);
+    return 0;
+}
+
+/* `peak`: clock, AVX2 FMA and (where the CPU has it) AVX-512 FMA throughput
+ * per thread count. Prints nothing but a note on non-x86 machines. */
+static int cmd_peak(const opts *o)
+{
+#if BENCH_X86
+    __builtin_cpu_init();
+    int has256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int has512 = __builtin_cpu_supports("avx512f");
+    double s = o->min_time_s < 0.5 ? o->min_time_s : 0.5;
+    for (size_t t = 0; t < o->n_threads; t++) {
+        size_t n = o->threads[t];
+        run_probe(PROBE_CLOCK, n, s / 2);
+        if (has256) run_probe(PROBE_FMA256, n, s);
+        if (has512) run_probe(PROBE_FMA512, n, s);
+    }
+#else
+    (void)o;
+    fputs("dcn-bench: the FMA probe exists for x86 only\n", stderr);
+#endif
+    return 0;
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+/* Random rows in the layout dcn_batch reads: dense row-major, each sparse
+ * feature's single-hot ids in their own array (so a slice of rows is a
+ * pointer offset), and one offsets array 0, 1, 2, ... that every feature
+ * and every slice shares. */
+typedef struct row_pool {
+    size_t n_rows, n_dense, n_sparse;
+    float *dense;                     /* (n_rows, n_dense) */
+    int64_t **ids;                    /* (n_sparse) arrays of (n_rows) table rows */
+    uint32_t *iota;                   /* (n_rows + 1) */
+} row_pool;
+
+static void pool_free(row_pool *p)
+{
+    if (p->ids)
+        for (size_t f = 0; f < p->n_sparse; f++)
+            free(p->ids[f]);
+    free(p->ids), free(p->dense), free(p->iota);
+    memset(p, 0, sizeof *p);
+}
+
+/* Fills *p with n_rows random rows for model m; 0 on success, -1 when out
+ * of memory (p is then empty). */
+static int pool_make(row_pool *p, const dcn_model *m, size_t n_rows, uint64_t seed)
+{
+    const dcn_info *in = dcn_model_info(m);
+    memset(p, 0, sizeof *p);
+    p->n_rows = n_rows, p->n_dense = in->n_dense, p->n_sparse = in->n_sparse;
+    p->dense = malloc((n_rows * in->n_dense + 1) * sizeof *p->dense);
+    p->ids = calloc(in->n_sparse + 1, sizeof *p->ids);
+    p->iota = malloc((n_rows + 1) * sizeof *p->iota);
+    if (!p->dense || !p->ids || !p->iota)
+        goto fail;
+    uint64_t s = seed;
+    for (size_t i = 0; i < n_rows * in->n_dense; i++)  /* sum of 3 uniforms: ~N(0, 1) */
+        p->dense[i] = (float)((rng_unit(&s) + rng_unit(&s) + rng_unit(&s) - 1.5) * 2.0);
+    for (size_t f = 0; f < in->n_sparse; f++) {
+        uint64_t vocab = dcn_sparse(m, f)->vocab_size;
+        if (!(p->ids[f] = malloc(n_rows * sizeof *p->ids[f])))
+            goto fail;
+        for (size_t r = 0; r < n_rows; r++)
+            p->ids[f][r] = (int64_t)(rng_next(&s) % vocab);
+    }
+    for (size_t r = 0; r <= n_rows; r++)
+        p->iota[r] = (uint32_t)r;
+    return 0;
+fail:
+    pool_free(p);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- the thread team */
+
+struct team;
+
+/* One thread's slice of a batch and everything it scores it with. */
+typedef struct worker {
+    struct team *team;
+    pthread_t th;
+    sem_t go;                         /* posted by the caller: score batch */
+    dcn_scratch *scratch;
+    dcn_batch batch;
+    const uint32_t **offs;            /* (n_sparse) behind batch.offsets */
+    const int64_t **idp;              /* (n_sparse) behind batch.ids */
+    uint32_t seg_rows[2];             /* one segment: 0, n_rows */
+    float *scores;                    /* (batch.n_rows) into the caller's buffer */
+    int rc;
+} worker;
+
+typedef struct team {
+    const dcn_model *m;
+    size_t n;                         /* threads, the caller's included */
+    worker *w;                        /* (n); w[0] runs on the calling thread */
+    sem_t done;                       /* posted by each worker per batch */
+    int stop;
+} team;
+
+/* Worker thread body: score its slice each time `go` is posted, until stop. */
+static void *worker_main(void *p)
+{
+    worker *w = p;
+    for (;;) {
+        while (sem_wait(&w->go) != 0)
+            ;
+        if (w->team->stop)
+            break;
+        w->rc = dcn_score(w->team->m, w->scratch, &w->batch, w->scores, NULL);
+        sem_post(&w->team->done);
+    }
+    return NULL;
+}
+
+static void team_free(team *t)
+{
+    if (!t)
+        return;
+    t->stop = 1;
+    for (size_t i = 1; i < t->n; i++)
+        if (t->w[i].th) {
+            sem_post(&t->w[i].go);
+            pthread_join(t->w[i].th, NULL);
+        }
+    for (size_t i = 0; i < t->n; i++) {
+        dcn_scratch_free(t->w[i].scratch);
+        free(t->w[i].offs), free(t->w[i].idp);
+        sem_destroy(&t->w[i].go);
+    }
+    sem_destroy(&t->done);
+    free(t->w);
+    free(t);
+}
+
+/* Makes a team of n threads (n - 1 new pthreads), each with a scratch for
+ * max_rows rows. Returns NULL on failure. */
+static team *team_new(const dcn_model *m, size_t n, size_t max_rows)
+{
+    team *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->m = m, t->n = n;
+    sem_init(&t->done, 0, 0);
+    size_t ns = dcn_model_info(m)->n_sparse + 1;
+    if (!(t->w = calloc(n, sizeof *t->w)))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        worker *w = &t->w[i];
+        w->team = t;
+        sem_init(&w->go, 0, 0);
+        w->scratch = dcn_scratch_new(m, max_rows);
+        w->offs = calloc(ns, sizeof *w->offs);
+        w->idp = calloc(ns, sizeof *w->idp);
+        if (!w->scratch || !w->offs || !w->idp)
+            goto fail;
+        w->batch.offsets = w->offs;
+        w->batch.ids = w->idp;
+    }
+    for (size_t i = 1; i < n; i++)
+        if (pthread_create(&t->w[i].th, NULL, worker_main, &t->w[i]) != 0)
+            goto fail;
+    return t;
+fail:
+    team_free(t);
+    return NULL;
+}
+
+/* Scores the slices already set in w[0..n_active): the caller takes slice 0.
+ * Returns 0, or the first failing slice's dcn_err. */
+static int team_run(team *t, size_t n_active)
+{
+    for (size_t i = 1; i < n_active; i++)
+        sem_post(&t->w[i].go);
+    t->w[0].rc = dcn_score(t->m, t->w[0].scratch, &t->w[0].batch, t->w[0].scores, NULL);
+    for (size_t i = 1; i < n_active; i++)
+        while (sem_wait(&t->done) != 0)
+            ;
+    for (size_t i = 0; i < n_active; i++)
+        if (t->w[i].rc)
+            return t->w[i].rc;
+    return 0;
+}
+
+/* How one batch is laid out: rows [first, first + rows) of the pool, and
+ * whether the first n_shared sparse features are passed once (as the
+ * request's context, from the pool row `first`) rather than per row. */
+typedef struct batch_plan {
+    size_t first, rows;
+    size_t n_shared;
+    const uint8_t *sparse_mask;       /* (n_sparse): 1 for the shared ones */
+} batch_plan;
+
+/* Splits a batch into min(T, rows) contiguous slices, one per thread; each
+ * slice is one segment. Returns the number of slices. */
+static size_t team_split(team *t, const row_pool *p, const batch_plan *bp, float *scores)
+{
+    size_t n_active = t->n < bp->rows ? t->n : bp->rows;
+    for (size_t i = 0; i < n_active; i++) {
+        worker *w = &t->w[i];
+        size_t a = bp->rows * i / n_active, b = bp->rows * (i + 1) / n_active;
+        size_t r0 = bp->first + a;
+        dcn_batch *x = &w->batch;
+        x->n_rows = b - a;
+        x->n_segments = 1;
+        x->dense = p->n_dense ? p->dense + r0 * p->n_dense : NULL;
+        x->seg_dense = x->dense;
+        x->dense_shared = NULL;
+        if (bp->n_shared) {
+            w->seg_rows[0] = 0, w->seg_rows[1] = (uint32_t)(b - a);
+            x->seg_rows = w->seg_rows;
+            x->sparse_shared = bp->sparse_mask;
+        } else {
+            x->seg_rows = NULL;
+            x->sparse_shared = NULL;
+        }
+        for (size_t f = 0; f < p->n_sparse; f++) {
+            w->offs[f] = p->iota;
+            w->idp[f] = p->ids[f] + (f < bp->n_shared ? bp->first : r0);
+        }
+        w->scores = scores + a;
+    }
+    return n_active;
+}
+
+/* ---------------------------------------------------------------- measurement */
+
+typedef struct measure {
+    size_t iters;
+    double total_s, median_s, p99_s, mean_s, min_s;
+    double foreign, steal;
+} measure;
+
+/* Times batches of `rows` rows from the pool, starting at row 0 and walking
+ * it in steps of `stride` rows (plans made by plan_at), for at least
+ * min_time_s and min_iters batches (or max_time_s and 3 batches), after a
+ * warm-up. Returns 0, or a dcn_err from dcn_score. */
+typedef void (*plan_fn)(size_t i, const void *ctx, batch_plan *bp);
+
+static int measure_batches(team *t, const row_pool *p, plan_fn plan_at, const void *ctx,
+                           float *scores, const opts *o, measure *r)
+{
+    size_t cap = 1024, n = 0;
+    double *times = malloc(cap * sizeof *times);
+    if (!times)
+        return DCN_ENOMEM;
+    batch_plan bp;
+    int rc = 0;
+    size_t i = 0;
+    double tw = now_s() + o->warmup_s;
+    for (size_t k = 0; k < 2 || now_s() < tw; k++, i++) {
+        plan_at(i, ctx, &bp);
+        if ((rc = team_run(t, team_split(t, p, &bp, scores))))
+            goto out;
+    }
+    cpu_mark m0, m1;
+    cpu_mark_take(&m0);
+    double start = now_s();
+    for (;; i++) {
+        plan_at(i, ctx, &bp);
+        double t0 = now_s();
+        rc = team_run(t, team_split(t, p, &bp, scores));
+        double t1 = now_s();
+        if (rc)
+            goto out;
+        if (n == cap) {
+            double *nt = realloc(times, 2 * cap * sizeof *times);
+            if (!nt) {
+                rc = DCN_ENOMEM;
+                goto out;
+            }
+            times = nt, cap *= 2;
+        }
+        times[n++] = t1 - t0;
+        double el = t1 - start;
+        if (el >= o->min_time_s && (n >= o->min_iters || (el >= o->max_time_s && n >= 3)))
+            break;
+    }
+    cpu_mark_take(&m1);
+    memset(r, 0, sizeof *r);
+    r->iters = n;
+    for (size_t k = 0; k < n; k++)
+        r->total_s += times[k];
+    qsort(times, n, sizeof *times, cmp_double);
+    r->median_s = percentile(times, n, 50);
+    r->p99_s = percentile(times, n, 99);
+    r->mean_s = r->total_s / (double)n;
+    r->min_s = times[0];
+    cpu_mark_diff(&m0, &m1, &r->foreign, &r->steal);
+out:
+    free(times);
+    return rc;
+}
+
+/* Measures like measure_batches, re-running up to o->retries times while
+ * other processes used more than o->foreign_max of the CPUs; keeps the
+ * least disturbed run and stores the number of runs in *tries. */
+static int measure_point(team *t, const row_pool *p, plan_fn plan_at, const void *ctx,
+                         float *scores, const opts *o, measure *r, int *tries)
+{
+    int rc = measure_batches(t, p, plan_at, ctx, scores, o, r);
+    *tries = 1;
+    while (!rc && r->foreign > o->foreign_max && *tries <= o->retries) {
+        measure r2;
+        rc = measure_batches(t, p, plan_at, ctx, scores, o, &r2);
+        ++*tries;
+        if (!rc && r2.foreign < r->foreign)
+            *r = r2;
+    }
+    return rc;
+}
+
+/* Opens a model with its pages pre-faulted; exits the process on failure
+ * (this is a command-line tool, not library code). */
+static dcn_model *open_model(const char *path)
+{
+    char err[512];
+    dcn_model *m = NULL;
+    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1};
+    double t0 = now_s();
+    int rc = dcn_open(path, &oo, &m, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "dcn-bench: %s: %s (%s)\n", path, err, dcn_strerror(rc));
+        exit(1);
+    }
+    const dcn_info *in = dcn_model_info(m);
+    fprintf(stderr, "[dcn] %s: d=%zu, %.3f MFLOP/row, kernels %s, open+warmup %.1f s\n", in->name,
+            in->d, in->flops_per_row * 1e-6, dcn_kernels_name(), now_s() - t0);
+    return m;
+}
+
+/* ---------------------------------------------------------------- run */
+
+typedef struct plain_ctx {
+    size_t rows, n_batches;
+} plain_ctx;
+
+/* Batch i of the plain benchmark: the next `rows` rows of the pool, wrapping. */
+static void plan_plain(size_t i, const void *ctx, batch_plan *bp)
+{
+    const plain_ctx *c = ctx;
+    bp->first = (i % c->n_batches) * c->rows;
+    bp->rows = c->rows;
+    bp->n_shared = 0;
+    bp->sparse_mask = NULL;
+}
+
+/* `run`: one JSON line per (threads, batch) point. Returns 0 or 1. */
+static int cmd_run(const opts *o)
+{
+    dcn_model *m = open_model(o->model);
+    const dcn_info *in = dcn_model_info(m);
+    size_t max_b = 0;
+    for (size_t k = 0; k < o->n_batches; k++)
+        max_b = o->batches[k] > max_b ? o->batches[k] : max_b;
+    size_t pool_rows = o->pool_rows > 4 * max_b ? o->pool_rows : 4 * max_b;
+    row_pool p;
+    float *scores = malloc(max_b * sizeof *scores);
+    if (!scores || pool_make(&p, m, pool_rows, o->seed) < 0) {
+        fputs("dcn-bench: out of memory\n", stderr);
+        return 1;
+    }
+    int status = 0;
+    for (size_t ti = 0; ti < o->n_threads && !status; ti++) {
+        size_t T = o->threads[ti];
+        team *t = team_new(m, T, max_b);
+        if (!t) {
+            fputs("dcn-bench: cannot make the thread team\n", stderr);
+            status = 1;
+            break;
+        }
+        for (size_t k = 0; k < o->n_batches; k++) {
+            size_t B = o->batches[k];
+            plain_ctx c = {.rows = B, .n_batches = pool_rows / B};
+            measure r;
+            int tries;
+            int rc = measure_point(t, &p, plan_plain, &c, scores, o, &r, &tries);
+            if (rc) {
+                fprintf(stderr, "dcn-bench: dcn_score failed: %s\n", dcn_strerror(rc));
+                status = 1;
+                break;
+            }
+            double sps = (double)(B * r.iters) / r.total_s;
+            double gflops = sps * in->flops_per_row * 1e-9;
+            printf("{\"kind\": \"point\", \"engine\": \"dcnserve\", \"model\": ");
+            json_str(stdout, in->name);
+            printf(", \"kernels\": \"%s\", \"batch\": %zu, \"threads\": %zu, \"iters\": %zu, "
+                   "\"samples_per_s\": %.2f, \"gflops\": %.3f, \"flops_per_row\": %.0f, "
+                   "\"lat_ms_median\": %.4f, \"lat_ms_p99\": %.4f, \"lat_ms_mean\": %.4f, "
+                   "\"lat_ms_min\": %.4f, \"foreign_cpu\": %.4f, \"steal\": %.4f, \"tries\": %d, "
+                   "\"pool_rows\": %zu}\n",
+                   dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
+                   r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
+                   r.steal, tries, pool_rows);
+            fflush(stdout);
+            fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
+                            "p99 %8.3f ms (%zu iters, fg %.2f)\n",
+                    T, in->name, B, sps, gflops, r.median_s * 1e3, r.p99_s * 1e3, r.iters,
+                    r.foreign);
+        }
+        team_free(t);
+    }
+    pool_free(&p);
+    free(scores);
+    dcn_release(m);
+    return status;
+}
+
+/* ---------------------------------------------------------------- share */
+
+/* The multiply-adds per row that context sharing takes off the per-row work
+ * when the context holds c of x0's d coordinates (none of them dense): the
+ * products of the layers that read x0 itself, as FORMAT.md's architecture
+ * wires them. The first cross layer reads x0 (its input x_0 is x0); the
+ * deep network reads x0 in `parallel` mode, and in `stacked` mode when there
+ * is no cross layer. The mix gate's a_i . x0 is counted too. */
+static double shared_macs_per_row(const dcn_info *in, double c)
+{
+    double macs = 0;
+    if (in->cross_layers > 0) {
+        switch (in->cross_kind) {
+        case DCN_CROSS_VECTOR: macs += c; break;
+        case DCN_CROSS_FULL: macs += (double)in->d * c; break;
+        case DCN_CROSS_LOWRANK: macs += (double)in->rank * c; break;
+        case DCN_CROSS_MIX:
+            macs += (double)in->experts * (double)in->rank * c;
+            if (in->gate != DCN_GATE_CONSTANT)
+                macs += (double)in->experts * c;
+            break;
+        }
+    }
+    int deep_reads_x0 = in->combine == DCN_COMBINE_PARALLEL ||
+                        (in->combine == DCN_COMBINE_STACKED && in->cross_layers == 0);
+    if (deep_reads_x0 && in->n_deep > 0)
+        macs += (double)in->deep_sizes[0] * c;
+    return macs;
+}
+
+typedef struct share_ctx {
+    size_t rows, n_requests, n_shared;
+    const uint8_t *mask;
+    int shared;                       /* pass the context once */
+} share_ctx;
+
+/* Request i of the sharing benchmark: `rows` candidates of the pool whose
+ * first n_shared sparse features all hold the request's context. */
+static void plan_share(size_t i, const void *ctx, batch_plan *bp)
+{
+    const share_ctx *c = ctx;
+    bp->first = (i % c->n_requests) * c->rows;
+    bp->rows = c->rows;
+    bp->n_shared = c->shared ? c->n_shared : 0;
+    bp->sparse_mask = c->mask;
+}
+
+/* `share`: for each thread count, requests of R candidates scored with the
+ * context passed per row and passed once; prints one JSON line each with
+ * both timings, the measured and the FLOP-predicted speed-up, and the
+ * largest relative score difference between the two. Returns 0 or 1. */
+static int cmd_share(const opts *o)
+{
+    dcn_model *m = open_model(o->model);
+    const dcn_info *in = dcn_model_info(m);
+    size_t R = o->req_rows;
+    size_t n_req = o->pool_rows / R;
+    row_pool p;
+    uint8_t *mask = calloc(in->n_sparse + 1, 1);
+    float *s0 = malloc(R * sizeof *s0), *s1 = malloc(R * sizeof *s1);
+    if (!mask || !s0 || !s1 || n_req < 2 || pool_make(&p, m, n_req * R, o->seed) < 0) {
+        fputs("dcn-bench: out of memory (or --pool smaller than two requests)\n", stderr);
+        return 1;
+    }
+    /* the context: leading sparse features covering about half of x0 */
+    size_t n_shared = 0, c = 0;
+    if (o->shared_sparse >= 0) {
+        n_shared = (size_t)o->shared_sparse < in->n_sparse ? (size_t)o->shared_sparse : in->n_sparse;
+        for (size_t f = 0; f < n_shared; f++)
+            c += dcn_sparse(m, f)->dim;
+    } else {
+        while (n_shared < in->n_sparse) {
+            size_t dim = dcn_sparse(m, n_shared)->dim;
+            double now = fabs((double)c - in->d / 2.0), next = fabs((double)(c + dim) - in->d / 2.0);
+            if (next >= now)                    /* on a tie, the smaller context */
+                break;
+            c += dim, n_shared++;
+        }
+    }
+    for (size_t f = 0; f < n_shared; f++) {
+        mask[f] = 1;
+        for (size_t q = 0; q < n_req; q++)     /* every candidate carries its request's context */
+            for (size_t j = 1; j < R; j++)
+                p.ids[f][q * R + j] = p.ids[f][q * R];
+    }
+    int status = 0;
+    for (size_t ti = 0; ti < o->n_threads && !status; ti++) {
+        size_t T = o->threads[ti];
+        team *t = team_new(m, T, R);
+        if (!t) {
+            status = 1;
+            break;
+        }
+        share_ctx cx = {.rows = R, .n_requests = n_req, .n_shared = n_shared, .mask = mask};
+        /* parity: the same requests scored both ways */
+        double max_rel = 0;
+        for (size_t q = 0; q < 8 && q < n_req && !status; q++) {
+            batch_plan bp;
+            cx.shared = 0, plan_share(q, &cx, &bp);
+            int rc = team_run(t, team_split(t, &p, &bp, s0));
+            cx.shared = 1, plan_share(q, &cx, &bp);
+            rc = rc ? rc : team_run(t, team_split(t, &p, &bp, s1));
+            if (rc) {
+                fprintf(stderr, "dcn-bench: dcn_score failed: %s\n", dcn_strerror(rc));
+                status = 1;
+            }
+            for (size_t j = 0; j < R; j++) {
+                double d = fabs((double)s0[j] - s1[j]) / fmax(fabs((double)s0[j]), 1e-30);
+                max_rel = d > max_rel ? d : max_rel;
+            }
+        }
+        measure r0, r1;
+        int tr0 = 0, tr1 = 0;
+        cx.shared = 0;
+        int rc = status ? 1 : measure_point(t, &p, plan_share, &cx, s0, o, &r0, &tr0);
+        cx.shared = 1;
+        rc = rc ? rc : measure_point(t, &p, plan_share, &cx, s1, o, &r1, &tr1);
+        team_free(t);
+        if (rc) {
+            if (!status)
+                fprintf(stderr, "dcn-bench: dcn_score failed: %s\n", dcn_strerror(rc));
+            status = 1;
+            break;
+        }
+        /* each of the min(T, R) slices is a segment that computes the context once */
+        size_t slices = T < R ? T : R;
+        double F = in->flops_per_row, S = 2 * shared_macs_per_row(in, (double)c);
+        double flops0 = (double)R * F, flops1 = (double)R * (F - S) + (double)slices * S;
+        double sp_meas = r0.mean_s / r1.mean_s;
+        printf("{\"kind\": \"share\", \"model\": ");
+        json_str(stdout, in->name);
+        printf(", \"kernels\": \"%s\", \"threads\": %zu, \"rows\": %zu, \"shared_sparse\": %zu, "
+               "\"shared_coords\": %zu, \"d\": %zu, \"flops_request_unshared\": %.0f, "
+               "\"flops_request_shared\": %.0f, \"speedup_predicted\": %.4f, "
+               "\"speedup_measured\": %.4f, \"lat_ms_mean_unshared\": %.4f, "
+               "\"lat_ms_mean_shared\": %.4f, \"lat_ms_median_unshared\": %.4f, "
+               "\"lat_ms_median_shared\": %.4f, \"lat_ms_p99_unshared\": %.4f, "
+               "\"lat_ms_p99_shared\": %.4f, \"max_rel_diff\": %.3g, \"foreign_cpu\": %.4f, "
+               "\"iters\": [%zu, %zu], \"tries\": [%d, %d]}\n",
+               dcn_kernels_name(), T, R, n_shared, c, in->d, flops0, flops1, flops0 / flops1,
+               sp_meas, r0.mean_s * 1e3, r1.mean_s * 1e3, r0.median_s * 1e3, r1.median_s * 1e3,
+               r0.p99_s * 1e3, r1.p99_s * 1e3, max_rel, fmax(r0.foreign, r1.foreign), r0.iters,
+               r1.iters, tr0, tr1);
+        fflush(stdout);
+        fprintf(stderr, "[share T=%zu] %-16s %zu rows, context %zu/%zu coords: %.3f -> %.3f ms, "
+                        "x%.2f measured, x%.2f by FLOPs, max rel diff %.2g\n",
+                T, in->name, R, c, in->d, r0.mean_s * 1e3, r1.mean_s * 1e3, sp_meas,
+                flops0 / flops1, max_rel);
+    }
+    pool_free(&p);
+    free(mask), free(s0), free(s1);
+    dcn_release(m);
+    return status;
+}
+
+/* ---------------------------------------------------------------- dump */
+
+/* `dump`: writes the first --rows pool rows (made with --seed, as `run`
+ * makes them) and the engine's probabilities and logits to --out as JSON:
+ * {"dense": [[...]], "sparse": [[...]], "prob": [...], "logit": [...]}. */
+static int cmd_dump(const opts *o)
+{
+    if (!o->out) {
+        fputs("dcn-bench dump: --out is required\n", stderr);
+        return 1;
+    }
+    dcn_model *m = open_model(o->model);
+    size_t n = o->dump_rows;
+    row_pool p;
+    float *prob = malloc(n * sizeof *prob), *logit = malloc(n * sizeof *logit);
+    dcn_scratch *s = dcn_scratch_new(m, n);
+    if (!prob || !logit || !s || pool_make(&p, m, n, o->seed) < 0) {
+        fputs("dcn-bench: out of memory\n", stderr);
+        return 1;
+    }
+    const uint32_t **offs = calloc(p.n_sparse + 1, sizeof *offs);
+    for (size_t f = 0; offs && f < p.n_sparse; f++)
+        offs[f] = p.iota;
+    dcn_batch b = {.n_rows = n, .n_segments = 1, .dense = p.dense, .offsets = offs,
+                   .ids = (const int64_t *const *)p.ids};
+    int rc = offs ? dcn_score(m, s, &b, prob, logit) : DCN_ENOMEM;
+    FILE *f = rc ? NULL : fopen(o->out, "w");
+    if (rc || !f) {
+        fprintf(stderr, "dcn-bench dump: %s\n", rc ? dcn_strerror(rc) : "cannot write --out");
+        return 1;
+    }
+    fputs("{\"dense\": [", f);
+    for (size_t r = 0; r < n; r++) {
+        fputs(r ? ", [" : "[", f);
+        for (size_t j = 0; j < p.n_dense; j++)
+            fprintf(f, "%s%.9g", j ? ", " : "", p.dense[r * p.n_dense + j]);
+        fputc(']', f);
+    }
+    fputs("],\n \"sparse\": [", f);
+    for (size_t r = 0; r < n; r++) {
+        fputs(r ? ", [" : "[", f);
+        for (size_t j = 0; j < p.n_sparse; j++)
+            fprintf(f, "%s%lld", j ? ", " : "", (long long)p.ids[j][r]);
+        fputc(']', f);
+    }
+    fputs("],\n \"prob\": [", f);
+    for (size_t r = 0; r < n; r++)
+        fprintf(f, "%s%.9g", r ? ", " : "", prob[r]);
+    fputs("],\n \"logit\": [", f);
+    for (size_t r = 0; r < n; r++)
+        fprintf(f, "%s%.9g", r ? ", " : "", logit[r]);
+    fprintf(f, "],\n \"kernels\": \"%s\"}\n", dcn_kernels_name());
+    fclose(f);
+    free(offs), free(prob), free(logit);
+    pool_free(&p);
+    dcn_scratch_free(s);
+    dcn_release(m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+int main(int argc, char **argv)
+{
+    opts o;
+    if (parse_args(argc, argv, &o) < 0) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(o.cmd, "peak"))
+        return cmd_peak(&o);
+    if (!strcmp(o.cmd, "help") || !strcmp(o.cmd, "--help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!o.model) {
+        fputs("dcn-bench: --model is required\n", stderr);
+        return 2;
+    }
+    if (!strcmp(o.cmd, "run"))
+        return cmd_run(&o);
+    if (!strcmp(o.cmd, "share"))
+        return cmd_share(&o);
+    if (!strcmp(o.cmd, "dump"))
+        return cmd_dump(&o);
+    usage(stderr);
+    return 2;
+}

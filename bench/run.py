@@ -1,0 +1,271 @@
+"""run.py — `make bench`: the dcnserve engine against ONNX Runtime.
+
+Steps (each one's output goes to bench/out/, which git ignores):
+  1. FMA peak: `dcn-bench peak` on 1 and 2 threads (the roof of % peak);
+  2. models: bench/make_models.py writes the .dcn files (random weights,
+     seeded; cached, the dlrmv2 tables are 1.3 GB);
+  3. parity rows: `dcn-bench dump` scores 8 rows per model with the engine;
+  4. ONNX: bench/export_onnx.py builds each model in PyTorch from its .dcn
+     file (tools/dcn_torch.py) and exports it, tables pointing into the .dcn
+     file, and computes PyTorch's logits for the parity rows;
+  5. engine: `dcn-bench run` per model, batch size and thread count;
+  6. ONNX Runtime: bench/ort_bench.js (npm onnxruntime-node, installed into
+     bench/node_modules from package-lock.json on first use) on the same
+     models, rows and thread counts, after checking its logits against
+     PyTorch's and the engine's;
+  7. context sharing: `dcn-bench share` (a request of 100 candidates whose
+     context is about half of x0) on a stacked and a parallel model, and the
+     others;
+  8. prints the tables (also bench/out/table.md) and writes every figure to
+     bench/out/results.json.
+
+usage: run.py --bench BUILD/dcn-bench [--quick] [--models k1,k2]
+              [--batches 1,16,...] [--threads 1,2] [--min-time S] [--no-ort]
+              [--no-share] [--out DIR]
+--quick: short points (0.2 s, no re-runs) to check that everything runs; its
+figures are not meant to be quoted. A full run takes about 5-8 minutes on 2 cores.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TABLE_MODELS = ["criteo-full", "criteo-lowrank", "criteo-mix", "dlrmv2"]
+SHARE_MODELS = ["criteo-full", "criteo-full-parallel", "criteo-lowrank", "criteo-mix", "dlrmv2"]
+
+
+def log(msg):
+    print(f"=== [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_json(cmd, cwd=None, env=None):
+    """Runs cmd with stderr passed through; returns the JSON lines it printed
+    on stdout. Exits with its status if it fails."""
+    p = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.exit(f"run.py: {' '.join(cmd)} failed with status {p.returncode}")
+    out = []
+    for line in p.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def machine_info():
+    """What the figures were measured on."""
+    info = {"cpu": "?", "nproc": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            txt = f.read()
+        for line in txt.splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((l for l in txt.splitlines() if l.startswith("flags")), "").split()
+        info["isa"] = " ".join(f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16") if f in flags)
+    except OSError:
+        pass
+    for k, cmd in (("node", ["node", "--version"]), ("cc", ["cc", "--version"])):
+        try:
+            info[k] = subprocess.run(cmd, stdout=subprocess.PIPE, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            info[k] = None
+    try:
+        info["git"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                     stdout=subprocess.PIPE, text=True).stdout.strip()
+    except OSError:
+        info["git"] = None
+    return info
+
+
+def ensure_ort():
+    """Installs onnxruntime-node into bench/node_modules from the lock file if
+    missing. Its install script only fetches optional GPU providers from
+    outside the npm registry, so it is skipped: the CPU binaries ship in the
+    package. Returns False (and says why) when node or npm is missing."""
+    if os.path.exists(os.path.join(HERE, "node_modules", "onnxruntime-node", "package.json")):
+        return True
+    if not shutil.which("node") or not shutil.which("npm"):
+        print("run.py: node and npm are needed for the ONNX Runtime side "
+              "(apt-get install nodejs npm); skipping it", file=sys.stderr)
+        return False
+    log("npm ci (onnxruntime-node)")
+    env = dict(os.environ, ONNXRUNTIME_NODE_INSTALL="skip")
+    p = subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=HERE, env=env)
+    return p.returncode == 0
+
+
+# ---------------------------------------------------------------- tables
+
+def fmt_int(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def peak_for(peaks, threads):
+    """Best measured FMA throughput (GFLOP/s) on `threads` threads."""
+    vals = [p["gflops"] for p in peaks if p.get("threads") == threads and "gflops" in p]
+    return max(vals) if vals else None
+
+
+def main_table(res):
+    """Markdown table: one row per (model, batch, threads)."""
+    ours = {(p["model"], p["batch"], p["threads"]): p for p in res["engine"]}
+    ort = {(p["key"], p["batch"], p["threads"]): p for p in res["ort"]}
+    lines = [
+        "| model | batch | T | ours samples/s | ORT samples/s | ours/ORT | our GFLOP/s | % FMA peak "
+        "| ours p50 / p99 ms | ORT p50 / p99 ms | fg% ours / ORT |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, b, t), p in sorted(ours.items(), key=lambda kv: (TABLE_MODELS.index(kv[0][0])
+                                                                 if kv[0][0] in TABLE_MODELS else 99,
+                                                                 kv[0][2], kv[0][1])):
+        o = ort.get((model, b, t))
+        pk = peak_for(res["peak"], t)
+        ratio = p["samples_per_s"] / o["samples_per_s"] if o else None
+        lines.append(
+            f"| {model} | {b} | {t} | {fmt_int(p['samples_per_s'])} | "
+            f"{fmt_int(o['samples_per_s']) if o else '-'} | {fmt(ratio, '.2f')} | "
+            f"{p['gflops']:.1f} | {fmt(100 * p['gflops'] / pk if pk else None, '.0f')} | "
+            f"{p['lat_ms_median']:.3f} / {p['lat_ms_p99']:.3f} | "
+            + (f"{o['lat_ms_median']:.3f} / {o['lat_ms_p99']:.3f}" if o else "-")
+            + f" | {100 * p['foreign_cpu']:.0f} / " + (f"{100 * o['foreign_cpu']:.0f}" if o else "-") + " |")
+    return "\n".join(lines)
+
+
+def share_table(res):
+    lines = [
+        "| model | T | rows | context coords / d | unshared ms | shared ms | speed-up measured "
+        "| speed-up by FLOPs | max rel diff | fg% |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in res["share"]:
+        lines.append(
+            f"| {s['model']} | {s['threads']} | {s['rows']} | {s['shared_coords']} / {s['d']} "
+            f"({s['shared_sparse']} sparse) | {s['lat_ms_mean_unshared']:.3f} | {s['lat_ms_mean_shared']:.3f} | "
+            f"x{s['speedup_measured']:.2f} | x{s['speedup_predicted']:.2f} | {s['max_rel_diff']:.1e} | "
+            f"{100 * s['foreign_cpu']:.0f} |")
+    return "\n".join(lines)
+
+
+def header(res):
+    m = res["machine"]
+    peaks = res["peak"]
+    pk = ", ".join(f"{p['test']} T={p['threads']}: {p['gflops']:.1f} GFLOP/s"
+                   for p in peaks if "gflops" in p)
+    clk = ", ".join(f"T={p['threads']}: {p['ghz']:.2f} GHz" for p in peaks if "ghz" in p)
+    kern = res["engine"][0]["kernels"] if res["engine"] else "?"
+    ortv = res["ort"][0]["version"] if res["ort"] else "not run"
+    out = [f"Machine: {m['cpu']}, {m['nproc']} CPUs ({m.get('isa', '')}); clock (add chain) {clk}.",
+           f"FMA peak (FP32, measured): {pk}.",
+           f"dcnserve kernels: {kern}; ONNX Runtime: onnxruntime-node {ortv} (CPU EP, graph "
+           f"optimisations all, intra-op threads = T, inter-op 1); git {m.get('git')}.",
+           f"Started {res['started']}, {res['seconds']:.0f} s; point length {res['min_time_s']} s"
+           f"{' (--quick)' if res['quick'] else ''}."]
+    par = [p for p in res["parity"]]
+    if par:
+        out.append("Parity (8 rows, max |logit difference|): " + "; ".join(
+            f"{p['key']} T={p['threads']}: ORT-torch {p['max_abs_logit_vs_torch']:.1e}, ORT-engine "
+            + (f"{p['max_abs_logit_vs_engine']:.1e}" if p.get('max_abs_logit_vs_engine') is not None else "n/a")
+            for p in par if p["threads"] == 1) + ".")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description="dcnserve engine benchmark against ONNX Runtime")
+    ap.add_argument("--bench", required=True, help="the dcn-bench binary")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", default=",".join(TABLE_MODELS))
+    ap.add_argument("--share-models", default=",".join(SHARE_MODELS))
+    ap.add_argument("--batches", default="1,16,64,256,1024")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--min-time", type=float)
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-share", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    a = ap.parse_args()
+
+    py = sys.executable
+    bench = os.path.abspath(a.bench)
+    out = os.path.abspath(a.out)
+    mdir = os.path.join(out, "models")
+    os.makedirs(mdir, exist_ok=True)
+    keys = [k for k in a.models.split(",") if k]
+    share_keys = [] if a.no_share else [k for k in a.share_models.split(",") if k]
+    min_time = a.min_time or (0.2 if a.quick else 1.5)
+    timing = ["--min-time", str(min_time), "--max-time", str(max(4 * min_time, 1.0)),
+              "--min-iters", "3" if a.quick else "10", "--warmup", "0.05" if a.quick else "0.3",
+              "--retries", "0" if a.quick else "1", "--foreign-max", "0.05"]
+    t_start = time.time()
+    res = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": " ".join(["bench/run.py"] + sys.argv[1:]), "quick": a.quick,
+           "min_time_s": min_time, "machine": machine_info(), "peak": [], "models": [],
+           "engine": [], "ort": [], "parity": [], "share": [], "export": []}
+
+    log("FMA peak probe")
+    res["peak"] = run_json([bench, "peak", "--threads", a.threads, "--min-time", "0.5"])
+
+    log("model files")
+    need = sorted(set(keys) | set(share_keys), key=lambda k: (SHARE_MODELS + TABLE_MODELS).index(k))
+    res["models"] = run_json([py, os.path.join(HERE, "make_models.py"), "--outdir", mdir,
+                              "--models", ",".join(need)])
+    for m in res["models"]:
+        print(f"  {m['key']}: {m['bytes'] / 1e6:.0f} MB, {'generated' if m['generated'] else 'cached'}",
+              file=sys.stderr)
+
+    ort_ok = not a.no_ort and ensure_ort()
+    if ort_ok:
+        log("parity rows (dcn-bench dump) and ONNX export")
+        for k in keys:
+            run_json([bench, "dump", "--model", os.path.join(mdir, f"{k}.dcn"),
+                      "--out", os.path.join(mdir, f"{k}.dump.json"), "--rows", "8"])
+        res["export"] = run_json([py, os.path.join(HERE, "export_onnx.py"), "--models", mdir,
+                                  "--keys", ",".join(keys), "--dumps", mdir])
+        for e in res["export"]:
+            e.pop("vocab_sizes", None)
+            print(f"  {e['key']}: {'exported' if e['exported'] else 'cached'}, engine vs torch "
+                  f"max |logit diff| {e.get('max_abs_engine_vs_torch_logit', float('nan')):.1e}",
+                  file=sys.stderr)
+
+    for k in keys:
+        log(f"engine: {k}")
+        res["engine"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"),
+                                   "--batches", a.batches, "--threads", a.threads] + timing)
+    if ort_ok:
+        log("ONNX Runtime: " + ",".join(keys))
+        got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
+                        "--keys", ",".join(keys), "--batches", a.batches, "--threads", a.threads]
+                       + timing, cwd=HERE)
+        res["ort"] = [g for g in got if g["kind"] == "point"]
+        res["parity"] = [g for g in got if g["kind"] == "parity"]
+    for k in share_keys:
+        log(f"context sharing: {k}")
+        res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),
+                                  "--rows", "100", "--threads", a.threads] + timing)
+
+    res["seconds"] = time.time() - t_start
+    text = "\n\n".join([header(res), main_table(res)] + ([share_table(res)] if res["share"] else []))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    print(f"\n(written to {os.path.relpath(out, os.getcwd())}/table.md and results.json)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
