@@ -6,6 +6,7 @@
 #   make test       build, then every test (unit, golden parity, integration)
 #   make check      the unit and integration tests under ASan+UBSan, threaded ones under TSan
 #   make bench      engine benchmark against ONNX Runtime (bench/README.md)
+#   make load       server load benchmark with wrk (deploy/load/run.py)
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
@@ -90,7 +91,7 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KFLAGS) -c -o $@ $<
 
-.PHONY: all deps run test unit pytest check bench golden clean help
+.PHONY: all deps run test unit pytest check bench load golden clean help
 .SECONDARY:
 .DEFAULT_GOAL := all
 
@@ -133,6 +134,14 @@ tsan-unit: $(TSAN_TESTS:tests/%.c=$(BUILD)/tests/%)
 
 bench: deps $(BENCH)
 	$(PYTHON) bench/run.py --bench $(BENCH) $(BENCH_ARGS)
+
+# Load benchmark of the server (figures, not tests): wrk + deploy/load/rank.lua
+# at 1, 10, 100 and 1,000 candidates per request, closed loop then paced.
+LOAD_DURATION ?= 5
+LOAD_CONNS    ?= 8
+load: deps all
+	$(PYTHON) deploy/load/run.py --server $(DCNSERVE) --model $(MODEL) \
+	  --duration $(LOAD_DURATION) --connections $(LOAD_CONNS)
 
 golden:
 	$(PYTHON) tests/ref/gen_golden.py --out tests/golden

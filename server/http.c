@@ -361,6 +361,7 @@ static enum MHD_Result rank_start(srv *s, srv_req *r)
         }
     }
     r->t_enq = batch_now_ns();
+    r->t_first = r->t_last = 0; /* set by the first and last batch back */
     rc = batch_push(s->q, &r->job, r->t_enq);
     if (rc < 0) {
         snprintf(r->msg, sizeof r->msg, rc == RK_EBUSY ? "queue full (%zu rows waiting)" : "shutting down",
@@ -389,6 +390,7 @@ static enum MHD_Result rank_finish(srv *s, srv_req *r)
     if (r->err) return send_error(r, r->err, r->msg);
     rk_request *rq = r->rq;
     size_t n = rq->n_cands;
+    if (!r->t_first) r->t_first = r->t_last = r->t_enq; /* no row was scored */
     uint32_t *order = malloc((n + 1) * sizeof *order);
     if (!order) return send_error(r, RK_ENOMEM, NULL);
     uint64_t t0 = batch_now_ns();
@@ -740,7 +742,7 @@ static void seg_back(srv *s, const batch_seg *sg, const batch_work *b, int expir
             r->err = RK_EINTERNAL;
             snprintf(r->msg, sizeof r->msg, "the engine refused the batch: %s", dcn_strerror(b->status));
         }
-        if (r->t_first == r->t_enq || b->start_ns < r->t_first) r->t_first = b->start_ns;
+        if (!r->t_first || b->start_ns < r->t_first) r->t_first = b->start_ns;
         if (b->end_ns > r->t_last) r->t_last = b->end_ns;
     }
     r->rows_left -= sg->n_rows;

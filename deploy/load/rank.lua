@@ -1,0 +1,34 @@
+-- rank.lua — wrk script for dcnserve's POST /rank (driven by deploy/load/run.py).
+--
+-- Environment:
+--   BODY           file holding the JSON request body (sent as is, every time)
+--   RATE_PER_CONN  optional: paced mode, requests per second per connection;
+--                  wrk's delay() hook waits 1000/RATE_PER_CONN ms before
+--                  each request, so the offered rate stays fixed and a slow
+--                  answer shows in the latency instead of lowering the load.
+-- done() prints one machine-readable RESULT line (latencies in µs).
+
+local f = assert(io.open(assert(os.getenv("BODY"), "BODY is not set"), "rb"))
+local body = f:read("*a")
+f:close()
+
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+
+local rate = tonumber(os.getenv("RATE_PER_CONN") or "0") or 0
+if rate > 0 then
+  local gap_ms = 1000 / rate
+  function delay()
+    return gap_ms
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d socket_errors=%d non2xx=%d p50=%d p90=%d p99=%d p999=%d max=%d mean=%.1f\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max, latency.mean))
+end

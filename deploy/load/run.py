@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""make load — drives a dcnserve process with wrk and prints throughput,
+latency percentiles and the server's own time split.
+
+Starts the server (a free loopback port) on a model, builds /rank bodies of
+1, 10, 100 and 1,000 candidates from real Criteo rows (data/), and for each
+runs wrk with deploy/load/rank.lua for a fixed time (closed loop: as fast as
+the connections go), then a paced run at a fixed offered rate (wrk's delay()
+hook) so tail latency is measured at a known load rather than hidden by
+coordinated omission. The parse/queue/inference/encode split is the
+difference of the server's /metrics histograms (dcnserve_request_phase_seconds)
+across each run. Figures, not tests: nothing here asserts a speed.
+
+Standard library only; needs wrk on PATH.
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PHASES = ("parse", "queue", "inference", "encode")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.read().decode()
+
+
+def scrape(port):
+    """Sums and counts of the phase histograms, request duration and batch rows."""
+    text = get(port, "/metrics")
+    out = {}
+    for m in re.finditer(r'^(dcnserve_[a-z_]+)_(sum|count)(\{phase="(\w+)"\})? (\S+)$', text, re.M):
+        name, kind, _, phase, val = m.groups()
+        key = (name + (":" + phase if phase else ""), kind)
+        out[key] = float(val)
+    return out
+
+
+def delta_mean(a, b, name):
+    n = b.get((name, "count"), 0) - a.get((name, "count"), 0)
+    s = b.get((name, "sum"), 0) - a.get((name, "sum"), 0)
+    return s / n if n > 0 else float("nan")
+
+
+def load_rows(path, features):
+    dense = set(f["name"] for f in features["dense"])
+    sparse = set(f["name"] for f in features["sparse"])
+    rows = []
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            r = {}
+            for k, v in rec.items():
+                if v == "" or v is None:
+                    continue
+                if k in dense:
+                    r[k] = int(v)
+                elif k in sparse:
+                    r[k] = v
+            rows.append(r)
+    return rows
+
+
+def body_for(rows, n, offset):
+    cands = [{"id": f"item-{offset + i}", "features": rows[(offset + i) % len(rows)]} for i in range(n)]
+    return json.dumps({"request_id": f"load-{n}", "candidates": cands}, separators=(",", ":"))
+
+
+def run_wrk(args, port, body_file, rate_per_conn=0.0, duration=None):
+    env = dict(os.environ, BODY=body_file)
+    if rate_per_conn:
+        env["RATE_PER_CONN"] = str(rate_per_conn)
+    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration or args.duration}s",
+           "--timeout", "10s", "-s", os.path.join(HERE, "rank.lua"), f"http://127.0.0.1:{port}/rank"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    m = re.search(r"^RESULT (.*)$", p.stdout, re.M)
+    if not m:
+        sys.exit("wrk failed:\n" + p.stdout + p.stderr)
+    return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+def fmt_ms(us):
+    return f"{us / 1000:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--server", default=os.path.join(ROOT, "build", "release", "dcnserve"))
+    ap.add_argument("--model", default=os.path.join(ROOT, "model", "default", "criteo-dcn.dcn"))
+    ap.add_argument("--data", default=os.path.join(ROOT, "data", "criteo_test_1999_unlabeled.csv"))
+    ap.add_argument("--sizes", default="1,10,100,1000", help="candidates per request")
+    ap.add_argument("--duration", type=int, default=5, help="seconds per run")
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads")
+    ap.add_argument("--paced-load", type=float, default=0.5,
+                    help="paced runs offer this fraction of the closed-loop request rate")
+    ap.add_argument("server_args", nargs="*", help="extra dcnserve flags (after --)")
+    args = ap.parse_args()
+
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    srv = subprocess.Popen([args.server, "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
+                            "--drain-delay-ms", "0", "--log-level", "warn"] + args.server_args,
+                           stdout=log, stderr=log)
+    try:
+        for _ in range(200):
+            try:
+                get(port, "/v2/health/ready")
+                break
+            except OSError:
+                if srv.poll() is not None:
+                    log.seek(0)
+                    sys.exit("dcnserve exited:\n" + log.read().decode())
+                time.sleep(0.05)
+        info = json.loads(get(port, "/v1/model"))
+        workers = re.search(r"^dcnserve_workers (\d+)", get(port, "/metrics"), re.M).group(1)
+        rows = load_rows(args.data, info["features"])
+        print(f"model {info['name']} {info['version']} ({info['architecture']['cross']['kind']} cross, "
+              f"d={info['architecture']['d']}, kernels {info['kernels']}), {workers} workers, "
+              f"wrk {args.threads} thread(s) x {args.connections} connections, {args.duration} s per run")
+        print()
+        hdr = (f"{'mode':<7} {'cands':>5} {'req/s':>9} {'cands/s':>10} {'p50 ms':>8} {'p90 ms':>8} "
+               f"{'p99 ms':>8} {'non2xx':>6} | server mean µs: {'parse':>7} {'queue':>7} {'infer':>7} "
+               f"{'encode':>7} {'rows/batch':>10}")
+        print(hdr)
+        print("-" * len(hdr))
+        with tempfile.TemporaryDirectory() as tmp:
+            closed = {}
+            for n in (int(x) for x in args.sizes.split(",")):
+                bf = os.path.join(tmp, f"body{n}.json")
+                with open(bf, "w") as f:
+                    f.write(body_for(rows, n, 0))
+                run_wrk(args, port, bf, duration=1)  # warm-up
+                for mode in ("closed", "paced"):
+                    rate = 0.0
+                    if mode == "paced":
+                        total = closed[n] * args.paced_load
+                        rate = max(total / args.connections, 0.5)
+                    a = scrape(port)
+                    r = run_wrk(args, port, bf, rate_per_conn=rate)
+                    b = scrape(port)
+                    rps = r["requests"] / (r["duration_us"] / 1e6)
+                    if mode == "closed":
+                        closed[n] = rps
+                    split = [delta_mean(a, b, "dcnserve_request_phase_seconds:" + p) * 1e6 for p in PHASES]
+                    rows_per_batch = delta_mean(a, b, "dcnserve_batch_rows")
+                    label = "closed" if mode == "closed" else f"paced"
+                    print(f"{label:<7} {n:>5} {rps:>9.0f} {rps * n:>10.0f} {fmt_ms(r['p50']):>8} "
+                          f"{fmt_ms(r['p90']):>8} {fmt_ms(r['p99']):>8} {int(r['non2xx'] + r['socket_errors']):>6} | "
+                          f"{'':>15}{split[0]:>7.0f} {split[1]:>7.0f} {split[2]:>7.0f} {split[3]:>7.0f} "
+                          f"{rows_per_batch:>10.1f}")
+        print()
+        print(f"paced: offered {args.paced_load:.0%} of the closed-loop rate, evenly over the connections "
+              f"(wrk delay() hook); req/s shows the rate achieved.")
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        try:
+            srv.wait(20)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    main()
