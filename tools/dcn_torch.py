@@ -379,7 +379,8 @@ def encode(spec: ModelSpec, rows, width: Optional[int] = None):
         for j, f in enumerate(spec.dense):
             v = row.get(f.name)
             if not _is_missing(v) and v != "":
-                dense[r, j] = float(v)
+                with np.errstate(over="ignore"):       # beyond float32: +-inf, as C
+                    dense[r, j] = float(v)
         slots = []
         for f in spec.sparse:
             v = row.get(f.name)
