@@ -14,8 +14,8 @@
  *   logit. Shared (context) features are computed once per segment: their
  *   x0 coordinates are filled once and copied, and every layer that reads x0
  *   directly folds W[:, ctx] x_ctx into a per-segment bias (lin_x0).
- * - Activations of mix layers and gates use libm on the GEMM output; the
- *   GEMMs dominate, so these scalar passes cost little.
+ * - Activations of mix layers run through the kernel set's vector act on
+ *   the GEMM output; gates (K values a row) use libm.
  */
 #include "model/dcn.h"
 #include "model/gguf.h"
@@ -1325,16 +1325,6 @@ static void lin_x0(const dcn_model *m, dcn_scratch *s, const plan *p, const klin
     }
 }
 
-static float act(dcn_act a, float v) {
-    switch (a) {
-    case DCN_ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case DCN_ACT_TANH: return tanhf(v);
-    case DCN_ACT_HARD_TANH: return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v;
-    case DCN_ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
-    default: return v;
-    }
-}
-
 /* Builds x0 for every row (and the shared coordinates per segment). */
 static void build_x0(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, const plan *p) {
     const dcn_info *in = &m->info;
@@ -1434,8 +1424,7 @@ static void cross_layer(const dcn_model *m, dcn_scratch *s, const plan *p, size_
                 sum = 1.0f;
             }
             s->gsum[row] = sum;
-            float *hr = s->h0 + row * s->ldh;
-            for (size_t k = 0; k < kr; k++) hr[k] = act(in->activation, hr[k]);
+            ks->act(s->h0 + row * s->ldh, kr, (int)in->activation);
         }
         krange all_r = {0, (uint32_t)r};
         kepi ec = {.kind = KEPI_BIAS, .bias = X->c[0].bias}; /* C has no bias: zeros */
@@ -1446,8 +1435,9 @@ static void cross_layer(const dcn_model *m, dcn_scratch *s, const plan *p, size_
         for (size_t row = 0; row < n; row++) {
             float *hr = s->hc + row * s->ldk;
             const float *g = s->gate + row * ldg;
+            ks->act(hr, kr, (int)in->activation);
             for (size_t i = 0; i < K; i++)
-                for (size_t k = 0; k < r; k++) hr[i * r + k] = act(in->activation, hr[i * r + k]) * g[i];
+                for (size_t k = 0; k < r; k++) hr[i * r + k] *= g[i];
         }
         krange all_kr = {0, (uint32_t)kr};
         kepi e = {.kind = KEPI_CROSS, .bias = X->u.bias, .x0 = s->x0, .ldx0 = ldd, .xl = x, .ldxl = ldd,

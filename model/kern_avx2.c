@@ -20,5 +20,16 @@ typedef __m256 V;
 #define vload_bf16(p) \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
 #define vload_i8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))))
+#define KC 256
+#define vmin(a, b) _mm256_min_ps((a), (b))
+#define vmul(a, b) _mm256_mul_ps((a), (b))
+#define vsub(a, b) _mm256_sub_ps((a), (b))
+#define vdiv(a, b) _mm256_div_ps((a), (b))
+#define vround(a) _mm256_round_ps((a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vabs(a) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (a))
+#define vcopysign(mag, sgn) _mm256_or_ps(vabs(mag), _mm256_and_ps(_mm256_set1_ps(-0.0f), (sgn)))
+#define vblend_lt(a, b, t, f) _mm256_blendv_ps((f), (t), _mm256_cmp_ps((a), (b), _CMP_LT_OQ))
+#define vscale2(p, n) _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)))
 
+#include <string.h>
 #include "model/kern_simd.inc"

@@ -22,5 +22,16 @@ typedef __m512 V;
 #define vload_bf16(p) \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
 #define vload_i8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))))
+#define KC 128
+#define vmin(a, b) _mm512_min_ps((a), (b))
+#define vmul(a, b) _mm512_mul_ps((a), (b))
+#define vsub(a, b) _mm512_sub_ps((a), (b))
+#define vdiv(a, b) _mm512_div_ps((a), (b))
+#define vround(a) _mm512_roundscale_ps((a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vabs(a) _mm512_abs_ps(a)
+#define vcopysign(mag, sgn) _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(vabs(mag)), _mm512_and_si512(_mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(sgn))))
+#define vblend_lt(a, b, t, f) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ), (f), (t))
+#define vscale2(p, n) _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)))
 
+#include <string.h>
 #include "model/kern_simd.inc"

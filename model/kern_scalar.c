@@ -1,9 +1,11 @@
-/* kern_scalar.c — the portable reference kernels: plain loops, always built,
- * the oracle every optimised set is tested against. Same packed layout as
+/* kern_scalar.c — the portable reference kernels: plain loops (dot products
+ * summed in double), always built, the oracle every optimised set is tested
+ * against. Same packed layout as
  * the SIMD sets (kernels.h), panel width 16.
  */
 #include "model/kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Applies the epilogue to one accumulator (row r of the call, column n). */
@@ -28,10 +30,10 @@ static void gemm_scalar(size_t m, const float *x, size_t ldx, const klinear *L, 
     for (size_t r = 0; r < m; r++)
         for (size_t n = 0; n < L->out; n++) {
             const float *w = L->wp + (n / nr) * L->in * nr + n % nr;
-            float acc = 0.0f;
+            double acc = 0.0; /* the oracle sums in double */
             for (size_t g = 0; g < n_rg; g++)
-                for (size_t k = rg[g].k0; k < rg[g].k1; k++) acc += x[r * ldx + k] * w[k * nr];
-            y[r * ldy + n] = epilogue(e, r, n, acc);
+                for (size_t k = rg[g].k0; k < rg[g].k1; k++) acc += (double)x[r * ldx + k] * w[k * nr];
+            y[r * ldy + n] = epilogue(e, r, n, (float)acc);
         }
 }
 
@@ -48,6 +50,20 @@ static void add_i8(float *dst, const int8_t *row, float scale, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += (float)row[i] * scale;
 }
 
+static void act(float *x, size_t n, int kind) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        switch (kind) {
+        case 1: v = v > 0.0f ? v : 0.0f; break;
+        case 2: v = tanhf(v); break;
+        case 3: v = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; break;
+        case 4: v = 1.0f / (1.0f + expf(-v)); break;
+        default: break;
+        }
+        x[i] = v;
+    }
+}
+
 const kern_set kern_scalar = {
     .name = "scalar",
     .nr = 16,
@@ -56,4 +72,5 @@ const kern_set kern_scalar = {
     .add_f16 = add_f16,
     .add_bf16 = add_bf16,
     .add_i8 = add_i8,
+    .act = act,
 };

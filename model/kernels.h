@@ -65,6 +65,9 @@ typedef struct kern_set {
     void (*add_f16)(float *dst, const uint16_t *row, size_t n);
     void (*add_bf16)(float *dst, const uint16_t *row, size_t n);
     void (*add_i8)(float *dst, const int8_t *row, float scale, size_t n);
+    /* x[0..n) = g(x) in place, g a dcn_act (identity, relu, tanh,
+     * hard_tanh, sigmoid). */
+    void (*act)(float *x, size_t n, int kind);
 } kern_set;
 
 extern const kern_set kern_scalar;

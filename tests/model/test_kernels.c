@@ -136,6 +136,63 @@ Test(kernels, embedding_rows_match_scalar) {
         }
 }
 
+/* Many tiny ranges (more pieces than one K block holds) and empty ones. */
+Test(kernels, gemm_many_ranges) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    size_t in = 700, out = 33, m = 20;
+    float *w = malloc(out * in * sizeof *w), *x = malloc(m * in * sizeof *x);
+    float *y1 = calloc(m * out, sizeof *y1), *y2 = calloc(m * out, sizeof *y2);
+    for (size_t i = 0; i < out * in; i++) w[i] = frand();
+    for (size_t i = 0; i < m * in; i++) x[i] = frand();
+    krange rg[200];
+    size_t nrg = 0;
+    for (uint32_t k = 0; k + 3 <= in && nrg < 200; k += 5) rg[nrg++] = (krange){k, k + (nrg % 4 == 0 ? 0 : 3)};
+    for (size_t s = 1; s < n; s++) {
+        klinear Ls, Lk;
+        kern_pack(&Ls, w, NULL, out, in, kern_scalar.nr);
+        kern_pack(&Lk, w, NULL, out, in, sets[s]->nr);
+        kepi e = {.kind = KEPI_RELU, .bias = Ls.bias};
+        kern_scalar.gemm(m, x, in, &Ls, rg, nrg, y1, out, &e);
+        e.bias = Lk.bias;
+        sets[s]->gemm(m, x, in, &Lk, rg, nrg, y2, out, &e);
+        for (size_t i = 0; i < m * out; i++) cr_assert(fabsf(y1[i] - y2[i]) <= 1e-4f, "%zu: %g vs %g", i, y1[i], y2[i]);
+        /* no input at all: the epilogue of a zero sum */
+        e.bias = Lk.bias;
+        sets[s]->gemm(m, x, in, &Lk, rg, 0, y2, out, &e);
+        for (size_t i = 0; i < m * out; i++) cr_assert_eq(y2[i], 0.0f);
+        kern_linear_free(&Ls);
+        kern_linear_free(&Lk);
+    }
+    free(w), free(x), free(y1), free(y2);
+}
+
+/* Vector activations against libm: a few ulp, and exact where g is exact. */
+Test(kernels, activations_match_libm) {
+    const kern_set *sets[3];
+    size_t nsets = kern_available(sets, 3);
+    for (size_t s = 1; s < nsets; s++)
+        for (int kind = 0; kind <= 4; kind++)
+            for (size_t i = 0; i < NSIZES; i++) {
+                size_t n = sizes[i];
+                float *a = malloc((n + 1) * sizeof *a), *b = malloc((n + 1) * sizeof *b);
+                for (size_t k = 0; k <= n; k++) {
+                    float v = frand() * (k % 3 == 0 ? 30.0f : k % 3 == 1 ? 2.0f : 0.01f);
+                    if (k == 5) v = 100.0f;
+                    if (k == 6) v = -100.0f;
+                    a[k] = b[k] = v;
+                }
+                kern_scalar.act(a + 1, n, kind);
+                sets[s]->act(b + 1, n, kind);
+                for (size_t k = 0; k <= n; k++) {
+                    float tol = (kind == 2 || kind == 4) ? 4e-7f * fabsf(a[k]) + 1e-9f : 0.0f;
+                    cr_assert(fabsf(a[k] - b[k]) <= tol, "%s act %d n=%zu k=%zu: %.9g vs %.9g", sets[s]->name, kind,
+                              n, k, a[k], b[k]);
+                }
+                free(a), free(b);
+            }
+}
+
 Test(kernels, half_conversions) {
     cr_assert_eq(kern_f16_to_f32(0x3c00), 1.0f);
     cr_assert_eq(kern_f16_to_f32(0xc000), -2.0f);

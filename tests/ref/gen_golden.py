@@ -492,6 +492,26 @@ def cases():
     add("int_key_types", "'int' keys written as i32, no checksum stored",
         dict(dense=D("plain"), sparse=S3(), cross=MIX(K=2, r=2), deep=[4], combine="stacked",
              int_type="i32", checksum=False), 90)
+    # Batches of tens of rows: the kernels' blocked path (row tiles, K blocks,
+    # several weight panels) and context sharing across segments of many rows.
+    add("batch_full_many_rows", "full cross d = 62, 58 rows in 3 segments with context",
+        dict(dense=D("plain", "log1p", "std"), sparse=[
+            sparse_feature("user", 50, 17, "hash_mod", hash_seed=3),
+            sparse_feature("item", 40, 21), sparse_feature("cat", 20, 21, "hex_mod")],
+             cross=dict(kind="full", layers=2), deep=[40, 9], combine="stacked"), 100,
+        segments=(37, 1, 20), context=("d0_plain", "user"))
+    add("batch_mix_many_rows", "mix K=3 r=5 tanh, 63 rows in 2 segments with context",
+        dict(dense=D("plain", "std"), sparse=[
+            sparse_feature("user", 30, 19), sparse_feature("item", 40, 16),
+            sparse_feature("ctx", 10, 9, "hash_mod", hash_seed=1)],
+             cross=MIX(act="tanh", K=3, r=5), deep=[24], combine="parallel"), 101,
+        segments=(50, 13), context=("user", "ctx", "d1_std"))
+    add("batch_bottom_lowrank_many_rows", "bottom MLP [19, 11], lowrank r=6, 45 rows, dense context",
+        dict(dense=D("plain", "log1p", "std"), sparse=[
+            sparse_feature("a", 30, 24), sparse_feature("b", 25, 13, "hex_mod")],
+             bottom=[19, 11], cross=dict(kind="lowrank", layers=3, rank=6), deep=[30, 10],
+             combine="stacked"), 102,
+        segments=(45,), context=("d0_plain", "d1_log1p", "d2_std"))
     return C
 
 
