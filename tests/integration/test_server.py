@@ -324,8 +324,14 @@ class RankTest(unittest.TestCase):
         self.assertIn("POST", h["allow"])
         st, _, _ = self.srv.request("POST", "/rank", "{}", {"Content-Type": "text/plain"})
         self.assertEqual(st, 415)
-        st, _, data = self.srv.request("POST", "/rank", "x" * 1100000, {"Content-Type": "application/json"})
-        self.assertEqual((st, json.loads(data)["error"]["code"]), (413, "body_too_large"))
+        # chunked (no Content-Length): read and dropped past the limit, then 413
+        c = http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=30)
+        c.request("POST", "/rank", body=(b"x" * 100000 for _ in range(11)),
+                  headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                  encode_chunked=True)
+        r = c.getresponse()
+        self.assertEqual((r.status, json.loads(r.read())["error"]["code"]), (413, "body_too_large"))
+        c.close()
         cands = [{"id": i} for i in range(3001)]
         st, _, out = self.srv.rank({"candidates": cands})
         self.assertEqual((st, out["error"]["code"]), (413, "too_many_candidates"))
