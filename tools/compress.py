@@ -141,6 +141,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="rows of --data to use")
     ap.add_argument("--bench", help="dcn-bench binary (default: $DCN_BENCH or build/release)")
     ap.add_argument("--no-bench", action="store_true", help="skip the engine throughput")
+    ap.add_argument("--bench-time", type=float, default=1.0, help="seconds per throughput figure")
     ap.add_argument("--version", help="version string of the new file (default: old + '-r<rank>')")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
@@ -185,8 +186,8 @@ def main(argv=None):
               f"max score change {res['max_abs_score_change']:.3g}")
     bench = None if args.no_bench else find_bench(args.bench)
     if bench:
-        a = engine_samples_per_s(bench, args.model)
-        b = engine_samples_per_s(bench, args.out)
+        a = engine_samples_per_s(bench, args.model, args.bench_time)
+        b = engine_samples_per_s(bench, args.out, args.bench_time)
         res.update(samples_per_s_before=a, samples_per_s_after=b)
         if a and b:
             print(f"engine (dcn-bench, 1 thread, batch 256): {a:,.0f} -> {b:,.0f} samples/s "
