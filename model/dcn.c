@@ -933,6 +933,7 @@ int dcn_open(const char *path, const dcn_open_opts *opts, dcn_model **out, char 
     m->info.file_bytes = m->map_size;
     atomic_init(&m->refs, 1);
     m->uid = atomic_fetch_add(&next_uid, 1);
+    m->info.instance_id = m->uid;
     if (opts && opts->verify_checksum && (rc = dcn_verify(m, err, errlen)) < 0) goto fail;
     if (opts && opts->warmup) dcn_warmup(m);
     *out = m;

@@ -118,6 +118,9 @@ typedef struct dcn_info {
     int has_crc32;
     uint32_t crc32;             /* as stored in the file */
     double flops_per_row;       /* multiply-adds x 2 of one unshared row */
+    uint64_t instance_id;       /* unique per dcn_open in this process: tells
+                                   models apart even when a freed handle's
+                                   address is reused */
 } dcn_info;
 
 typedef struct dcn_open_opts {

@@ -16,7 +16,7 @@ typedef struct idv {
 } idv;
 
 typedef struct score_state {
-    const dcn_model *model;     /* not referenced: batches keep theirs */
+    uint64_t model_id;          /* dcn_info.instance_id of the model it was built for */
     dcn_scratch *scratch;
     size_t cap, nd, ns;
     float *dense;               /* (cap, nd) */
@@ -58,7 +58,7 @@ static score_state *state_new(const dcn_model *m, size_t cap)
     const dcn_info *in = dcn_model_info(m);
     score_state *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->model = m;
+    s->model_id = dcn_model_info(m)->instance_id;
     s->cap = cap;
     s->nd = in->n_dense;
     s->ns = in->n_sparse;
@@ -104,7 +104,7 @@ int score_batch(void *ctx, void **state, batch_work *w)
     const score_ctx *c = ctx;
     const dcn_model *m = w->key;
     score_state *s = *state;
-    if (!s || s->model != m) {
+    if (!s || s->model_id != dcn_model_info(m)->instance_id) {
         score_state_free(NULL, s);
         *state = s = state_new(m, c->max_batch_rows);
         if (!s) return RK_ENOMEM;
