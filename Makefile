@@ -152,4 +152,23 @@ clean:
 help:
 	@sed -n '1,12p' Makefile
 
+# ---------------------------------------------------------------- container
+# Dockerfile at the top; manifests under deploy/ (k8s, compose, systemd).
+#   make docker        build the image with a Docker engine (DOCKER=podman works too)
+#   make docker-check  as root: build with Debian's podman offline, run the image
+#                      read-only, check health, a real POST /rank, the HEALTHCHECK,
+#                      SIGTERM drain and a model mounted over the default (a few minutes)
+DEPS_PKGS    += python3-yaml
+DOCKER       ?= docker
+DOCKER_IMAGE ?= dcnserve:latest
+DOCKER_CHECK_PORT ?= 18080
+
+.PHONY: docker docker-check
+# podman keeps HEALTHCHECK only in the docker image format (OCI has no field for it).
+docker:
+	$(DOCKER) build $(if $(findstring podman,$(DOCKER)),--format docker) -t $(DOCKER_IMAGE) .
+
+docker-check:
+	PORT=$(DOCKER_CHECK_PORT) PYTHON=$(PYTHON) deploy/docker-check.sh
+
 -include $(shell find build -name '*.d' 2>/dev/null)
