@@ -81,7 +81,7 @@ class CompressTest(unittest.TestCase):
             buf = io.StringIO()
             with redirect_stdout(buf):
                 rc = compress.main([src, "--out", dst, "--energy", "0.95", "--data", DATA,
-                                    "--limit", "400", "--bench-time", "0.2", "--json", js])
+                                    "--limit", "400", "--bench-time", "0.2", "--bench-repeat", "1", "--json", js])
             self.assertEqual(rc, 0)
             out = buf.getvalue()
             self.assertIn("retained energy", out)
