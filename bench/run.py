@@ -1,7 +1,8 @@
 """run.py — `make bench`: the dcnserve engine against ONNX Runtime.
 
 Steps (each one's output goes to bench/out/, which git ignores):
-  1. FMA peak: `dcn-bench peak` on 1 and 2 threads (the roof of % peak);
+  1. FMA peak: `dcn-bench peak` on 1 and 2 threads (the roof of % peak; run
+     again at the end, the better run kept);
   2. models: bench/make_models.py writes the .dcn files (random weights,
      seeded; cached, the dlrmv2 tables are 1.3 GB);
   3. parity rows: `dcn-bench dump` scores 8 rows per model with the engine;
@@ -9,10 +10,11 @@ Steps (each one's output goes to bench/out/, which git ignores):
      file (tools/dcn_torch.py) and exports it, tables pointing into the .dcn
      file, and computes PyTorch's logits for the parity rows;
   5. engine: `dcn-bench run` per model, batch size and thread count;
-  6. ONNX Runtime: bench/ort_bench.js (npm onnxruntime-node, installed into
-     bench/node_modules from package-lock.json on first use) on the same
-     models, rows and thread counts, after checking its logits against
-     PyTorch's and the engine's;
+  6. ONNX Runtime, right after the engine on each model: bench/ort_bench.js
+     (npm onnxruntime-node, installed into bench/node_modules from
+     package-lock.json on first use) on the same model, batch sizes and
+     thread counts, after checking its logits against PyTorch's and the
+     engine's;
   7. context sharing: `dcn-bench share` (a request of 100 candidates whose
      context is about half of x0) on a stacked and a parallel model, and the
      others;
@@ -163,7 +165,7 @@ def share_table(res):
 def header(res):
     m = res["machine"]
     peaks = res["peak"]
-    pk = ", ".join(f"{p['test']} T={p['threads']}: {p['gflops']:.1f} GFLOP/s"
+    pk = ", ".join(f"{p['test']} T={p['threads']}: {p['gflops']:.1f} GFLOP/s (fg {100 * p['foreign_cpu']:.0f}%)"
                    for p in peaks if "gflops" in p)
     clk = ", ".join(f"T={p['threads']}: {p['ghz']:.2f} GHz" for p in peaks if "ghz" in p)
     kern = res["engine"][0]["kernels"] if res["engine"] else "?"
@@ -173,7 +175,8 @@ def header(res):
            f"dcnserve kernels: {kern}; ONNX Runtime: onnxruntime-node {ortv} (CPU EP, graph "
            f"optimisations all, intra-op threads = T, inter-op 1); git {m.get('git')}.",
            f"Started {res['started']}, {res['seconds']:.0f} s; point length {res['min_time_s']} s"
-           f"{' (--quick)' if res['quick'] else ''}."]
+           f"{' (--quick)' if res['quick'] else ''}. fg% = share of the CPUs other processes used "
+           f"during the point (above ~5 the point was disturbed)."]
     par = [p for p in res["parity"]]
     if par:
         out.append("Parity (8 rows, max |logit difference|): " + "; ".join(
@@ -241,22 +244,32 @@ def main():
                   f"max |logit diff| {e.get('max_abs_engine_vs_torch_logit', float('nan')):.1e}",
                   file=sys.stderr)
 
+    # model by model, ours then ORT's, so that both see similar machine noise
     for k in keys:
         log(f"engine: {k}")
         res["engine"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"),
                                    "--batches", a.batches, "--threads", a.threads] + timing)
-    if ort_ok:
-        log("ONNX Runtime: " + ",".join(keys))
-        got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
-                        "--keys", ",".join(keys), "--batches", a.batches, "--threads", a.threads]
-                       + timing, cwd=HERE)
-        res["ort"] = [g for g in got if g["kind"] == "point"]
-        res["parity"] = [g for g in got if g["kind"] == "parity"]
+        if ort_ok:
+            log(f"ONNX Runtime: {k}")
+            got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
+                            "--keys", k, "--batches", a.batches, "--threads", a.threads]
+                           + timing, cwd=HERE)
+            res["ort"] += [g for g in got if g["kind"] == "point"]
+            res["parity"] += [g for g in got if g["kind"] == "parity"]
     for k in share_keys:
         log(f"context sharing: {k}")
         res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),
                                   "--rows", "100", "--threads", a.threads] + timing)
 
+    # The roof again, now that the machine may be quieter: a peak is a
+    # maximum, so each (test, threads) keeps the better of the two runs.
+    log("FMA peak probe (again)")
+    best = {(p["test"], p["threads"]): p for p in res["peak"]}
+    for p in run_json([bench, "peak", "--threads", a.threads, "--min-time", "0.5"]):
+        k, v = (p["test"], p["threads"]), ("gflops" if "gflops" in p else "ghz")
+        if k not in best or p[v] > best[k][v]:
+            best[k] = p
+    res["peak"] = list(best.values())
     res["seconds"] = time.time() - t_start
     text = "\n\n".join([header(res), main_table(res)] + ([share_table(res)] if res["share"] else []))
     with open(os.path.join(out, "results.json"), "w") as f:
