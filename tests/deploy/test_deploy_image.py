@@ -5,6 +5,8 @@ runtime libraries, no -march=native, no heredoc RUN, exec-form ENTRYPOINT and
 HEALTHCHECK without curl, numeric non-root USER, EXPOSE = DCNSERVE_PORT,
 every ENV a real option, every COPY source in the build context; then the
 probe compiled and run against the real binary."""
+import fnmatch
+import json
 import os
 import re
 import shlex
@@ -12,10 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import unittest
-import fnmatch
-import json
 
-from deploy_support import ROOT, Server, need_binary, read, server_options
+from deploy_support import DCNSERVE, ROOT, Server, need_binary, read, server_options
 
 
 def instructions(text):
@@ -135,6 +135,32 @@ class Dockerfile(unittest.TestCase):
             self.assertTrue(included(needed), needed)
         for excluded in ("build/release/dcnserve", ".git/HEAD", "data/x.csv", "tests/golden/x.dcn"):
             self.assertFalse(included(excluded), excluded)
+
+
+class RuntimeLibraries(unittest.TestCase):
+    """Every shared library the built server needs comes from a package the
+    runtime stage installs, or from glibc in the base image: a new -l in
+    the Makefile must show up in the Dockerfile too (make docker-check would
+    catch it, but only when the container check runs)."""
+
+    BASE = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libgcc_s.so.1"}
+    FROM_PACKAGE = {"libmicrohttpd.so.12": "libmicrohttpd12", "libjansson.so.4": "libjansson4",
+                    "libuv.so.1": "libuv1"}
+
+    def test_needed_libraries_are_installed_by_the_runtime_stage(self):
+        need_binary(self)
+        readelf = shutil.which("readelf")
+        if not readelf:
+            self.skipTest("no readelf")
+        out = subprocess.run([readelf, "-d", DCNSERVE], capture_output=True, text=True, check=True).stdout
+        needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
+        self.assertTrue(needed)
+        runtime = instructions(read("Dockerfile"))
+        runtime = runtime[max(i for i, (k, _) in enumerate(runtime) if k == "FROM"):]
+        installs = " ".join(a for k, a in runtime if k == "RUN")
+        for lib in sorted(needed - self.BASE):
+            self.assertIn(lib, self.FROM_PACKAGE, "%s: which Debian package? add it here and to the Dockerfile" % lib)
+            self.assertIn(self.FROM_PACKAGE[lib], installs, lib)
 
 
 class Probe(unittest.TestCase):
