@@ -83,9 +83,11 @@ static score_state *state_new(const dcn_model *m, size_t cap)
     return s;
 }
 
-/* Appends n ids; returns 0 or -1. */
+/* Appends n ids; returns 0 or -1. (n = 0 returns at once: v->v may still
+ * be NULL, and memcpy with a NULL pointer is undefined even for 0 bytes.) */
 static int idv_add(idv *v, const int64_t *src, size_t n)
 {
+    if (!n) return 0;
     if (v->n + n > v->cap) {
         size_t cap = v->cap ? v->cap : 1024;
         while (cap < v->n + n) cap *= 2;

@@ -138,11 +138,28 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(60 if SANITIZED else 15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        out = self.output() if not self.log.closed else ""
         self.log.close()
+        check_sanitizer_output(out)
+
+
+# Reports of ASan, LSan, UBSan and TSan: under a sanitizer build the server
+# must never print one (UBSan and TSan keep running after a report).
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+SANITIZED = any(s in DCNSERVE for s in ("asan", "tsan"))
+
+
+def check_sanitizer_output(out):
+    """Raises AssertionError quoting the server's log if it holds a
+    sanitizer report."""
+    for mark in SANITIZER_MARKS:
+        if mark in out:
+            raise AssertionError(f"sanitizer report in the server's output:\n{out}")
 
 
 def random_rows(n, rng):

@@ -61,12 +61,14 @@ Test(pool, scores_every_row_once)
     cr_assert_eq(atomic_load(&states_freed), atomic_load(&states_made));
     cr_assert_leq(atomic_load(&states_made), 3);
     size_t back = 0, batches = 0;
-    for (batch_work *w = pool_take_done(p); w; w = w->next) {
+    for (batch_work *w = pool_take_done(p), *nx; w; w = nx) {
+        nx = w->next;
         cr_assert_eq(w->status, 0);
         cr_assert_leq(w->n_rows, 16);
         cr_assert_geq(w->end_ns, w->start_ns);
         back += w->n_rows;
         batches++;
+        batch_free(w); /* detached: the pool no longer owns it */
     }
     cr_assert_eq(back, rows);
     cr_assert_geq(atomic_load(&notified), 1);
@@ -74,7 +76,7 @@ Test(pool, scores_every_row_once)
         for (uint32_t k = 0; k < jobs[i].n_rows; k++) cr_assert_eq(tg[i].scores[k], 1.0f + (float)k, "job %d row %u", i, k);
         free(tg[i].scores);
     }
-    pool_free(p); /* frees the done-list */
+    pool_free(p); /* the done-list is empty by now */
     batch_destroy(q);
 }
 
@@ -93,12 +95,14 @@ Test(pool, reports_scorer_errors_and_expiry)
     cr_assert_eq(batch_push(q, &ok, batch_now_ns()), 0);
     pool_stop(p);
     size_t exp_rows = 0, scored = 0;
-    for (batch_work *w = pool_take_done(p); w; w = w->next) {
+    for (batch_work *w = pool_take_done(p), *nx; w; w = nx) {
+        nx = w->next;
         for (size_t i = 0; i < w->n_expired; i++) exp_rows += w->expired[i].n_rows;
         if (w->n_segs) {
             cr_assert_eq(w->status, -5);
             scored += w->n_rows;
         }
+        batch_free(w);
     }
     cr_assert_eq(exp_rows, 4, "expired by pool_expire (%zu) or by the taker", expired);
     cr_assert_eq(scored, 4);
