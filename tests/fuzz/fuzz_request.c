@@ -1,0 +1,123 @@
+/* fuzz_request.c — libFuzzer target for the request decoder: the input is a
+ * whole POST /rank body.
+ *
+ * DESIGN: LLVMFuzzerInitialize opens three models whose features cover every
+ * id mapping, multi-hot pooling and context features: the bundled default
+ * (13 dense, 26 hex_mod sparse), tests/golden/map_vocab.dcn and
+ * tests/golden/multihot_sum_mean.dcn. Each body is decoded against each of
+ * them, as the server does (rk_decode with a small candidate limit so the
+ * limit is exercised too). A refused body must give a known rk_err and a
+ * message. An accepted one goes the rest of the server's way: the server's
+ * own scorer (score_batch) turns it into an engine batch, which the engine
+ * must accept (the decoder hands over only table rows and counts within
+ * max_ids); then ranking and the encoder, whose output must parse as JSON
+ * and hold min(top_k, n) candidates.
+ */
+#include <jansson.h>
+
+#include "model/dcn.h"
+#include "proto/rk.h"
+#include "server/score.h"
+#include "tests/fuzz/fuzz.h"
+
+enum { N_MODELS = 3, MAX_CANDS = 64 };
+
+static const char *const model_files[N_MODELS] = {
+    "model/default/criteo-dcn.dcn", "tests/golden/map_vocab.dcn", "tests/golden/multihot_sum_mean.dcn"};
+static dcn_model *models[N_MODELS];
+static void *states[N_MODELS]; /* score_batch's per-model staging */
+static score_ctx sctx = {.max_batch_rows = MAX_CANDS};
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    char path[1024], err[256];
+    for (int i = 0; i < N_MODELS; i++) {
+        fz_path(path, sizeof path, model_files[i]);
+        FZ_CHECK(dcn_open(path, NULL, &models[i], err, sizeof err) == 0, "%s: %s (set DCN_FUZZ_ROOT)", path, err);
+    }
+    return 0;
+}
+
+/* Checks what the decoder promises about an accepted request. */
+static void check_request(const dcn_model *m, const rk_request *rq)
+{
+    const dcn_info *in = dcn_model_info(m);
+    FZ_CHECK(rq->n_cands <= MAX_CANDS, "%zu candidates past the limit", rq->n_cands);
+    FZ_CHECK(rq->n_dense == in->n_dense && rq->n_sparse == in->n_sparse, "feature counts");
+    size_t ns = rq->n_sparse;
+    for (size_t f = 0; f < ns; f++) {
+        const dcn_sparse_spec *sp = dcn_sparse(m, f);
+        FZ_CHECK(rq->ctx_off[f] <= rq->ctx_off[f + 1] && rq->ctx_off[f + 1] - rq->ctx_off[f] <= sp->max_ids,
+                 "context feature %zu: offsets", f);
+        for (uint32_t i = rq->ctx_off[f]; i < rq->ctx_off[f + 1]; i++)
+            FZ_CHECK(rq->ctx_ids[i] >= -1 && rq->ctx_ids[i] < (int64_t)sp->vocab_size, "context id");
+    }
+    for (size_t k = 0; k < rq->n_cands * ns; k++) {
+        const dcn_sparse_spec *sp = dcn_sparse(m, k % ns);
+        FZ_CHECK(rq->sp_off[k] <= rq->sp_off[k + 1] && rq->sp_off[k + 1] - rq->sp_off[k] <= sp->max_ids,
+                 "candidate %zu feature %zu: offsets", k / ns, k % ns);
+        for (uint32_t i = rq->sp_off[k]; i < rq->sp_off[k + 1]; i++)
+            FZ_CHECK(rq->sp_ids[i] >= -1 && rq->sp_ids[i] < (int64_t)sp->vocab_size, "candidate id");
+    }
+}
+
+/* Scores an accepted request through the server's scorer, then ranks and
+ * encodes it; the answer must be JSON with the right number of entries. */
+static void score_and_encode(int mi, const rk_request *rq)
+{
+    const dcn_model *m = models[mi];
+    size_t n = rq->n_cands;
+    float *scores = malloc((n + 1) * sizeof *scores), *logits = malloc((n + 1) * sizeof *logits);
+    uint32_t *order = malloc((n + 1) * sizeof *order);
+    FZ_CHECK(scores && logits && order, "out of memory");
+    if (n) {
+        score_target t = {rq, scores, logits};
+        batch_job job = {.req = &t, .key = m, .n_rows = (uint32_t)n};
+        batch_seg seg = {&job, 0, (uint32_t)n};
+        batch_work w = {.key = m, .n_rows = n, .n_segs = 1, .segs = &seg};
+        int rc = score_batch(&sctx, &states[mi], &w);
+        FZ_CHECK(rc == 0, "the engine refused a decoded request: %d (%s)", rc, dcn_strerror(rc));
+    }
+    size_t k = rk_rank(scores, n, rq->top_k, order);
+    FZ_CHECK(k == (rq->top_k < 0 || (uint64_t)rq->top_k > n ? n : (size_t)rq->top_k), "rk_rank kept %zu", k);
+    rk_buf out = {0};
+    rk_encode_head(&out, rq, "m", "1", scores, rq->want_logits ? logits : NULL, order, k);
+    rk_latency lat = {1, 2, 3, 4, 5};
+    rk_encode_tail(&out, &lat);
+    if (!out.oom) {
+        json_error_t jerr;
+        json_t *doc = json_loadb(out.data, out.len, 0, &jerr);
+        FZ_CHECK(doc, "the answer is not JSON (%s): %.200s", jerr.text, out.data);
+        json_t *ranked = json_object_get(doc, "ranked");
+        FZ_CHECK(json_is_array(ranked) && json_array_size(ranked) == k, "ranked holds the wrong count");
+        json_decref(doc);
+    }
+    free(out.data);
+    free(scores);
+    free(logits);
+    free(order);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!models[0]) LLVMFuzzerInitialize(NULL, NULL);
+    for (int mi = 0; mi < N_MODELS; mi++) {
+        rk_limits lim = {.max_candidates = MAX_CANDS, .strict = mi != 1};
+        rk_request *rq = (rk_request *)1;
+        char err[256] = "";
+        int rc = rk_decode(models[mi], (const char *)data, size, &lim, &rq, err, sizeof err);
+        if (rc < 0) {
+            FZ_CHECK(!rq, "a refused body left a request");
+            FZ_CHECK(rc >= RK_ENOMEM && err[0], "rc %d without a message", rc);
+            FZ_CHECK(strcmp(rk_err_name(rc), "internal") || rc == RK_EINTERNAL, "unlisted code %d", rc);
+            continue;
+        }
+        FZ_CHECK(rc == 0 && rq, "success without a request");
+        check_request(models[mi], rq);
+        score_and_encode(mi, rq);
+        rk_request_free(rq);
+    }
+    return 0;
+}
