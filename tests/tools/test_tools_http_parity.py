@@ -4,7 +4,7 @@ binary over HTTP.
 For every cross kind (vector, full, lowrank, mix) and both combinations
 (stacked, parallel) — plus a cross_only mixture with a constant gate and a
 bf16/int8 export — a small DCN-V2 is trained in PyTorch (tools/train.py's
-functions, one short epoch) on the training split of the real Criteo rows,
+functions, two short epochs) on the training split of the real Criteo rows,
 exported with dcn_torch.to_dcn, checked by dcn-inspect --verify when built,
 and served by dcnserve on a free loopback port. The held-out split is sent
 over POST /rank (as 4 requests of 100 candidates, plus 20 requests that carry
@@ -134,7 +134,7 @@ class HttpParityTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    # Trains the model of one config for an epoch; returns (module, path).
+    # Trains the model of one config for two epochs; returns (module, path).
     def build(self, name):
         args = train.parser().parse_args(["--data", DATA, "--seed", "7", "--min-count", "3"]
                                          + CONFIGS[name].split())
@@ -143,7 +143,7 @@ class HttpParityTest(unittest.TestCase):
         torch.manual_seed(7)
         module = dt.DCNv2(spec)
         enc = dt.encode(spec, self.train_rows)
-        train.fit(module, enc + (self.y_train,), None, epochs=1, batch=128, lr=3e-3, seed=7,
+        train.fit(module, enc + (self.y_train,), None, epochs=2, batch=128, lr=3e-3, seed=7,
                   progress=False)
         module.eval()
         path = os.path.join(self.tmp.name, name + ".dcn")
