@@ -152,6 +152,69 @@ clean:
 help:
 	@sed -n '1,12p' Makefile
 
+# ---------------------------------------------------------------- hardening
+# Fuzzing (tests/fuzz), soak (deploy/soak); figures in RELIABILITY.md.
+#   make fuzz         each libFuzzer target FUZZ_SECONDS (300) s; prints executions and coverage
+#   make fuzz-ci      the replay, then each target FUZZ_CI_SECONDS (60) s
+#   make fuzz-replay  every committed corpus and crash file through each target, normal build
+#   make soak         10 minutes of mixed load: RSS, fds and p99 every 30 s
+#   make soak-ci      the same for 60 s; fails if RSS or fds grow past a bound
+DEPS_PKGS    += clang libclang-rt-14-dev
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build/fuzz
+FUZZ_TARGETS := model score request
+FUZZ_SECONDS ?= 300
+FUZZ_CI_SECONDS ?= 60
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -fno-strict-aliasing -I. -MMD -MP \
+                $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+# What each target links besides itself: the engine, and for the request
+# target the decoder, the encoder and the server's scorer.
+FUZZ_XOBJ_request := proto/request.o proto/response.o server/score.o
+FUZZ_LIBS_request := -ljansson
+
+$(FUZZ_BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
+$(FUZZ_BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+$(FUZZ_BUILD)/model/kernels.o:     KFLAGS := -include tests/fuzz/cpu_compat.h
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(KFLAGS) -c -o $@ $<
+
+.SECONDEXPANSION:
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(MODEL_SRC:%.c=$(FUZZ_BUILD)/%.o) \
+                      $$(addprefix $(FUZZ_BUILD)/,$$(FUZZ_XOBJ_$$*))
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LIBS_$*) $(LDLIBS)
+
+# The replay runners: the same targets with a plain main, any compiler.
+FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
+$(BUILD)/tests/fuzz/replay_%: $(BUILD)/tests/fuzz/replay.o $(BUILD)/tests/fuzz/fuzz_%.o \
+                              $$(addprefix $(BUILD)/,$$(FUZZ_XOBJ_$$*)) $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(FUZZ_LIBS_$*) $(LDLIBS)
+
+.PHONY: fuzz fuzz-ci fuzz-build fuzz-replay soak soak-ci
+fuzz-replay: $(FUZZ_REPLAY)
+	@set -e; for t in $(FUZZ_TARGETS); do echo "== replay $$t"; \
+	  extra=""; [ $$t = model ] && extra=tests/golden; \
+	  $(BUILD)/tests/fuzz/replay_$$t tests/fuzz/corpus/$$t tests/fuzz/crashes/$$t $$extra; done
+
+fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+fuzz: deps fuzz-build
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_BUILD)/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-ci: deps fuzz-replay fuzz-build
+	rm -rf $(FUZZ_BUILD)/ci
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_BUILD)/ci $(FUZZ_CI_SECONDS) $(FUZZ_TARGETS)
+
+SOAK_ARGS ?=
+soak: deps all
+	$(PYTHON) deploy/soak/soak.py --server $(DCNSERVE) --model $(MODEL) \
+	  --duration 600 --interval 30 $(SOAK_ARGS)
+
+soak-ci: deps all
+	$(PYTHON) deploy/soak/soak.py --server $(DCNSERVE) --model $(MODEL) \
+	  --duration 60 --interval 10 --check $(SOAK_ARGS)
+
 # ---------------------------------------------------------------- container
 # Dockerfile at the top; manifests under deploy/ (k8s, compose, systemd).
 #   make docker        build the image with a Docker engine (DOCKER=podman works too)
