@@ -68,8 +68,13 @@ $(DCNSERVE): $(SERVER_OBJ) $(LIBDCN)
 # One Criterion binary per test file; tests/<module>/test_*.c mirrors the tree.
 TEST_SRC := $(wildcard tests/model/test_*.c) $(wildcard tests/proto/test_*.c) $(wildcard tests/server/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-# Tests of threaded code, also run under TSan by `make check`.
-TSAN_TESTS := $(wildcard tests/server/test_*.c)
+# Stress programs of the threaded code (own main, no Criterion: Criterion
+# cannot start under TSan here); `make unit` runs them in every build and
+# `make check` once more under TSan, with the integration tests against a
+# TSan server binary.
+STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/server/stress_*.c))
+TSAN_TESTS := $(wildcard tests/server/stress_*.c)
+TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http.
 
 $(BUILD)/tests/model/%: $(BUILD)/tests/model/%.o $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion -ljansson $(LDLIBS)
@@ -77,6 +82,8 @@ $(BUILD)/tests/proto/%: $(BUILD)/tests/proto/%.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
 $(BUILD)/tests/server/%: $(BUILD)/tests/server/%.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
+$(BUILD)/tests/server/stress_%: $(BUILD)/tests/server/stress_%.o $(SERVER_LIBOBJ) $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) $(LDLIBS)
 
 # ---------------------------------------------------------------- bench
 # bench/run.py drives it (bench/README.md); `make bench BENCH_ARGS=--quick`
@@ -114,10 +121,11 @@ run: deps all
 	$(DCNSERVE) --model $(MODEL) --port $(PORT)
 
 # The golden parity test runs once more on the scalar kernels (the oracle).
-unit: $(TEST_BIN)
+unit: $(TEST_BIN) $(STRESS_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=scalar)"; \
-	DCN_KERNELS=scalar $(BUILD)/tests/model/test_golden --jobs 2
+	DCN_KERNELS=scalar $(BUILD)/tests/model/test_golden --jobs 2; \
+	for t in $(STRESS_BIN); do echo "== $$t"; $$t; done
 
 pytest: all
 	DCNSERVE=$(DCNSERVE) DCN_INSPECT=$(INSPECT) $(PYTHON) tests/run_py.py
@@ -129,8 +137,12 @@ check: deps
 	$(MAKE) SANITIZER=address pytest
 	$(if $(TSAN_TESTS),$(MAKE) SANITIZER=thread tsan-unit)
 
-tsan-unit: $(TSAN_TESTS:tests/%.c=$(BUILD)/tests/%)
-	@set -e; for t in $^; do echo "== $$t (tsan)"; TSAN_OPTIONS=halt_on_error=1 $$t --jobs 1; done
+# The stress programs, then the integration tests against the TSan server
+# (which fail on any sanitizer report in the server's output).
+tsan-unit: $(TSAN_TESTS:tests/%.c=$(BUILD)/tests/%) $(DCNSERVE)
+	@set -e; for t in $(filter-out $(DCNSERVE),$^); do echo "== $$t (tsan)"; \
+	  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $$t; done
+	TSAN_OPTIONS="second_deadlock_stack=1" DCNSERVE=$(DCNSERVE) $(PYTHON) tests/run_py.py $(TSAN_PYTESTS)
 
 bench: deps $(BENCH)
 	$(PYTHON) bench/run.py --bench $(BENCH) $(BENCH_ARGS)
