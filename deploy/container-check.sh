@@ -281,7 +281,10 @@ LOGS=$WORK/logs/${slug:-app}; mkdir -p "$LOGS"
 
 # shellcheck disable=SC2317  # invoked by trap
 cleanup() {
-  podman rm -f -t 5 "$NAME" >/dev/null 2>&1
+  # stop first: without systemd, `rm -f` of a running container that has a
+  # HEALTHCHECK fails on the health timer and leaves the container behind
+  podman stop -t 10 "$NAME" >/dev/null 2>&1
+  podman rm -f "$NAME" >/dev/null 2>&1
   if [ "$CLEAN_IMAGE" = 1 ]; then
     podman rmi -f "$IMAGE" >/dev/null 2>&1
     podman image prune -f >/dev/null 2>&1
