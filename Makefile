@@ -232,7 +232,8 @@ soak-ci: deps all
 #   make docker        build the image with a Docker engine (DOCKER=podman works too)
 #   make docker-check  as root: build with Debian's podman offline, run the image
 #                      read-only, check health, a real POST /rank, the HEALTHCHECK,
-#                      SIGTERM drain and a model mounted over the default (a few minutes)
+#                      SIGTERM drain, a model mounted over the default, and the
+#                      Compose stack (3 replicas, nginx, Prometheus); ~1 min warm, ~6 cold
 DEPS_PKGS    += python3-yaml
 DOCKER       ?= docker
 DOCKER_IMAGE ?= dcnserve:latest
