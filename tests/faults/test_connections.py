@@ -68,7 +68,7 @@ class ManyConnectionsTest(unittest.TestCase):
                 bad = [(i, a) for i, a in answers.items() if a is None or a[0] != 200]
                 self.assertEqual(len(answers), N_CONNS, f"round {rnd}: {len(answers)} answers")
                 self.assertEqual(bad[:3], [], f"round {rnd}: {len(bad)} bad answers")
-            self.assertGreaterEqual(srv.n_fds(), base + N_CONNS)
+            self.assertGreaterEqual(srv.n_fds(), N_CONNS)   # all of them open at once
             for s in socks:
                 s.close()
             socks = []
