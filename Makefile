@@ -151,9 +151,12 @@ bench: deps $(BENCH)
 # at 1, 10, 100 and 1,000 candidates per request, closed loop then paced.
 LOAD_DURATION ?= 5
 LOAD_CONNS    ?= 8
-load: deps all
+DECODE_BENCH := $(BUILD)/decode-bench
+$(DECODE_BENCH): $(BUILD)/deploy/load/decode_bench.o $(SERVER_LIBOBJ) $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) $(LDLIBS)
+load: deps all $(DECODE_BENCH)
 	$(PYTHON) deploy/load/run.py --server $(DCNSERVE) --model $(MODEL) \
-	  --duration $(LOAD_DURATION) --connections $(LOAD_CONNS)
+	  --duration $(LOAD_DURATION) --connections $(LOAD_CONNS) --decode-bench $(DECODE_BENCH)
 
 golden:
 	$(PYTHON) tests/ref/gen_golden.py --out tests/golden

@@ -1,11 +1,18 @@
 /* request.c — decodes a POST /rank body into an rk_request (see rk.h).
  *
- * DESIGN: the JSON tree lives only during rk_decode, except the request_id
- * and candidate ids, which the request keeps referenced for the answer.
- * Feature names are resolved with dcn_find_feature and ids mapped with
- * dcn_map_str / dcn_map_int here, once, on the event-loop thread; the worker
- * threads then only copy numbers. Sparse ids of the candidates are one CSR
- * array over (candidate, feature) pairs, row-major, grown as decoded.
+ * DESIGN
+ * - Two decoders, one result. rk_decode_fast (the bottom of this file) reads
+ *   the body once, without building a tree, resolving feature names and
+ *   mapping ids as it reads; it handles every valid request. Anything else
+ *   (an error of any kind, or input it does not care to judge) makes it
+ *   give up, and rk_decode_dom, the jansson reference, decodes the body
+ *   again and words the error. Only bodies that fail pay twice.
+ * - Feature names are resolved with dcn_find_feature and ids mapped with
+ *   dcn_map_str / dcn_map_int here, once, on the event-loop thread; the
+ *   worker threads then only copy numbers. Sparse ids of the candidates are
+ *   one CSR array over (candidate, feature) pairs, row-major, grown as
+ *   decoded. The request_id and candidate ids are kept as jansson values
+ *   (referenced) for the answer.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -166,8 +173,8 @@ static int get_count(json_t *root, const char *key, int64_t min, int64_t *out, c
     return 0;
 }
 
-int rk_decode(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
-              rk_request **out, char *err, size_t errlen)
+int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
+                  rk_request **out, char *err, size_t errlen)
 {
     json_error_t jerr;
     json_t *root = NULL, *v;
@@ -256,7 +263,7 @@ int rk_decode(const dcn_model *m, const char *body, size_t len, const rk_limits 
     rq->ctx_off = calloc(ns + 1, sizeof(uint32_t));
     rq->cand_ids = calloc(nc ? nc : 1, sizeof(json_t *));
     size_t ncd = nc * nd + 1, ncs = nc * ns + 1; /* +1: never a zero-byte allocation */
-    rq->dense = malloc(ncd * sizeof(float));
+    rq->dense = calloc(ncd, sizeof(float)); /* zero where not given, as the fast path */
     rq->dense_given = calloc(ncd, 1);
     rq->sp_off = calloc(ncs, sizeof(uint32_t));
     rq->sparse_given = calloc(ncs, 1);
@@ -381,4 +388,744 @@ fail:
     rk_request_free(rq);
     json_decref(root);
     return rc;
+}
+
+/* ------------------------------------------------------------ fast path
+ *
+ * A single pass over the body, no DOM: a recursive-descent reader of the one
+ * shape a request has, which resolves feature names and maps ids the moment
+ * it reads them. It returns FB (RK_DECODE_FALLBACK) the moment anything is
+ * not a valid request, and rk_decode re-reads the body with the DOM decoder
+ * for the error. Invariant: whatever it accepts, jansson accepts too and the
+ * DOM decoder turns into the same request; so in doubt it falls back.
+ * Rules it shares with jansson (2.14, JSON_REJECT_DUPLICATES, no flags):
+ * - duplicate keys, compared after unescaping, anywhere: an error;
+ * - strings: valid UTF-8 (no overlong forms, surrogates or code points over
+ *   U+10FFFF), no raw control bytes, the JSON escapes only, \u surrogates
+ *   in pairs, no \u0000;
+ * - numbers: JSON's grammar; without '.', 'e' or 'E' an int64 (out of range:
+ *   an error), else a double as strtod rounds it (overflow: an error);
+ * - whitespace: space, tab, CR, LF; nothing after the top-level object.
+ * Limits: candidates beyond lim->max_candidates, more ids than a feature's
+ * max_ids and values nested deeper than FAST_MAX_DEPTH fall back before any
+ * allocation grows past them; every other size is bounded by the body.
+ */
+
+#define FB RK_DECODE_FALLBACK
+#define FAST_MAX_DEPTH 32       /* nesting inside an ignored (lenient) value */
+#define FAST_MAX_UNKNOWN 32     /* ignored names per object, for the duplicate check */
+
+/* Byte classes: 1 for bytes that may stand in a string as they are (ASCII
+ * from 0x20, except '"' and '\\'). */
+static const uint8_t str_plain[256] = {
+    ['\x20'] = 1, ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1,
+    [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, ['-'] = 1, ['.'] = 1, ['/'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, [':'] = 1, [';'] = 1, ['<'] = 1, ['='] = 1, ['>'] = 1, ['?'] = 1, ['@'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1, ['['] = 1, [']'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['a'] = 1,
+    ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+    ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1,
+    ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1,
+    ['z'] = 1, ['{'] = 1, ['|'] = 1, ['}'] = 1, ['~'] = 1, ['\x7f'] = 1,
+};
+
+/* The reader's state for one body. */
+typedef struct fdec {
+    const char *p, *end;        /* cursor, end of the body */
+    const char *s;              /* last string read (into the body or sbuf) */
+    size_t slen;
+    char *sbuf;                 /* (scap) unescaped strings */
+    size_t scap;
+    const dcn_model *m;
+    size_t nd, ns, nf;          /* dense, sparse, nd + ns features */
+    const char **name;          /* (nf) feature names: dense, then sparse */
+    size_t *name_len;           /* (nf) */
+    int32_t *next_of;           /* (nf + 1) guess: the feature after [g + 1] last time ([0]: first) */
+    uint32_t *stamp;            /* (nf) object that last gave the feature */
+    uint32_t cur;               /* stamp of the object being read */
+    uint32_t *slot_at, *slot_n; /* (ns) the object's ids of a sparse feature in stage */
+    idvec stage;                /* ids of the object being read */
+    int unknown;                /* some feature name was not the model's */
+} fdec;
+
+static void skip_ws(fdec *d)
+{
+    const char *p = d->p;
+    while (p < d->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    d->p = p;
+}
+
+/* Skips whitespace, then consumes c; returns 0 or FB. */
+static int expect(fdec *d, char c)
+{
+    skip_ws(d);
+    if (d->p >= d->end || *d->p != c) return FB;
+    d->p++;
+    return 0;
+}
+
+/* Skips whitespace and returns the next byte (not consumed), or 0 at the end. */
+static char peek(fdec *d)
+{
+    skip_ws(d);
+    return d->p < d->end ? *d->p : 0;
+}
+
+/* Skips whitespace and consumes the next byte (a separator); returns it, or
+ * 0 at the end of the body. */
+static char take(fdec *d)
+{
+    char c = peek(d);
+    if (c) d->p++;
+    return c;
+}
+
+/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), or 0 if it
+ * is not one jansson accepts. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    size_t n;
+    uint32_t v;
+    if (c >= 0xC2 && c <= 0xDF) { n = 2; v = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { n = 3; v = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF4) { n = 4; v = c & 0x07; }
+    else return 0;
+    if ((size_t)(end - p) < n) return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        v = v << 6 | (p[i] & 0x3F);
+    }
+    if ((n == 3 && v < 0x800) || (n == 4 && v < 0x10000) || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+/* Four hex digits at p (bounds checked by the caller); -1 if not hex. */
+static int32_t hex4(const char *p)
+{
+    int32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (x < 0) return -1;
+        v = v << 4 | x;
+    }
+    return v;
+}
+
+/* Reads the rest of a string that holds an escape, unescaping it into
+ * sbuf; start is the first byte after the quote, p the first backslash.
+ * Returns 0 (d->s, d->slen set), FB or RK_ENOMEM. */
+static int read_string_escaped(fdec *d, const char *start, const char *p)
+{
+    /* the unescaped string is never longer than what is left of the body */
+    size_t room = (size_t)(d->end - start) + 1;
+    if (room > d->scap) {
+        char *nb = realloc(d->sbuf, room);
+        if (!nb) return RK_ENOMEM;
+        d->sbuf = nb;
+        d->scap = room;
+    }
+    char *o = d->sbuf;
+    memcpy(o, start, (size_t)(p - start));
+    o += p - start;
+    const char *end = d->end;
+    for (;;) {
+        if (p >= end) return FB;
+        unsigned char c = (unsigned char)*p;
+        if (str_plain[c]) { *o++ = (char)c; p++; continue; }
+        if (c == '"') break;
+        if (c >= 0x80) {
+            size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
+            if (!k) return FB;
+            memcpy(o, p, k);
+            o += k;
+            p += k;
+            continue;
+        }
+        if (c != '\\' || end - p < 2) return FB; /* a control byte, or a lone backslash */
+        p++;
+        switch (*p++) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '/': *o++ = '/'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u': {
+            if (end - p < 4) return FB;
+            int32_t v = hex4(p);
+            p += 4;
+            if (v <= 0) return FB; /* not hex, or \u0000 */
+            if (v >= 0xDC00 && v <= 0xDFFF) return FB; /* a lone low surrogate */
+            if (v >= 0xD800 && v <= 0xDBFF) {
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u') return FB;
+                int32_t lo = hex4(p + 2);
+                if (lo < 0xDC00 || lo > 0xDFFF) return FB;
+                p += 6;
+                v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (v < 0x80) {
+                *o++ = (char)v;
+            } else if (v < 0x800) {
+                *o++ = (char)(0xC0 | v >> 6);
+                *o++ = (char)(0x80 | (v & 0x3F));
+            } else if (v < 0x10000) {
+                *o++ = (char)(0xE0 | v >> 12);
+                *o++ = (char)(0x80 | (v >> 6 & 0x3F));
+                *o++ = (char)(0x80 | (v & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | v >> 18);
+                *o++ = (char)(0x80 | (v >> 12 & 0x3F));
+                *o++ = (char)(0x80 | (v >> 6 & 0x3F));
+                *o++ = (char)(0x80 | (v & 0x3F));
+            }
+            break;
+        }
+        default: return FB;
+        }
+    }
+    d->s = d->sbuf;
+    d->slen = (size_t)(o - d->sbuf);
+    d->p = p + 1;
+    return 0;
+}
+
+/* Reads a string (after whitespace): sets d->s and d->slen, pointing into
+ * the body when it holds no escape (the common case), into sbuf otherwise,
+ * valid until the next string is read. Returns 0, FB or RK_ENOMEM. */
+static int read_string(fdec *d)
+{
+    if (peek(d) != '"') return FB;
+    const char *start = d->p + 1, *p = start, *end = d->end;
+    for (;;) {
+        while (p < end && str_plain[(unsigned char)*p]) p++;
+        if (p >= end) return FB;
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') break;
+        if (c == '\\') return read_string_escaped(d, start, p);
+        if (c < 0x20) return FB;
+        size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
+        if (!k) return FB;
+        p += k;
+    }
+    d->s = start;
+    d->slen = (size_t)(p - start);
+    d->p = p + 1;
+    return 0;
+}
+
+/* A number as jansson keeps it. */
+typedef struct fnum {
+    int is_int;
+    int64_t i;                  /* when is_int */
+    double v;                   /* the value either way: (double)i for integers */
+} fnum;
+
+static const double exact_pow10[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                                       1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Reads a number (after whitespace) by JSON's grammar. Integers must fit an
+ * int64; others are converted exactly as strtod does: directly when the
+ * digits fit 2^53 and the power of ten is exact (one correctly rounded
+ * operation, Clinger's fast path), else by strtod itself on a copy of the
+ * token. Returns 0 or FB (bad syntax, out of range, a token over 63 bytes
+ * that needs strtod). */
+static int read_number(fdec *d, fnum *out)
+{
+    skip_ws(d);
+    const char *p = d->p, *end = d->end, *start = p;
+    int neg = 0, is_int = 1, big = 0;
+    uint64_t mant = 0;
+    int sig = 0;                /* significant digits in mant */
+    int64_t exp10 = 0;
+    if (p < end && *p == '-') { neg = 1; p++; }
+    if (p >= end) return FB;
+    if (*p == '0') {
+        p++;
+        if (p < end && *p >= '0' && *p <= '9') return FB; /* a leading zero */
+    } else if (*p >= '1' && *p <= '9') {
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            unsigned dg = (unsigned)(*p - '0');
+            if (sig < 19) { mant = mant * 10 + dg; sig++; }
+            else { big = 1; exp10++; } /* digits beyond 19: only strtod can round them */
+        }
+    } else {
+        return FB;
+    }
+    if (p < end && *p == '.') {
+        is_int = 0;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return FB;
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            unsigned dg = (unsigned)(*p - '0');
+            if (mant == 0 && dg == 0) { exp10--; continue; } /* leading zeros of a fraction */
+            if (sig < 19) { mant = mant * 10 + dg; sig++; exp10--; }
+            else big = 1;
+        }
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        is_int = 0;
+        p++;
+        int eneg = 0;
+        if (p < end && (*p == '+' || *p == '-')) eneg = *p++ == '-';
+        if (p >= end || *p < '0' || *p > '9') return FB;
+        int64_t e = 0;
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (e < 100000) e = e * 10 + (*p - '0');
+            else big = 1;
+        }
+        exp10 += eneg ? -e : e;
+    }
+    d->p = p;
+    out->is_int = is_int;
+    if (is_int) {
+        /* an int64 exactly, as strtoll reads it; beyond it jansson errs */
+        uint64_t v = 0;
+        for (const char *q = start + neg; q < p; q++) {
+            unsigned dg = (unsigned)(*q - '0');
+            if (v > (UINT64_MAX - dg) / 10) return FB;
+            v = v * 10 + dg;
+        }
+        if (neg ? v > (uint64_t)INT64_MAX + 1 : v > (uint64_t)INT64_MAX) return FB;
+        out->i = neg ? (v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v) : (int64_t)v;
+        out->v = (double)out->i;
+        return 0;
+    }
+    if (!big && mant <= (1ull << 53) && exp10 >= -22 && exp10 <= 22) {
+        double x = (double)mant;
+        x = exp10 < 0 ? x / exact_pow10[-exp10] : x * exact_pow10[exp10];
+        out->v = neg ? -x : x;
+        return 0;
+    }
+    char tok[64];
+    size_t n = (size_t)(p - start);
+    if (n >= sizeof tok) return FB;
+    memcpy(tok, start, n);
+    tok[n] = 0;
+    out->v = strtod(tok, NULL);
+    if (isinf(out->v)) return FB; /* jansson: "real number overflow" */
+    return 0;
+}
+
+/* Consumes the literal word w (after whitespace); returns 0 or FB. */
+static int read_word(fdec *d, const char *w, size_t n)
+{
+    skip_ws(d);
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, w, n)) return FB;
+    d->p += n;
+    return 0;
+}
+
+/* Reads true or false into *b; returns 0 or FB. */
+static int read_bool(fdec *d, int *b)
+{
+    char c = peek(d);
+    if (c == 't') { *b = 1; return read_word(d, "true", 4); }
+    if (c == 'f') { *b = 0; return read_word(d, "false", 5); }
+    return FB;
+}
+
+/* Reads and validates any value made of scalars and arrays (an ignored
+ * feature's value in lenient mode), depth levels deep at most. Objects fall
+ * back: their duplicate keys would need checking too. Returns 0, FB or
+ * RK_ENOMEM. */
+static int skip_value(fdec *d, int depth)
+{
+    fnum num;
+    int rc;
+    switch (peek(d)) {
+    case '"': return read_string(d);
+    case 't': return read_word(d, "true", 4);
+    case 'f': return read_word(d, "false", 5);
+    case 'n': return read_word(d, "null", 4);
+    case '[':
+        if (depth >= FAST_MAX_DEPTH) return FB;
+        d->p++;
+        if (peek(d) == ']') { d->p++; return 0; }
+        for (;;) {
+            if ((rc = skip_value(d, depth + 1))) return rc;
+            char c = take(d);
+            if (c == ']') return 0;
+            if (c != ',') return FB;
+        }
+    case '-': case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': case '8': case '9':
+        return read_number(d, &num);
+    default: return FB;
+    }
+}
+
+/* Reads the id value of a candidate or the request_id: a string or an
+ * integer, as a new jansson value in *out. Returns 0, FB or RK_ENOMEM. */
+static int read_id(fdec *d, json_t **out)
+{
+    int rc;
+    char c = peek(d);
+    if (c == '"') {
+        if ((rc = read_string(d))) return rc;
+        *out = json_stringn_nocheck(d->s, d->slen);
+    } else {
+        fnum num;
+        if ((rc = read_number(d, &num))) return rc;
+        if (!num.is_int) return FB;
+        *out = json_integer((json_int_t)num.i);
+    }
+    return *out ? 0 : RK_ENOMEM;
+}
+
+/* Reads one id of sparse feature f (a string or an integer) and appends its
+ * table row to the stage. Returns 0, FB or RK_ENOMEM. */
+static int read_sparse_id(fdec *d, size_t f)
+{
+    int rc;
+    if (peek(d) == '"') {
+        if ((rc = read_string(d))) return rc;
+        return idvec_push(&d->stage, dcn_map_str(d->m, f, d->s, d->slen));
+    }
+    fnum num;
+    if ((rc = read_number(d, &num))) return rc;
+    if (!num.is_int) return FB;
+    return idvec_push(&d->stage, dcn_map_int(d->m, f, num.i));
+}
+
+/* Reads the value of sparse feature f into the stage: null (given, no
+ * ids), one id, or an array of at most max_ids ids. Returns 0, FB or
+ * RK_ENOMEM. */
+static int read_sparse(fdec *d, size_t f)
+{
+    int rc;
+    char c = peek(d);
+    d->slot_at[f] = (uint32_t)d->stage.n;
+    if (c == 'n') {
+        if ((rc = read_word(d, "null", 4))) return rc;
+    } else if (c == '[') {
+        d->p++;
+        uint32_t max = dcn_sparse(d->m, f)->max_ids, k = 0;
+        if (peek(d) == ']') {
+            d->p++;
+        } else {
+            for (;;) {
+                if (++k > max) return FB;
+                if ((rc = read_sparse_id(d, f))) return rc;
+                c = take(d);
+                if (c == ']') break;
+                if (c != ',') return FB;
+            }
+        }
+    } else if ((rc = read_sparse_id(d, f))) {
+        return rc;
+    }
+    if (d->stage.n > UINT32_MAX) return FB;
+    d->slot_n[f] = (uint32_t)(d->stage.n - d->slot_at[f]);
+    return 0;
+}
+
+/* Finds feature (s, n): the global feature number (dense first, then
+ * sparse), or -1. Tries first the feature that followed `prev` (the
+ * previous key's feature, -1 at an object's start) last time: requests
+ * list features in one order, so this usually hits without a search. */
+static int32_t find_feature(fdec *d, int32_t prev, const char *s, size_t n)
+{
+    int32_t g = d->next_of[prev + 1];
+    if (g >= 0 && d->name_len[g] == n && !memcmp(d->name[g], s, n)) return g;
+    size_t idx;
+    int kind = dcn_find_feature(d->m, s, n, &idx);
+    if (kind < 0) return -1;
+    g = (int32_t)(kind == DCN_FEATURE_DENSE ? idx : d->nd + idx);
+    d->next_of[prev + 1] = g;
+    return g;
+}
+
+/* Reads a features object (after whitespace) into the stage and, for dense
+ * features, into dense[] with given[] (given may be NULL: the context).
+ * Unknown names are skipped and noted in d->unknown (strict mode is
+ * decided once the whole request is read). Returns 0, FB or RK_ENOMEM. */
+static int read_features(fdec *d, float *dense, uint8_t *given)
+{
+    const char *unk[FAST_MAX_UNKNOWN];
+    size_t unk_len[FAST_MAX_UNKNOWN], n_unk = 0;
+    int32_t prev = -1;
+    int rc;
+    d->stage.n = 0;
+    d->cur++;
+    if (expect(d, '{')) return FB;
+    if (peek(d) == '}') { d->p++; return 0; }
+    for (;;) {
+        if ((rc = read_string(d))) return rc;
+        if (expect(d, ':')) return FB;
+        int32_t g = find_feature(d, prev, d->s, d->slen);
+        if (g < 0) {
+            /* an unknown name: remember it (unescaped names would need a
+             * copy) for the duplicate check, and skip its value */
+            if (d->s == d->sbuf || n_unk == FAST_MAX_UNKNOWN) return FB;
+            for (size_t i = 0; i < n_unk; i++)
+                if (unk_len[i] == d->slen && !memcmp(unk[i], d->s, d->slen)) return FB;
+            unk[n_unk] = d->s;
+            unk_len[n_unk++] = d->slen;
+            d->unknown = 1;
+            if ((rc = skip_value(d, 0))) return rc;
+        } else {
+            if (d->stamp[g] == d->cur) return FB; /* a duplicate key */
+            d->stamp[g] = d->cur;
+            prev = g;
+            if ((size_t)g < d->nd) {
+                char c = peek(d);
+                float *dst = &dense[g];
+                if (c == 'n') {
+                    if ((rc = read_word(d, "null", 4))) return rc;
+                    *dst = NAN;
+                } else {
+                    fnum num;
+                    if ((rc = read_number(d, &num))) return rc;
+                    *dst = (float)num.v;
+                }
+                if (given) given[g] = 1;
+            } else if ((rc = read_sparse(d, (size_t)g - d->nd))) {
+                return rc;
+            }
+        }
+        char c = take(d);
+        if (c == '}') return 0;
+        if (c != ',') return FB;
+    }
+}
+
+/* Appends the staged sparse values of the object just read to ids, in
+ * feature order: off[f] (ns entries) gets each feature's first id, and
+ * given[f] (may be NULL) is set where the object gave the feature. Returns
+ * 0, FB (over 2^32 ids) or RK_ENOMEM. */
+static int lay_out(fdec *d, int given_now, idvec *ids, uint32_t *off, uint8_t *given, uint8_t *per_row)
+{
+    for (size_t f = 0; f < d->ns; f++) {
+        off[f] = (uint32_t)ids->n;
+        if (!given_now || d->stamp[d->nd + f] != d->cur) continue;
+        if (given) given[f] = 1;
+        if (per_row) per_row[f] = 1;
+        const int64_t *src = d->stage.v + d->slot_at[f];
+        for (uint32_t k = 0; k < d->slot_n[f]; k++)
+            if (idvec_push(ids, src[k]) < 0) return RK_ENOMEM;
+        if (ids->n > UINT32_MAX) return FB;
+    }
+    return 0;
+}
+
+/* Grows the per-candidate arrays of rq to hold cap candidates; returns 0
+ * or RK_ENOMEM (the arrays stay valid). */
+static int grow_cands(rk_request *rq, size_t cap)
+{
+    size_t nd = rq->n_dense, ns = rq->n_sparse;
+    json_t **ci = realloc(rq->cand_ids, cap * sizeof *ci);
+    if (!ci) return RK_ENOMEM;
+    rq->cand_ids = ci;
+    float *dn = realloc(rq->dense, (cap * nd + 1) * sizeof *dn);
+    if (!dn) return RK_ENOMEM;
+    rq->dense = dn;
+    uint8_t *dg = realloc(rq->dense_given, cap * nd + 1);
+    if (!dg) return RK_ENOMEM;
+    rq->dense_given = dg;
+    uint8_t *sg = realloc(rq->sparse_given, cap * ns + 1);
+    if (!sg) return RK_ENOMEM;
+    rq->sparse_given = sg;
+    uint32_t *so = realloc(rq->sp_off, (cap * ns + 1) * sizeof *so);
+    if (!so) return RK_ENOMEM;
+    rq->sp_off = so;
+    return 0;
+}
+
+/* Reads the candidates array (after whitespace) into rq, at most max
+ * candidates. Returns 0, FB or RK_ENOMEM. */
+static int read_candidates(fdec *d, rk_request *rq, idvec *ids, size_t max)
+{
+    size_t nd = d->nd, ns = d->ns, cap = 0;
+    int rc;
+    if (expect(d, '[')) return FB;
+    if (peek(d) == ']') { d->p++; return 0; }
+    for (;;) {
+        size_t c = rq->n_cands;
+        if (c >= max) return FB; /* the DOM decoder says how many */
+        if (c == cap) {
+            cap = cap ? cap * 2 : 64;
+            if (cap > max) cap = max;
+            if ((rc = grow_cands(rq, cap))) return rc;
+        }
+        rq->cand_ids[c] = NULL;
+        rq->n_cands = c + 1; /* from here rk_request_free releases its id */
+        memset(rq->dense + c * nd, 0, nd * sizeof(float));
+        memset(rq->dense_given + c * nd, 0, nd);
+        memset(rq->sparse_given + c * ns, 0, ns);
+        int seen_features = 0;
+        if (expect(d, '{')) return FB;
+        if (peek(d) == '}') return FB; /* no id */
+        for (;;) {
+            if ((rc = read_string(d))) return rc;
+            if (d->slen == 2 && !memcmp(d->s, "id", 2)) {
+                if (rq->cand_ids[c] || expect(d, ':')) return FB;
+                if ((rc = read_id(d, &rq->cand_ids[c]))) return rc;
+            } else if (d->slen == 8 && !memcmp(d->s, "features", 8)) {
+                if (seen_features++ || expect(d, ':')) return FB;
+                if (peek(d) == 'n') {
+                    if ((rc = read_word(d, "null", 4))) return rc;
+                } else {
+                    if ((rc = read_features(d, rq->dense + c * nd, rq->dense_given + c * nd))) return rc;
+                    for (size_t j = 0; j < nd; j++) rq->dense_per_row[j] |= rq->dense_given[c * nd + j];
+                    seen_features = 2;
+                }
+            } else {
+                return FB;
+            }
+            char ch = take(d);
+            if (ch == '}') break;
+            if (ch != ',') return FB;
+        }
+        if (!rq->cand_ids[c]) return FB;
+        if ((rc = lay_out(d, seen_features == 2, ids, rq->sp_off + c * ns, rq->sparse_given + c * ns,
+                          rq->sparse_per_row)))
+            return rc;
+        char ch = take(d);
+        if (ch == ']') return 0;
+        if (ch != ',') return FB;
+    }
+}
+
+/* Reads an optional count (null or an integer >= min); returns 0 or FB. */
+static int read_count(fdec *d, int64_t min, int64_t *out)
+{
+    if (peek(d) == 'n') return read_word(d, "null", 4);
+    fnum num;
+    if (read_number(d, &num) || !num.is_int || num.i < min) return FB;
+    *out = num.i;
+    return 0;
+}
+
+int rk_decode_fast(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
+                   rk_request **out, char *err, size_t errlen)
+{
+    const dcn_info *info = dcn_model_info(m);
+    size_t nd = info->n_dense, ns = info->n_sparse, nf = nd + ns;
+    size_t max_cands = lim && lim->max_candidates ? lim->max_candidates : 10000;
+    int strict = lim ? lim->strict : 1, rc = RK_ENOMEM;
+    fdec d = {.p = body, .end = body + len, .m = m, .nd = nd, .ns = ns, .nf = nf};
+    idvec ids = {0}, ctx_ids = {0};
+    rk_request *rq = NULL;
+    unsigned seen = 0;          /* top-level keys read, by bit */
+    *out = NULL;
+
+    /* per-feature tables, one allocation */
+    size_t nf1 = nf + 1;
+    void *tab = calloc(1, nf1 * (sizeof(char *) + sizeof(size_t) + sizeof(int32_t) + sizeof(uint32_t)) +
+                              (ns + 1) * 2 * sizeof(uint32_t));
+    if (!tab) goto oom;
+    d.name = tab;
+    d.name_len = (size_t *)(d.name + nf1);
+    d.next_of = (int32_t *)(d.name_len + nf1);
+    d.stamp = (uint32_t *)(d.next_of + nf1);
+    d.slot_at = d.stamp + nf1;
+    d.slot_n = d.slot_at + ns + 1;
+    for (size_t g = 0; g < nf; g++) {
+        d.name[g] = g < nd ? dcn_dense(m, g)->name : dcn_sparse(m, g - nd)->name;
+        d.name_len[g] = strlen(d.name[g]);
+    }
+    for (size_t g = 0; g < nf1; g++) d.next_of[g] = -1;
+
+    if (!(rq = calloc(1, sizeof *rq))) goto oom;
+    rq->n_dense = nd;
+    rq->n_sparse = ns;
+    rq->top_k = -1;
+    rq->ctx_dense = malloc((nd ? nd : 1) * sizeof(float));
+    rq->ctx_off = calloc(ns + 1, sizeof(uint32_t));
+    rq->dense_per_row = calloc(nd ? nd : 1, 1);
+    rq->sparse_per_row = calloc(ns ? ns : 1, 1);
+    if (!rq->ctx_dense || !rq->ctx_off || !rq->dense_per_row || !rq->sparse_per_row) goto oom;
+    for (size_t j = 0; j < nd; j++) rq->ctx_dense[j] = NAN;
+
+    static const struct { const char *name; size_t len; } keys[] = {
+        {"request_id", 10}, {"context", 7}, {"candidates", 10}, {"top_k", 5},
+        {"deadline_ms", 11}, {"return", 6}, {"strict", 6},
+    };
+    if ((rc = expect(&d, '{'))) goto fail;
+    if (peek(&d) == '}') { rc = FB; goto fail; } /* no candidates */
+    for (;;) {
+        if ((rc = read_string(&d))) goto fail;
+        unsigned k = 0;
+        while (k < sizeof keys / sizeof keys[0] && (keys[k].len != d.slen || memcmp(keys[k].name, d.s, d.slen))) k++;
+        if (k == sizeof keys / sizeof keys[0] || (seen & 1u << k) || (rc = expect(&d, ':'))) { rc = FB; goto fail; }
+        seen |= 1u << k;
+        char c = peek(&d);
+        switch (k) {
+        case 0: /* request_id */
+            if (c == 'n') rc = read_word(&d, "null", 4);
+            else rc = read_id(&d, &rq->request_id);
+            break;
+        case 1: /* context */
+            if (c == 'n') {
+                rc = read_word(&d, "null", 4);
+            } else if (!(rc = read_features(&d, rq->ctx_dense, NULL))) {
+                rc = lay_out(&d, 1, &ctx_ids, rq->ctx_off, NULL, NULL);
+                rq->ctx_off[ns] = (uint32_t)ctx_ids.n;
+            }
+            break;
+        case 2: rc = read_candidates(&d, rq, &ids, max_cands); break;
+        case 3: rc = read_count(&d, 0, &rq->top_k); break;
+        case 4: rc = read_count(&d, 1, &rq->deadline_ms); break;
+        case 5: /* return */
+            if (c == 'n') {
+                rc = read_word(&d, "null", 4);
+            } else if (!(rc = expect(&d, '{')) && peek(&d) != '}') {
+                if (!(rc = read_string(&d)) && (d.slen != 6 || memcmp(d.s, "logits", 6))) rc = FB;
+                if (!rc && !(rc = expect(&d, ':'))) rc = read_bool(&d, &rq->want_logits);
+                if (!rc) rc = expect(&d, '}'); /* a second key is unknown or a duplicate */
+            } else if (!rc) {
+                rc = expect(&d, '}');
+            }
+            break;
+        case 6: rc = read_bool(&d, &strict); break;
+        }
+        if (rc) goto fail;
+        c = take(&d);
+        if (c == '}') break;
+        if (c != ',') { rc = FB; goto fail; }
+    }
+    skip_ws(&d);
+    if (d.p != d.end || !(seen & 1u << 2) || (d.unknown && strict)) { rc = FB; goto fail; }
+
+    /* the request is valid: finish the arrays as the DOM decoder leaves them */
+    rc = RK_ENOMEM;
+    if (!rq->n_cands && grow_cands(rq, 1) < 0) goto oom;
+    rq->sp_off[rq->n_cands * ns] = (uint32_t)ids.n;
+    rq->sp_ids = ids.v ? ids.v : malloc(sizeof(int64_t));
+    ids.v = NULL;
+    rq->ctx_ids = ctx_ids.v ? ctx_ids.v : malloc(sizeof(int64_t));
+    ctx_ids.v = NULL;
+    if (!rq->sp_ids || !rq->ctx_ids) goto oom;
+    free(tab);
+    free(d.sbuf);
+    free(d.stage.v);
+    *out = rq;
+    return 0;
+
+oom:
+    rc = fail(err, errlen, RK_ENOMEM, "out of memory");
+fail:
+    if (rc == RK_ENOMEM) fail(err, errlen, RK_ENOMEM, "out of memory");
+    free(tab);
+    free(d.sbuf);
+    free(d.stage.v);
+    free(ids.v);
+    free(ctx_ids.v);
+    rk_request_free(rq);
+    return rc;
+}
+
+int rk_decode(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
+              rk_request **out, char *err, size_t errlen)
+{
+    int rc = rk_decode_fast(m, body, len, lim, out, err, errlen);
+    if (rc != FB) return rc;
+    return rk_decode_dom(m, body, len, lim, out, err, errlen);
 }

@@ -54,40 +54,58 @@ void rk_buf_printf(rk_buf *b, const char *fmt, ...)
 }
 
 /* Writes s as a JSON string: quotes, backslash escapes for '"', '\\' and
- * control bytes; other bytes (valid UTF-8 from jansson) pass through. */
+ * control bytes; other bytes (valid UTF-8 from the decoder) pass through.
+ * Runs of plain bytes are copied at once. */
 void rk_buf_json_str(rk_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     if (buf_reserve(b, n + 2) < 0) return;
     b->data[b->len++] = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\') j++;
+        if (j > i) rk_buf_put(b, s + i, j - i);
+        if (j == n) break;
+        unsigned char c = (unsigned char)s[j];
         if (c == '"' || c == '\\') {
             char e[2] = {'\\', (char)c};
             rk_buf_put(b, e, 2);
-        } else if (c < 0x20) {
+        } else {
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
             rk_buf_put(b, e, 6);
-        } else {
-            rk_buf_put(b, (const char *)&c, 1);
         }
+        i = j + 1;
     }
     rk_buf_put(b, "\"", 1);
+}
+
+/* Writes a signed integer in decimal (what "%lld" prints, without printf). */
+static void put_int(rk_buf *b, int64_t v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do { *--p = (char)('0' + u % 10); u /= 10; } while (u);
+    if (v < 0) *--p = '-';
+    rk_buf_put(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
 /* Writes a string or integer JSON value (ids). */
 static void put_id(rk_buf *b, const json_t *v)
 {
     if (json_is_string(v)) rk_buf_json_str(b, json_string_value(v), json_string_length(v));
-    else if (json_is_integer(v)) rk_buf_printf(b, "%lld", (long long)json_integer_value(v));
+    else if (json_is_integer(v)) put_int(b, (int64_t)json_integer_value(v));
     else rk_buf_puts(b, "null");
 }
 
-/* Writes a float; non-finite values (never expected) become null. */
+/* Writes a float with %.9g (round-trips a float32), straight into the
+ * buffer; non-finite values (never expected) become null. */
 static void put_float(rk_buf *b, float x)
 {
-    if (isfinite(x)) rk_buf_printf(b, "%.9g", (double)x);
-    else rk_buf_puts(b, "null");
+    if (!isfinite(x)) { rk_buf_puts(b, "null"); return; }
+    if (buf_reserve(b, 32) < 0) return;
+    int n = snprintf(b->data + b->len, 32, "%.9g", (double)x);
+    if (n > 0 && n < 32) b->len += (size_t)n;
 }
 
 /* Merge sort of indices by (score desc, index asc); tmp has n entries. */
@@ -154,7 +172,9 @@ void rk_encode_head(rk_buf *b, const rk_request *rq, const char *model_name,
             rk_buf_puts(b, ",\"logit\":");
             put_float(b, logits[i]);
         }
-        rk_buf_printf(b, ",\"rank\":%zu}", k + 1);
+        rk_buf_put(b, ",\"rank\":", 8);
+        put_int(b, (int64_t)k + 1);
+        rk_buf_put(b, "}", 1);
     }
     rk_buf_puts(b, "]");
 }

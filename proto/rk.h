@@ -73,7 +73,8 @@ typedef struct rk_limits {
 } rk_limits;
 
 /* A decoded ranking request. Feature values are already mapped through the
- * model: dense values as floats, sparse ids as table rows (-1: zero vector).
+ * model: dense values as floats (double rounded to float), sparse ids as
+ * table rows (-1: zero vector).
  * "Given" means the JSON named the feature (null included); the candidate's
  * value wins over the context's where given. */
 typedef struct rk_request {
@@ -103,9 +104,25 @@ typedef struct rk_request {
 /* Decodes a request body against model m. On success stores a new request
  * in *out (free with rk_request_free) and returns 0; on failure returns a
  * negative rk_err, writes a message naming the field into err and stores
- * NULL. The model is only read. */
+ * NULL. The model is only read. body need not be NUL-terminated.
+ *
+ * Two decoders stand behind it. rk_decode_fast reads the body once, without
+ * a DOM, resolving feature names and mapping ids as it goes; it accepts only
+ * requests that are valid JSON and valid requests, and returns
+ * RK_DECODE_FALLBACK (positive, nothing stored) for anything else: any
+ * syntax, type or schema error, a duplicate key, a number out of range, an
+ * escape or UTF-8 sequence JSON or jansson refuses, nesting deeper than 32
+ * inside an ignored value. rk_decode then runs rk_decode_dom (jansson, with
+ * JSON_REJECT_DUPLICATES), which gives every error its code and message.
+ * So both always agree: a body either decodes to the same request, or fails
+ * with the DOM decoder's error. Both are public for tests and benchmarks. */
+#define RK_DECODE_FALLBACK 1
 int rk_decode(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
               rk_request **out, char *err, size_t errlen);
+int rk_decode_fast(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
+                   rk_request **out, char *err, size_t errlen);
+int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
+                  rk_request **out, char *err, size_t errlen);
 void rk_request_free(rk_request *rq); /* NULL is fine */
 
 /* Orders n scores by descending score, ties by input order (stable), and

@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -97,6 +98,32 @@ def run_wrk(args, port, body_file, rate_per_conn=0.0, duration=None):
     return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
 
 
+def cpu_snapshot(server_pid):
+    """CPU time so far, in seconds: every CPU's busy time (/proc/stat), the
+    server's (/proc/PID/stat) and finished children's (wrk), with the wall
+    clock; two snapshots give who used the CPUs during a run."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / tick   # minus idle and iowait
+    with open(f"/proc/{server_pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    server = (int(st[11]) + int(st[12])) / tick                      # utime + stime
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": time.monotonic(), "busy": busy, "server": server, "children": ch.ru_utime + ch.ru_stime}
+
+
+def cpu_split(a, b):
+    """(server cores, wrk cores, foreign fraction of all CPUs) between two
+    snapshots; foreign is what other processes of the machine used."""
+    wall = b["wall"] - a["wall"]
+    ncpu = os.cpu_count() or 1
+    server = (b["server"] - a["server"]) / wall
+    wrk = (b["children"] - a["children"]) / wall
+    foreign = max(0.0, (b["busy"] - a["busy"]) / wall - server - wrk) / ncpu
+    return server, wrk, foreign
+
+
 def fmt_ms(us):
     return f"{us / 1000:.2f}"
 
@@ -112,6 +139,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--paced-load", type=float, default=0.5,
                     help="paced runs offer this fraction of the closed-loop request rate")
+    ap.add_argument("--decode-bench", default="",
+                    help="decode-bench binary: time the decoder and encoder on each body first")
     ap.add_argument("server_args", nargs="*", help="extra dcnserve flags (after --)")
     args = ap.parse_args()
 
@@ -139,15 +168,19 @@ def main():
         print()
         hdr = (f"{'mode':<7} {'cands':>5} {'req/s':>9} {'cands/s':>10} {'p50 ms':>8} {'p90 ms':>8} "
                f"{'p99 ms':>8} {'non2xx':>6} | server mean µs: {'parse':>7} {'queue':>7} {'infer':>7} "
-               f"{'encode':>7} {'rows/batch':>10}")
+               f"{'encode':>7} {'rows/batch':>10} | cores: {'server':>6} {'wrk':>5} {'foreign':>7}")
         print(hdr)
         print("-" * len(hdr))
+        decode_lines = []
         with tempfile.TemporaryDirectory() as tmp:
             closed = {}
             for n in (int(x) for x in args.sizes.split(",")):
                 bf = os.path.join(tmp, f"body{n}.json")
                 with open(bf, "w") as f:
                     f.write(body_for(rows, n, 0))
+                if args.decode_bench:
+                    d = subprocess.run([args.decode_bench, args.model, bf, "1"], capture_output=True, text=True)
+                    decode_lines.extend((d.stdout or d.stderr).strip().splitlines())
                 run_wrk(args, port, bf, duration=1)  # warm-up
                 for mode in ("closed", "paced"):
                     rate = 0.0
@@ -155,8 +188,11 @@ def main():
                         total = closed[n] * args.paced_load
                         rate = max(total / args.connections, 0.5)
                     a = scrape(port)
+                    ca = cpu_snapshot(srv.pid)
                     r = run_wrk(args, port, bf, rate_per_conn=rate)
+                    cb = cpu_snapshot(srv.pid)
                     b = scrape(port)
+                    cpu_server, cpu_wrk, foreign = cpu_split(ca, cb)
                     rps = r["requests"] / (r["duration_us"] / 1e6)
                     if mode == "closed":
                         closed[n] = rps
@@ -166,10 +202,17 @@ def main():
                     print(f"{label:<7} {n:>5} {rps:>9.0f} {rps * n:>10.0f} {fmt_ms(r['p50']):>8} "
                           f"{fmt_ms(r['p90']):>8} {fmt_ms(r['p99']):>8} {int(r['non2xx'] + r['socket_errors']):>6} | "
                           f"{'':>15}{split[0]:>7.0f} {split[1]:>7.0f} {split[2]:>7.0f} {split[3]:>7.0f} "
-                          f"{rows_per_batch:>10.1f}")
+                          f"{rows_per_batch:>10.1f} | {'':>7}{cpu_server:>6.2f} {cpu_wrk:>5.2f} {foreign:>7.0%}")
         print()
         print(f"paced: offered {args.paced_load:.0%} of the closed-loop rate, evenly over the connections "
               f"(wrk delay() hook); req/s shows the rate achieved.")
+        print("cores: CPU used during the run by the server, by wrk, and by every other process "
+              "(foreign, as a share of all CPUs): a high foreign share makes the figures unreliable.")
+        if decode_lines:
+            print()
+            print("decode-bench (one core, no HTTP): the loop's decode and rank+encode per request")
+            for line in decode_lines:
+                print("  " + line)
     finally:
         srv.send_signal(signal.SIGTERM)
         try:

@@ -161,3 +161,274 @@ Test(request, every_error_names_the_field)
         cr_assert(strstr(err, cases[i].needle), "case %zu: message \"%s\" lacks \"%s\"", i, err, cases[i].needle);
     }
 }
+
+/* ------------------------------------------------------------ fast path vs DOM */
+
+/* 1 if two decoded requests are identical, field by field (floats by bits,
+ * so NaN equals NaN). */
+static int same_request(const rk_request *a, const rk_request *b, char *why, size_t n)
+{
+#define DIFF(cond, what) do { if (cond) { snprintf(why, n, "%s", what); return 0; } } while (0)
+    DIFF(a->n_cands != b->n_cands, "n_cands");
+    DIFF(a->top_k != b->top_k || a->deadline_ms != b->deadline_ms || a->want_logits != b->want_logits, "options");
+    DIFF(!a->request_id != !b->request_id || (a->request_id && !json_equal(a->request_id, b->request_id)),
+         "request_id");
+    size_t nc = a->n_cands, nd = a->n_dense, ns = a->n_sparse;
+    for (size_t i = 0; i < nc; i++) DIFF(!json_equal(a->cand_ids[i], b->cand_ids[i]), "cand_ids");
+    DIFF(memcmp(a->ctx_dense, b->ctx_dense, nd * sizeof(float)), "ctx_dense");
+    DIFF(memcmp(a->ctx_off, b->ctx_off, (ns + 1) * sizeof(uint32_t)), "ctx_off");
+    DIFF(memcmp(a->ctx_ids, b->ctx_ids, a->ctx_off[ns] * sizeof(int64_t)), "ctx_ids");
+    DIFF(memcmp(a->dense_given, b->dense_given, nc * nd), "dense_given");
+    for (size_t i = 0; i < nc * nd; i++)
+        DIFF(a->dense_given[i] && memcmp(&a->dense[i], &b->dense[i], sizeof(float)), "dense");
+    DIFF(memcmp(a->sp_off, b->sp_off, (nc * ns + 1) * sizeof(uint32_t)), "sp_off");
+    DIFF(memcmp(a->sp_ids, b->sp_ids, a->sp_off[nc * ns] * sizeof(int64_t)), "sp_ids");
+    DIFF(memcmp(a->sparse_given, b->sparse_given, nc * ns), "sparse_given");
+    DIFF(memcmp(a->dense_per_row, b->dense_per_row, nd), "dense_per_row");
+    DIFF(memcmp(a->sparse_per_row, b->sparse_per_row, ns), "sparse_per_row");
+    return 1;
+#undef DIFF
+}
+
+/* Copies s (n bytes) into an exactly sized buffer, so that ASan sees any
+ * read past the end of the body (bodies are not NUL-terminated). */
+static char *exact_copy(const char *s, size_t n)
+{
+    char *b = malloc(n ? n : 1);
+    cr_assert_not_null(b);
+    memcpy(b, s, n);
+    return b;
+}
+
+/* Valid requests, unusual in every way the fast path must get right; each
+ * must decode on the fast path to exactly what the DOM decoder makes. */
+static const char *valid_bodies[] = {
+    "{\"candidates\": []}",
+    " \t\r\n{ \"candidates\" : [ ] } \n",
+    "{\"candidates\": [{\"id\": 1}], \"request_id\": null, \"top_k\": null, \"deadline_ms\": null, \"return\": null, \"context\": null}",
+    "{\"context\": {\"I1\": 5}, \"candidates\": [{\"features\": {\"I2\": 1}, \"id\": \"a\"}], \"context_is_before\": 0}" + 0, /* replaced below */
+    "{\"candidates\": [{\"features\": null, \"id\": -0}, {\"id\": -9223372036854775808}, {\"id\": 9223372036854775807}],"
+    " \"strict\": true, \"return\": {}, \"top_k\": 0, \"deadline_ms\": 1}",
+    "{\"request_id\": \"r\\u00e9\\ud83d\\ude00\\\"\\\\\\/\\b\\f\\n\\r\\t\", \"candidates\": [{\"id\": \"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}]}",
+    "{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 1.5, \"I2\": -2.25e-3}}, {\"id\": 2, \"features\": {\"I1\": 1e300, \"I2\": -3.4e38}},"
+    " {\"id\": 3, \"features\": {\"I1\": 1e-400, \"I2\": 0.1}}, {\"id\": 4, \"features\": {\"I1\": 123456789012345678901234567890.0, \"I2\": 4.9e-324}},"
+    " {\"id\": 5, \"features\": {\"I1\": 9007199254740993, \"I2\": 0.30000000000000004}}, {\"id\": 6, \"features\": {\"I1\": -0.0, \"I2\": 1E+2}},"
+    " {\"id\": 7, \"features\": {\"I1\": 2.5e22, \"I2\": 12345678901234567.5}}, {\"id\": 8, \"features\": {\"I1\": null, \"I2\": 0e0}}]}",
+    "{\"candidates\": [{\"id\": 1, \"features\": {\"C1\": \"68fd1e64\", \"C2\": [\"a\", 5, \"x y\"], \"C3\": 4}},"
+    " {\"id\": 2, \"features\": {\"C3\": \"007\", \"C2\": [], \"C1\": null}}, {\"id\": 3, \"features\": {\"C2\": \"caf\xc3\xa9\", \"C1\": \"\"}},"
+    " {\"id\": 4, \"features\": {\"C3\": -1, \"C2\": [-12, \"\\u0061\"], \"C1\": 12}}]}",
+    /* escaped feature names resolve like plain ones */
+    "{\"context\": {\"\\u0049\\u0031\": 2, \"C\\u0032\": [\"b\"]}, \"candidates\": [{\"id\": \"x\", \"features\": {\"\\u0043\\u0033\": 3}}]}",
+    /* the context after the candidates, and features in varying orders */
+    "{\"candidates\": [{\"id\": 1, \"features\": {\"C3\": 1, \"I1\": 2}}, {\"id\": 2, \"features\": {\"I1\": 3, \"C3\": 2}},"
+    " {\"id\": 3, \"features\": {\"I2\": 3, \"C1\": \"ff\", \"I1\": 7}}], \"context\": {\"C2\": [\"a\", \"b\"], \"I2\": 0.5}}",
+    /* lenient: unknown names (with scalar and array values) are skipped, even
+     * when "strict": false comes after them */
+    "{\"candidates\": [{\"id\": 1, \"features\": {\"nope\": [1, [2, [\"x\", null, true, false]], -3.5e2], \"I1\": 2, \"zz\": \"q\"}}],"
+    " \"context\": {\"other\": null}, \"strict\": false}",
+    "{\"top_k\": 5, \"candidates\": [{\"id\": \"\"}, {\"id\": \"\\u0000x\" }]}" + 0, /* replaced below */
+};
+
+Test(request, fast_path_equals_the_dom_decoder)
+{
+    /* two entries above are placeholders for bodies a C literal cannot hold simply */
+    static char ctx_first[] = "{\"context\": {\"I1\": 5}, \"candidates\": [{\"features\": {\"I2\": 1}, \"id\": \"a\"}]}";
+    static char ids_odd[] = "{\"top_k\": 5, \"candidates\": [{\"id\": \"\"}, {\"id\": \"\\u007f\x7f\"}]}";
+    rk_limits lim = {.max_candidates = 10, .strict = 1};
+    for (size_t i = 0; i < sizeof valid_bodies / sizeof valid_bodies[0]; i++) {
+        const char *s = i == 3 ? ctx_first : i == 11 ? ids_odd : valid_bodies[i];
+        size_t n = strlen(s);
+        char *body = exact_copy(s, n), err[256] = "", why[64];
+        rk_request *a = NULL, *b = NULL;
+        int rf = rk_decode_fast(M, body, n, &lim, &a, err, sizeof err);
+        cr_assert_eq(rf, 0, "body %zu fell back (%d): %s", i, rf, s);
+        int rd = rk_decode_dom(M, body, n, &lim, &b, err, sizeof err);
+        cr_assert_eq(rd, 0, "body %zu: the DOM decoder refuses it: %s", i, err);
+        cr_assert(same_request(a, b, why, sizeof why), "body %zu: %s differs: %s", i, why, s);
+        rk_request_free(a);
+        rk_request_free(b);
+        free(body);
+    }
+}
+
+/* Hostile or broken bodies: the fast path must refuse every one (falling
+ * back), and rk_decode must answer with the DOM decoder's code. The rules:
+ * duplicate keys are invalid_json, compared after unescaping; numbers out of
+ * int64 (without '.', 'e') or double range are invalid_json; invalid UTF-8,
+ * bad escapes, lone surrogates, \u0000 and raw control bytes are
+ * invalid_json; nesting past jansson's 2048 levels is invalid_json, nesting
+ * past 32 inside an ignored value only costs the slower DOM path. */
+static const struct { const char *body; int code; const char *needle; } hostile[] = {
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 1, \"\\u0049\\u0031\": 2}}]}", RK_EJSON, "duplicate"},
+    {"{\"candidates\": [{\"id\": 1, \"id\": 2}]}", RK_EJSON, "duplicate"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": null, \"features\": {}}]}", RK_EJSON, "duplicate"},
+    {"{\"strict\": false, \"candidates\": [{\"id\": 1, \"features\": {\"zz\": 1, \"zz\": 2}}]}", RK_EJSON, "duplicate"},
+    {"{\"candidates\": [], \"return\": {\"logits\": true, \"logits\": false}}", RK_EJSON, "duplicate"},
+    {"{\"context\": {\"C2\": [\"a\"], \"C2\": null}, \"candidates\": []}", RK_EJSON, "duplicate"},
+    {"{\"candidates\": [{\"id\": 99999999999999999999}]}", RK_EJSON, "too big"},
+    {"{\"candidates\": [{\"id\": -9223372036854775809}]}", RK_EJSON, "too big"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 1e400}}]}", RK_EJSON, "overflow"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": -1e309}}]}", RK_EJSON, "overflow"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 18446744073709551616}}]}", RK_EJSON, "too big"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 01}}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 1.}}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": .5}}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": +1}}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"I1\": 1e}}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": \"\xc0\xaf\"}]}", RK_EJSON, ""},
+    {"{\"candidates\": [{\"id\": \"\xed\xa0\x80\"}]}", RK_EJSON, ""},
+    {"{\"candidates\": [{\"id\": \"\xf4\x90\x80\x80\"}]}", RK_EJSON, ""},
+    {"{\"candidates\": [{\"id\": \"\xe2\x82\"}]}", RK_EJSON, ""},
+    {"{\"candidates\": [{\"id\": \"\xff\"}]}", RK_EJSON, ""},
+    {"{\"candidates\": [{\"id\": \"\\x41\"}]}", RK_EJSON, "escape"},
+    {"{\"candidates\": [{\"id\": \"\\u12\"}]}", RK_EJSON, "escape"},
+    {"{\"candidates\": [{\"id\": \"\\ud800\"}]}", RK_EJSON, "Unicode"},
+    {"{\"candidates\": [{\"id\": \"\\ud800\\u0041\"}]}", RK_EJSON, "Unicode"},
+    {"{\"candidates\": [{\"id\": \"\\udc00\"}]}", RK_EJSON, "Unicode"},
+    {"{\"candidates\": [{\"id\": \"a\\u0000b\"}]}", RK_EJSON, "u0000"},
+    {"{\"candidates\": [{\"id\": \"a\tb\"}]}", RK_EJSON, "control"},
+    {"{\"candidates\": []} x", RK_EJSON, "end of file"},
+    {"{\"candidates\": []}{}", RK_EJSON, "end of file"},
+    {"{\"candidates\": [{\"id\": 1,}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [1 2]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": tru}]}", RK_EJSON, "invalid"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"C2\": [\"a\", \"b\", \"c\", \"d\"]}}]}", RK_EVALUE, "at most 3"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"C3\": 2.0}}]}", RK_EVALUE, "C3"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"nope\": 1}}]}", RK_EFEATURE, "nope"},
+    {"{\"candidates\": [{\"id\": 1, \"features\": {\"nope\": 1}}], \"strict\": true}", RK_EFEATURE, "nope"},
+    {"{\"candidates\": [{\"id\": 1}, {\"id\": 2}, {\"id\": 3}, {\"id\": 4}, {\"id\": 5}, {\"id\": 6}, {\"id\": 7},"
+     " {\"id\": 8}, {\"id\": 9}, {\"id\": 10}, {\"id\": 11}, {\"id\": \"\xff\"}]}", RK_EJSON, ""},
+    {"{\"candidates\": [{\"id\": 1}, {\"id\": 2}, {\"id\": 3}, {\"id\": 4}, {\"id\": 5}, {\"id\": 6}, {\"id\": 7},"
+     " {\"id\": 8}, {\"id\": 9}, {\"id\": 10}, {\"id\": 11}]}", RK_ETOOMANY, "limit is 10"},
+};
+
+/* Checks one body against the rules: fast path refuses, rk_decode gives the
+ * DOM decoder's code and message. */
+static void check_hostile(const char *s, size_t n, int code, const char *needle)
+{
+    rk_limits lim = {.max_candidates = 10, .strict = 1};
+    char *body = exact_copy(s, n), err[256] = "", err2[256] = "";
+    rk_request *rq = (rk_request *)1;
+    cr_assert_eq(rk_decode_fast(M, body, n, &lim, &rq, err, sizeof err), RK_DECODE_FALLBACK, "accepted: %.200s", s);
+    cr_assert_null(rq);
+    int rc = rk_decode(M, body, n, &lim, &rq, err, sizeof err);
+    cr_assert_eq(rc, code, "%.200s: got %d (%s)", s, rc, err);
+    cr_assert_null(rq);
+    if (getenv("SHOW_MESSAGES")) fprintf(stderr, "%.60s => %s\n", s, err);
+    cr_assert(strstr(err, needle), "%.200s: message \"%s\" lacks \"%s\"", s, err, needle);
+    cr_assert_eq(rk_decode_dom(M, body, n, &lim, &rq, err2, sizeof err2), code);
+    cr_assert_str_eq(err, err2);
+    free(body);
+}
+
+Test(request, hostile_bodies_get_the_dom_decoders_error)
+{
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++)
+        check_hostile(hostile[i].body, strlen(hostile[i].body), hostile[i].code, hostile[i].needle);
+    /* a NUL byte inside the body, and a body cut short */
+    static const char nul[] = "{\"candidates\": [{\"id\": \"a\0b\"}]}";
+    check_hostile(nul, sizeof nul - 1, RK_EJSON, "control");
+    const char *full = "{\"candidates\": [{\"id\": \"abc\", \"features\": {\"I1\": 12.5}}]}";
+    for (size_t n = 0; n < strlen(full); n++) check_hostile(full, n, RK_EJSON, "");
+}
+
+/* Deep nesting: inside an ignored value (lenient), up to 32 levels stay on the
+ * fast path, deeper ones take the DOM path (same answer); past jansson's
+ * depth limit the request is invalid_json; nesting where the schema wants a
+ * scalar is a schema or value error, never a crash. */
+Test(request, deep_nesting)
+{
+    rk_limits lenient = {.max_candidates = 10, .strict = 0};
+    size_t depths[] = {31, 32, 33, 500, 2047, 2048, 2049, 100000};
+    for (size_t k = 0; k < sizeof depths / sizeof depths[0]; k++) {
+        size_t dpt = depths[k];
+        rk_buf b = {0};
+        rk_buf_puts(&b, "{\"candidates\": [{\"id\": 1, \"features\": {\"nope\": ");
+        for (size_t i = 0; i < dpt; i++) rk_buf_put(&b, "[", 1);
+        for (size_t i = 0; i < dpt; i++) rk_buf_put(&b, "]", 1);
+        rk_buf_puts(&b, "}}]}");
+        cr_assert(!b.oom);
+        char *body = exact_copy(b.data, b.len), err[256] = "";
+        rk_request *rq = NULL;
+        int fast = rk_decode_fast(M, body, b.len, &lenient, &rq, err, sizeof err);
+        rk_request_free(rq);
+        rq = NULL;
+        cr_assert_eq(fast, dpt <= 32 ? 0 : RK_DECODE_FALLBACK, "depth %zu", dpt);
+        int rc = rk_decode(M, body, b.len, &lenient, &rq, err, sizeof err);
+        /* 5 enclosing levels: the object, candidates, the candidate, features */
+        if (dpt + 4 <= 2048) cr_assert_eq(rc, 0, "depth %zu: %s", dpt, err);
+        else cr_assert_eq(rc, RK_EJSON, "depth %zu: %d %s", dpt, rc, err);
+        rk_request_free(rq);
+        free(body);
+        free(b.data);
+    }
+    rk_request *rq = NULL;
+    char err[256];
+    cr_assert_eq(dec("{\"candidates\": [{\"id\": [[[[1]]]]}]}", &rq, err, sizeof err), RK_ESCHEMA);
+    cr_assert_eq(dec("{\"candidates\": [{\"id\": 1, \"features\": {\"C2\": [[\"a\"]]}}]}", &rq, err, sizeof err), RK_EVALUE);
+}
+
+/* Random bodies: valid requests, then mutated (a byte changed, inserted or
+ * dropped). Whenever the fast path accepts one, the DOM decoder must accept
+ * it too and build the same request; it must never read outside the body. */
+Test(request, fast_path_agrees_on_random_mutations)
+{
+    static const char *vals[] = {"1", "-2.5", "1e3", "null", "\"68fd1e64\"", "[\"a\", 3]", "[]", "\"\\u00e9\"", "0",
+                                 "\"ff\"", "7", "[\"x\", \"y\", \"z\"]"};
+    static const char *names[] = {"I1", "I2", "C1", "C2", "C3", "nope"};
+    rk_limits lim[2] = {{.max_candidates = 10, .strict = 1}, {.max_candidates = 10, .strict = 0}};
+    unsigned seed = 12345;
+    size_t accepted = 0, mutated_ok = 0;
+    for (int it = 0; it < 3000; it++) {
+        rk_buf b = {0};
+        rk_buf_puts(&b, "{\"request_id\": 9, \"candidates\": [");
+        int nc = rand_r(&seed) % 4;
+        for (int c = 0; c < nc; c++) {
+            rk_buf_printf(&b, "%s{\"id\": %d, \"features\": {", c ? ", " : "", c);
+            int nfeat = rand_r(&seed) % 4, used = 0;
+            for (int f = 0; f < nfeat; f++) {
+                int k = rand_r(&seed) % 6;
+                if (used & 1 << k) continue;
+                used |= 1 << k;
+                rk_buf_printf(&b, "%s\"%s\": %s", f ? ", " : "", names[k], vals[rand_r(&seed) % 12]);
+            }
+            rk_buf_puts(&b, "}}");
+        }
+        rk_buf_puts(&b, "]}");
+        cr_assert(!b.oom);
+        int mutate = it % 3 != 0;
+        if (mutate && b.len > 2) {
+            size_t at = (size_t)rand_r(&seed) % b.len;
+            static const char bytes[] = "{}[],:\"\\ 0e.-9nx\x80\xc3\xa9";
+            char ch = bytes[rand_r(&seed) % (sizeof bytes - 1)];
+            switch (rand_r(&seed) % 3) {
+            case 0: b.data[at] = ch; break;
+            case 1: memmove(b.data + at, b.data + at + 1, b.len - at - 1); b.len--; break;
+            default:
+                rk_buf_put(&b, " ", 1);
+                memmove(b.data + at + 1, b.data + at, b.len - at - 1);
+                b.data[at] = ch;
+            }
+        }
+        const rk_limits *l = &lim[it % 2];
+        char *body = exact_copy(b.data, b.len), err[256] = "", why[64];
+        rk_request *a = NULL, *d = NULL;
+        int rf = rk_decode_fast(M, body, b.len, l, &a, err, sizeof err);
+        int rd = rk_decode_dom(M, body, b.len, l, &d, err, sizeof err);
+        if (rf == 0) {
+            cr_assert_eq(rd, 0, "fast accepted what the DOM decoder refuses (%s): %.*s", err, (int)b.len, body);
+            cr_assert(same_request(a, d, why, sizeof why), "%s differs: %.*s", why, (int)b.len, body);
+            accepted++;
+            mutated_ok += (size_t)mutate;
+        } else {
+            cr_assert_eq(rf, RK_DECODE_FALLBACK);
+            cr_assert_null(a);
+        }
+        rk_request_free(a);
+        rk_request_free(d);
+        free(body);
+        free(b.data);
+    }
+    cr_assert_gt(accepted, 400, "only %zu bodies took the fast path", accepted);
+    cr_assert_gt(mutated_ok, 10, "no mutated body was still valid");
+}
