@@ -12,6 +12,10 @@
  * must accept (the decoder hands over only table rows and counts within
  * max_ids); then ranking and the encoder, whose output must parse as JSON
  * and hold min(top_k, n) candidates.
+ * Where proto/rk.h has two decoders (RK_DECODE_FALLBACK defined), the body
+ * is also decoded by each: the fast one must either hand the body back
+ * (RK_DECODE_FALLBACK, nothing stored) or build exactly the request the
+ * jansson one builds (a differential test of the hand-written parser).
  */
 #include <jansson.h>
 
@@ -100,11 +104,63 @@ static void score_and_encode(int mi, const rk_request *rq)
     free(order);
 }
 
+#ifdef RK_DECODE_FALLBACK
+/* Same bits, NaN equal to NaN (a missing dense value). */
+static int same_floats(const float *a, const float *b, size_t n, const uint8_t *given)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((!given || given[i]) && memcmp(&a[i], &b[i], sizeof *a) && !(a[i] != a[i] && b[i] != b[i])) return 0;
+    return 1;
+}
+
+/* Aborts unless two decoded requests are the same request. */
+static void check_same(const rk_request *a, const rk_request *b)
+{
+    size_t nd = a->n_dense, ns = a->n_sparse, n = a->n_cands;
+    FZ_CHECK(n == b->n_cands && nd == b->n_dense && ns == b->n_sparse, "shape differs");
+    FZ_CHECK(a->top_k == b->top_k && a->deadline_ms == b->deadline_ms && a->want_logits == b->want_logits,
+             "options differ");
+    FZ_CHECK((!a->request_id && !b->request_id) || json_equal(a->request_id, b->request_id), "request_id differs");
+    for (size_t i = 0; i < n; i++) FZ_CHECK(json_equal(a->cand_ids[i], b->cand_ids[i]), "candidate %zu id", i);
+    FZ_CHECK(same_floats(a->ctx_dense, b->ctx_dense, nd, NULL), "context dense differs");
+    FZ_CHECK(!memcmp(a->ctx_off, b->ctx_off, (ns + 1) * sizeof *a->ctx_off), "context offsets differ");
+    FZ_CHECK(!memcmp(a->ctx_ids, b->ctx_ids, a->ctx_off[ns] * sizeof *a->ctx_ids), "context ids differ");
+    FZ_CHECK(!memcmp(a->dense_given, b->dense_given, n * nd), "dense_given differs");
+    FZ_CHECK(same_floats(a->dense, b->dense, n * nd, a->dense_given), "dense values differ");
+    FZ_CHECK(!memcmp(a->sp_off, b->sp_off, (n * ns + 1) * sizeof *a->sp_off), "sparse offsets differ");
+    FZ_CHECK(!memcmp(a->sp_ids, b->sp_ids, a->sp_off[n * ns] * sizeof *a->sp_ids), "sparse ids differ");
+    FZ_CHECK(!memcmp(a->sparse_given, b->sparse_given, n * ns), "sparse_given differs");
+    FZ_CHECK(!memcmp(a->dense_per_row, b->dense_per_row, nd), "dense_per_row differs");
+    FZ_CHECK(!memcmp(a->sparse_per_row, b->sparse_per_row, ns), "sparse_per_row differs");
+}
+
+/* The fast decoder against the jansson one on the same body. */
+static void differential(const dcn_model *m, const uint8_t *data, size_t size, const rk_limits *lim)
+{
+    rk_request *fast = (rk_request *)1, *dom = NULL;
+    char e1[256] = "", e2[256] = "";
+    int rf = rk_decode_fast(m, (const char *)data, size, lim, &fast, e1, sizeof e1);
+    if (rf == RK_DECODE_FALLBACK || rf == RK_ENOMEM) {
+        FZ_CHECK(!fast, "a fallback stored a request");
+        return;
+    }
+    FZ_CHECK(rf == 0 && fast, "rk_decode_fast returned %d (%s)", rf, e1);
+    int rd = rk_decode_dom(m, (const char *)data, size, lim, &dom, e2, sizeof e2);
+    FZ_CHECK(rd == 0, "the fast decoder accepted a body the DOM decoder refuses: %d %s", rd, e2);
+    check_same(fast, dom);
+    rk_request_free(fast);
+    rk_request_free(dom);
+}
+#endif
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!models[0]) LLVMFuzzerInitialize(NULL, NULL);
     for (int mi = 0; mi < N_MODELS; mi++) {
         rk_limits lim = {.max_candidates = MAX_CANDS, .strict = mi != 1};
+#ifdef RK_DECODE_FALLBACK
+        differential(models[mi], data, size, &lim);
+#endif
         rk_request *rq = (rk_request *)1;
         char err[256] = "";
         int rc = rk_decode(models[mi], (const char *)data, size, &lim, &rq, err, sizeof err);
