@@ -22,7 +22,7 @@ typedef struct opt {
 #define O(f, t, field, d, h) {f, t, offsetof(srv_config, field), d, h}
 static const opt opts[] = {
     O("model", T_STR, model_path, "", "model file (.dcn) to serve (required)"),
-    O("host", T_STR, host, "0.0.0.0", "IPv4 address to listen on"),
+    O("host", T_STR, host, "0.0.0.0", "IPv4 or IPv6 address to listen on (\"::\" takes both)"),
     O("port", T_U64, port, "8080", "TCP port (0: any free port, logged)"),
     O("workers", T_U64, workers, "0", "worker threads (0: one per usable CPU, cgroup-aware)"),
     O("max-batch-rows", T_U64, max_batch_rows, "256", "rows per engine batch"),

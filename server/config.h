@@ -14,7 +14,7 @@
 
 typedef struct srv_config {
     const char *model_path;
-    const char *host;            /* listen address (IPv4) */
+    const char *host;            /* listen address, IPv4 or IPv6 */
     uint64_t port;
     uint64_t workers;            /* 0: one per usable CPU */
     uint64_t max_batch_rows;

@@ -1,9 +1,14 @@
 """Integration tests of dcnserve's lifecycle against the real binary: model
 reload (HTTP and SIGHUP) under traffic, a failed reload keeping the old
-model, and the SIGTERM drain with requests in flight (none lost, exit 0).
+model, the SIGTERM drain with requests in flight (none lost, exit 0), the
+drain timeout (exit 1), and listening on IPv6.
 Helpers come from test_server.py."""
+import http.client
+import json
 import os
 import signal
+import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -123,6 +128,132 @@ class DrainTest(unittest.TestCase):
             self.assertEqual(sorted(results), [(k, 200, k) for k in range(8)])
             self.assertIn('"msg":"stopped"', srv.output())
             srv.log.close()
+
+    def test_drain_timeout_exits_1(self):
+        # A 20 s queue delay holds the request in the queue past a 300 ms
+        # drain timeout: the server gives up waiting, says so, and exits 1.
+        with tempfile.TemporaryDirectory() as d:
+            path = ts.make_model(os.path.join(d, "m.dcn"))
+            srv = ts.Server(path, "--workers", "1", "--max-queue-delay-us", "20000000",
+                            "--max-batch-rows", "4096", "--drain-delay-ms", "0",
+                            "--drain-timeout-ms", "300").start()
+            result = {}
+
+            def client():
+                try:
+                    result["r"] = srv.rank({"candidates": [{"id": 1, "features": {"I1": 2}}]}, timeout=30)
+                except OSError as e:  # the answer may be cut: the drain gave up
+                    result["r"] = e
+
+            t = threading.Thread(target=client)
+            t.start()
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                _, _, m = srv.request("GET", "/metrics")
+                if "dcnserve_queue_rows 1" in m.decode():
+                    break
+                time.sleep(0.02)
+            t0 = time.time()
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.proc.wait(20)
+            waited = time.time() - t0
+            t.join(30)
+            out = srv.output()
+            self.assertEqual(srv.proc.returncode, 1, out)
+            self.assertIn("drain deadline passed with requests in flight", out)
+            self.assertLess(waited, 15, "the drain timeout did not cut the wait short")
+            ts.check_sanitizer_output(out)
+            srv.log.close()
+
+
+def ipv6_loopback():
+    """True if this host can listen on ::1."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@unittest.skipUnless(os.path.exists(ts.DCNSERVE) and ts.dcnfile is not None, "dcnserve or dcnfile missing")
+@unittest.skipUnless(ipv6_loopback(), "no IPv6 loopback here")
+class Ipv6Test(unittest.TestCase):
+    def start(self, path, host):
+        """Starts dcnserve on host; returns (process, port, log file)."""
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen([ts.DCNSERVE, "--model", path, "--host", host, "--port", str(port),
+                                 "--drain-delay-ms", "0"], stdout=log, stderr=log)
+        deadline = time.time() + 20
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if self.get("::1", port, "/v2/health/ready")[0] == 200:
+                    return proc, port, log
+            except OSError:
+                time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        log.seek(0)
+        self.fail("dcnserve did not start on %s:\n%s" % (host, log.read().decode(errors="replace")))
+
+    @staticmethod
+    def get(host, port, path, method="GET", body=None):
+        c = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            hdrs = {"Content-Type": "application/json"} if body is not None else {}
+            c.request(method, path, body=body, headers=hdrs)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def stop(self, proc, log):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.seek(0)
+        out = log.read().decode(errors="replace")
+        log.close()
+        self.assertEqual(proc.returncode, 0, out)
+        ts.check_sanitizer_output(out)
+
+    def test_listen_on_ipv6_loopback(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = ts.make_model(os.path.join(d, "m.dcn"))
+            proc, port, log = self.start(path, "::1")
+            try:
+                st, data = self.get("::1", port, "/rank", "POST", json.dumps({"candidates": [{"id": 1}]}))
+                self.assertEqual(st, 200, data)
+                st, data = self.get("::1", port, "/admin/reload", "POST", "")
+                self.assertEqual(st, 200, data)  # ::1 is a loopback client
+            finally:
+                self.stop(proc, log)
+
+    def test_unspecified_address_takes_ipv4_too(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = ts.make_model(os.path.join(d, "m.dcn"))
+            proc, port, log = self.start(path, "::")
+            try:
+                self.assertEqual(self.get("127.0.0.1", port, "/healthz")[0], 200)
+                self.assertEqual(self.get("::1", port, "/healthz")[0], 200)
+                st, data = self.get("127.0.0.1", port, "/admin/reload", "POST", "")
+                self.assertEqual(st, 200, data)  # a v4-mapped loopback client
+            finally:
+                self.stop(proc, log)
+
+    def test_bad_host_is_refused(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = ts.make_model(os.path.join(d, "m.dcn"))
+            for host in ("not-an-address", "::1::2", "127.0.0.256"):
+                p = subprocess.run([ts.DCNSERVE, "--model", path, "--host", host],
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn("bad --host", p.stderr)
+                ts.check_sanitizer_output(p.stderr)
 
 
 if __name__ == "__main__":
