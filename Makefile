@@ -130,10 +130,10 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 pytest: all
 	DCNSERVE=$(DCNSERVE) DCN_INSPECT=$(INSPECT) $(PYTHON) tests/run_py.py
 
-test: deps all unit pytest
+test: deps all unit fuzz-replay pytest
 
 check: deps
-	$(MAKE) SANITIZER=address all unit
+	$(MAKE) SANITIZER=address all unit fuzz-replay
 	$(MAKE) SANITIZER=address pytest
 	$(if $(TSAN_TESTS),$(MAKE) SANITIZER=thread tsan-unit)
 
@@ -190,7 +190,6 @@ FUZZ_LIBS_request := -ljansson
 
 $(FUZZ_BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
 $(FUZZ_BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
-$(FUZZ_BUILD)/model/kernels.o:     KFLAGS := -include tests/fuzz/cpu_compat.h
 $(FUZZ_BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(KFLAGS) -c -o $@ $<

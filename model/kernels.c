@@ -4,6 +4,7 @@
  */
 #include "model/kernels.h"
 
+#include <cpuid.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +12,16 @@
 static const kern_set *chosen;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
 
+/* F16C is CPUID.1:ECX bit 29 (read directly: not every compiler's
+ * __builtin_cpu_supports knows the name). */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+}
+
 static int cpu_has_avx2(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 }
 
 static int cpu_has_avx512(void) {
