@@ -642,64 +642,101 @@ typedef struct measure {
     double foreign, steal;
 } measure;
 
-/* Times batches of `rows` rows from the pool, starting at row 0 and walking
- * it in steps of `stride` rows (plans made by plan_at), for at least
- * min_time_s and min_iters batches (or max_time_s and 3 batches), after a
- * warm-up. Returns 0, or a dcn_err from dcn_score. */
+/* Makes the plan of batch i (which pool rows, what is shared). */
 typedef void (*plan_fn)(size_t i, const void *ctx, batch_plan *bp);
 
+/* A growable list of per-batch times, in seconds. */
+typedef struct tlist {
+    double *t;
+    size_t n, cap;
+} tlist;
+
+static int tlist_push(tlist *l, double v)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 1024;
+        double *nt = realloc(l->t, cap * sizeof *nt);
+        if (!nt)
+            return DCN_ENOMEM;
+        l->t = nt, l->cap = cap;
+    }
+    l->t[l->n++] = v;
+    return 0;
+}
+
+/* Scores batches *next, *next + 1, ... for at least seconds_s (at least 2
+ * batches): the warm-up. Returns 0 or a dcn_err. */
+static int warm_up(team *t, const row_pool *p, plan_fn plan_at, const void *ctx, float *scores,
+                   double seconds_s, size_t *next)
+{
+    double end = now_s() + seconds_s;
+    batch_plan bp;
+    for (size_t k = 0; k < 2 || now_s() < end; k++) {
+        plan_at((*next)++, ctx, &bp);
+        int rc = team_run(t, team_split(t, p, &bp, scores));
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Times batches *next, *next + 1, ... and appends each one's time to out,
+ * until min_s have passed and min_iters batches ran (or max_s passed and 3
+ * batches ran). Returns 0 or a dcn_err. */
+static int time_batches(team *t, const row_pool *p, plan_fn plan_at, const void *ctx, float *scores,
+                        double min_s, double max_s, size_t min_iters, size_t *next, tlist *out)
+{
+    batch_plan bp;
+    double start = now_s();
+    for (size_t n = 1;; n++) {
+        plan_at((*next)++, ctx, &bp);
+        double t0 = now_s();
+        int rc = team_run(t, team_split(t, p, &bp, scores));
+        double t1 = now_s();
+        if (rc || (rc = tlist_push(out, t1 - t0)))
+            return rc;
+        double el = t1 - start;
+        if (el >= min_s && (n >= min_iters || (el >= max_s && n >= 3)))
+            return 0;
+    }
+}
+
+/* Fills the statistics of r from the times in l (sorted in place). */
+static void summarize(tlist *l, measure *r)
+{
+    size_t n = l->n;
+    r->iters = n;
+    r->total_s = 0;
+    for (size_t k = 0; k < n; k++)
+        r->total_s += l->t[k];
+    qsort(l->t, n, sizeof *l->t, cmp_double);
+    r->median_s = percentile(l->t, n, 50);
+    r->p99_s = percentile(l->t, n, 99);
+    r->mean_s = r->total_s / (double)n;
+    r->min_s = l->t[0];
+}
+
+/* One measurement of one kind of batch: warm-up, then timed batches for
+ * --min-time and --min-iters (or --max-time and 3 batches), walking the
+ * pool. Returns 0, or a dcn_err from dcn_score. */
 static int measure_batches(team *t, const row_pool *p, plan_fn plan_at, const void *ctx,
                            float *scores, const opts *o, measure *r)
 {
-    size_t cap = 1024, n = 0;
-    double *times = malloc(cap * sizeof *times);
-    if (!times)
-        return DCN_ENOMEM;
-    batch_plan bp;
-    int rc = 0;
-    size_t i = 0;
-    double tw = now_s() + o->warmup_s;
-    for (size_t k = 0; k < 2 || now_s() < tw; k++, i++) {
-        plan_at(i, ctx, &bp);
-        if ((rc = team_run(t, team_split(t, p, &bp, scores))))
-            goto out;
-    }
+    tlist l = {0};
+    size_t next = 0;
     cpu_mark m0, m1;
-    cpu_mark_take(&m0);
-    double start = now_s();
-    for (;; i++) {
-        plan_at(i, ctx, &bp);
-        double t0 = now_s();
-        rc = team_run(t, team_split(t, p, &bp, scores));
-        double t1 = now_s();
-        if (rc)
-            goto out;
-        if (n == cap) {
-            double *nt = realloc(times, 2 * cap * sizeof *times);
-            if (!nt) {
-                rc = DCN_ENOMEM;
-                goto out;
-            }
-            times = nt, cap *= 2;
-        }
-        times[n++] = t1 - t0;
-        double el = t1 - start;
-        if (el >= o->min_time_s && (n >= o->min_iters || (el >= o->max_time_s && n >= 3)))
-            break;
-    }
-    cpu_mark_take(&m1);
     memset(r, 0, sizeof *r);
-    r->iters = n;
-    for (size_t k = 0; k < n; k++)
-        r->total_s += times[k];
-    qsort(times, n, sizeof *times, cmp_double);
-    r->median_s = percentile(times, n, 50);
-    r->p99_s = percentile(times, n, 99);
-    r->mean_s = r->total_s / (double)n;
-    r->min_s = times[0];
-    cpu_mark_diff(&m0, &m1, &r->foreign, &r->steal);
-out:
-    free(times);
+    int rc = warm_up(t, p, plan_at, ctx, scores, o->warmup_s, &next);
+    cpu_mark_take(&m0);
+    if (!rc)
+        rc = time_batches(t, p, plan_at, ctx, scores, o->min_time_s, o->max_time_s, o->min_iters,
+                          &next, &l);
+    cpu_mark_take(&m1);
+    if (!rc) {
+        summarize(&l, r);
+        cpu_mark_diff(&m0, &m1, &r->foreign, &r->steal);
+    }
+    free(l.t);
     return rc;
 }
 
@@ -718,6 +755,37 @@ static int measure_point(team *t, const row_pool *p, plan_fn plan_at, const void
         if (!rc && r2.foreign < r->foreign)
             *r = r2;
     }
+    return rc;
+}
+
+/* Two kinds of batch measured in alternation (ROUNDS short blocks of each,
+ * same total as one point each), so that machine noise falls on both alike
+ * and their ratio stays meaningful. r[k] gets kind k's statistics (both
+ * with the foreign CPU share of the whole measurement). Returns 0 or a
+ * dcn_err. */
+enum { ROUNDS = 6 };
+static int measure_pair(team *t, const row_pool *p, plan_fn plan_at, const void *const ctx[2],
+                        float *scores, const opts *o, measure r[2])
+{
+    tlist l[2] = {{0}, {0}};
+    size_t next[2] = {0, 0};
+    cpu_mark m0, m1;
+    int rc = 0;
+    for (int k = 0; k < 2 && !rc; k++)
+        rc = warm_up(t, p, plan_at, ctx[k], scores, o->warmup_s, &next[k]);
+    size_t it = (o->min_iters + ROUNDS - 1) / ROUNDS;
+    cpu_mark_take(&m0);
+    for (int round = 0; round < ROUNDS && !rc; round++)
+        for (int k = 0; k < 2 && !rc; k++)
+            rc = time_batches(t, p, plan_at, ctx[k], scores, o->min_time_s / ROUNDS,
+                              o->max_time_s / ROUNDS, it, &next[k], &l[k]);
+    cpu_mark_take(&m1);
+    for (int k = 0; k < 2 && !rc; k++) {
+        memset(&r[k], 0, sizeof r[k]);
+        summarize(&l[k], &r[k]);
+        cpu_mark_diff(&m0, &m1, &r[k].foreign, &r[k].steal);
+    }
+    free(l[0].t), free(l[1].t);
     return rc;
 }
 
@@ -865,9 +933,11 @@ static void plan_share(size_t i, const void *ctx, batch_plan *bp)
 }
 
 /* `share`: for each thread count, requests of R candidates scored with the
- * context passed per row and passed once; prints one JSON line each with
- * both timings, the measured and the FLOP-predicted speed-up, and the
- * largest relative score difference between the two. Returns 0 or 1. */
+ * context passed per row and passed once (in alternation, see
+ * measure_pair); prints one JSON line each with both timings, the measured
+ * speed-up (ratio of the median request latencies) and the FLOP-predicted
+ * one, and the largest relative score difference between the two ways.
+ * Returns 0 or 1. */
 static int cmd_share(const opts *o)
 {
     dcn_model *m = open_model(o->model);
@@ -928,12 +998,18 @@ static int cmd_share(const opts *o)
                 max_rel = d > max_rel ? d : max_rel;
             }
         }
-        measure r0, r1;
-        int tr0 = 0, tr1 = 0;
-        cx.shared = 0;
-        int rc = status ? 1 : measure_point(t, &p, plan_share, &cx, s0, o, &r0, &tr0);
-        cx.shared = 1;
-        rc = rc ? rc : measure_point(t, &p, plan_share, &cx, s1, o, &r1, &tr1);
+        /* the two ways in alternation; re-run while others disturbed it */
+        share_ctx cu = cx, cs = cx;
+        cu.shared = 0, cs.shared = 1;
+        const void *ctxs[2] = {&cu, &cs};
+        measure r2[2], best[2];
+        int tries = 0, rc = status;
+        while (!rc && (tries == 0 || (best[0].foreign > o->foreign_max && tries <= o->retries))) {
+            rc = measure_pair(t, &p, plan_share, ctxs, s0, o, r2);
+            if (!rc && (tries == 0 || r2[0].foreign < best[0].foreign))
+                best[0] = r2[0], best[1] = r2[1];
+            tries++;
+        }
         team_free(t);
         if (rc) {
             if (!status)
@@ -941,30 +1017,31 @@ static int cmd_share(const opts *o)
             status = 1;
             break;
         }
+        const measure r0 = best[0], r1 = best[1];
         /* each of the min(T, R) slices is a segment that computes the context once */
         size_t slices = T < R ? T : R;
         double F = in->flops_per_row, S = 2 * shared_macs_per_row(in, (double)c);
         double flops0 = (double)R * F, flops1 = (double)R * (F - S) + (double)slices * S;
-        double sp_meas = r0.mean_s / r1.mean_s;
+        double sp_meas = r0.median_s / r1.median_s;          /* medians: robust to noise */
         printf("{\"kind\": \"share\", \"model\": ");
         json_str(stdout, in->name);
         printf(", \"kernels\": \"%s\", \"threads\": %zu, \"rows\": %zu, \"shared_sparse\": %zu, "
                "\"shared_coords\": %zu, \"d\": %zu, \"flops_request_unshared\": %.0f, "
                "\"flops_request_shared\": %.0f, \"speedup_predicted\": %.4f, "
-               "\"speedup_measured\": %.4f, \"lat_ms_mean_unshared\": %.4f, "
+               "\"speedup_measured\": %.4f, \"speedup_measured_mean\": %.4f, "
+               "\"lat_ms_mean_unshared\": %.4f, "
                "\"lat_ms_mean_shared\": %.4f, \"lat_ms_median_unshared\": %.4f, "
                "\"lat_ms_median_shared\": %.4f, \"lat_ms_p99_unshared\": %.4f, "
                "\"lat_ms_p99_shared\": %.4f, \"max_rel_diff\": %.3g, \"foreign_cpu\": %.4f, "
-               "\"iters\": [%zu, %zu], \"tries\": [%d, %d]}\n",
+               "\"iters\": [%zu, %zu], \"tries\": %d}\n",
                dcn_kernels_name(), T, R, n_shared, c, in->d, flops0, flops1, flops0 / flops1,
-               sp_meas, r0.mean_s * 1e3, r1.mean_s * 1e3, r0.median_s * 1e3, r1.median_s * 1e3,
-               r0.p99_s * 1e3, r1.p99_s * 1e3, max_rel, fmax(r0.foreign, r1.foreign), r0.iters,
-               r1.iters, tr0, tr1);
+               sp_meas, r0.mean_s / r1.mean_s, r0.mean_s * 1e3, r1.mean_s * 1e3, r0.median_s * 1e3, r1.median_s * 1e3,
+               r0.p99_s * 1e3, r1.p99_s * 1e3, max_rel, r0.foreign, r0.iters, r1.iters, tries);
         fflush(stdout);
-        fprintf(stderr, "[share T=%zu] %-16s %zu rows, context %zu/%zu coords: %.3f -> %.3f ms, "
-                        "x%.2f measured, x%.2f by FLOPs, max rel diff %.2g\n",
-                T, in->name, R, c, in->d, r0.mean_s * 1e3, r1.mean_s * 1e3, sp_meas,
-                flops0 / flops1, max_rel);
+        fprintf(stderr, "[share T=%zu] %-16s %zu rows, context %zu/%zu coords: median %.3f -> %.3f ms, "
+                        "x%.2f measured, x%.2f by FLOPs, max rel diff %.2g (fg %.2f)\n",
+                T, in->name, R, c, in->d, r0.median_s * 1e3, r1.median_s * 1e3, sp_meas,
+                flops0 / flops1, max_rel, r0.foreign);
     }
     pool_free(&p);
     free(mask), free(s0), free(s1);

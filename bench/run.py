@@ -23,7 +23,7 @@ Steps (each one's output goes to bench/out/, which git ignores):
 
 usage: run.py --bench BUILD/dcn-bench [--quick] [--models k1,k2]
               [--batches 1,16,...] [--threads 1,2] [--min-time S] [--no-ort]
-              [--no-share] [--out DIR]
+              [--no-share] [--out DIR] [--wait-quiet S]
 --quick: short points (0.2 s, no re-runs) to check that everything runs; its
 figures are not meant to be quoted. A full run takes about 5-8 minutes on 2 cores.
 """
@@ -89,6 +89,28 @@ def machine_info():
     return info
 
 
+def busy_share(seconds):
+    """Share of all CPUs busy over `seconds` (this process sleeps meanwhile)."""
+    def busy():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+    b0, t0 = busy(), time.time()
+    time.sleep(seconds)
+    return (busy() - b0) / ((time.time() - t0) * os.cpu_count())
+
+
+def wait_quiet(max_s, below=0.10):
+    """Waits up to max_s seconds for a 5 s window in which other processes
+    keep the CPUs less than `below` busy; returns the last share seen."""
+    t_end = time.time() + max_s
+    share = busy_share(5)
+    while share >= below and time.time() < t_end:
+        print(f"run.py: others use {100 * share:.0f}% of the CPUs; waiting", file=sys.stderr, flush=True)
+        share = busy_share(5)
+    return share
+
+
 def ensure_ort():
     """Installs onnxruntime-node into bench/node_modules from the lock file if
     missing. Its install script only fetches optional GPU providers from
@@ -149,14 +171,14 @@ def main_table(res):
 
 def share_table(res):
     lines = [
-        "| model | T | rows | context coords / d | unshared ms | shared ms | speed-up measured "
+        "| model | T | rows | context coords / d | unshared p50 ms | shared p50 ms | speed-up measured "
         "| speed-up by FLOPs | max rel diff | fg% |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in res["share"]:
         lines.append(
             f"| {s['model']} | {s['threads']} | {s['rows']} | {s['shared_coords']} / {s['d']} "
-            f"({s['shared_sparse']} sparse) | {s['lat_ms_mean_unshared']:.3f} | {s['lat_ms_mean_shared']:.3f} | "
+            f"({s['shared_sparse']} sparse) | {s['lat_ms_median_unshared']:.3f} | {s['lat_ms_median_shared']:.3f} | "
             f"x{s['speedup_measured']:.2f} | x{s['speedup_predicted']:.2f} | {s['max_rel_diff']:.1e} | "
             f"{100 * s['foreign_cpu']:.0f} |")
     return "\n".join(lines)
@@ -200,6 +222,8 @@ def main():
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-share", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                    help="first wait up to S seconds for the machine to be quiet")
     a = ap.parse_args()
 
     py = sys.executable
@@ -219,6 +243,9 @@ def main():
            "min_time_s": min_time, "machine": machine_info(), "peak": [], "models": [],
            "engine": [], "ort": [], "parity": [], "share": [], "export": []}
 
+    if a.wait_quiet > 0:
+        log(f"waiting up to {a.wait_quiet:.0f} s for a quiet machine")
+        res["busy_at_start"] = wait_quiet(a.wait_quiet)
     log("FMA peak probe")
     res["peak"] = run_json([bench, "peak", "--threads", a.threads, "--min-time", "0.5"])
 
