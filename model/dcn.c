@@ -44,6 +44,7 @@
 #define MAX_WIDTH 65536
 #define MAX_LAYERS 64
 #define MAX_EXPERTS 64
+#define PREFETCH_ROWS 8 /* embedding rows fetched ahead while gathering */
 
 typedef struct table {
     const uint8_t *w;       /* (vocab, dim) in the mapping */
@@ -1360,8 +1361,18 @@ static void build_x0(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, con
             for (size_t g = 0; g < p->n_seg; g++)
                 pool(m, f, b->ids[f], off[g], off[g + 1], s->seg_x0 + g * ldd + sp->x0_offset);
         } else {
-            for (size_t r = 0; r < p->n_rows; r++)
-                pool(m, f, b->ids[f], off[r], off[r + 1], s->x0 + r * ldd + sp->x0_offset);
+            /* Table rows are random reads from a large mapping: ask for the
+             * rows of a few rows ahead while pooling this one. */
+            const table *t = &m->tab[f];
+            const int64_t *ids = b->ids[f];
+            for (size_t r = 0; r < p->n_rows; r++) {
+                if (r + PREFETCH_ROWS < p->n_rows)
+                    for (uint32_t i = off[r + PREFETCH_ROWS]; i < off[r + PREFETCH_ROWS + 1]; i++)
+                        if (ids[i] >= 0)
+                            for (size_t by = 0; by < t->row_bytes; by += 64)
+                                __builtin_prefetch(t->w + (size_t)ids[i] * t->row_bytes + by);
+                pool(m, f, ids, off[r], off[r + 1], s->x0 + r * ldd + sp->x0_offset);
+            }
         }
     }
     /* Copy the shared coordinates into the rows of their segment. */
