@@ -5,6 +5,7 @@
  * wait on `cond`; a push or a close broadcasts. With a queue delay, a worker
  * that finds too few rows sleeps until the head job's enqueue time plus the
  * delay (timed wait), so batches flush on size or on time, whichever first.
+ * Tasks wait in their own FIFO and go out before any row.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@ struct batch_queue {
     pthread_cond_t cond;
     batch_opts o;
     batch_job *head, *tail;
+    batch_task *task_head, *task_tail;
     size_t queued_rows;
     int closed;
 };
@@ -80,6 +82,23 @@ int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns)
         /* a large job can feed several workers at once */
         if (job->chunk_rows < job->n_rows) pthread_cond_broadcast(&q->cond);
         else pthread_cond_signal(&q->cond);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+int batch_push_task(batch_queue *q, batch_task *t)
+{
+    int rc = 0;
+    pthread_mutex_lock(&q->mu);
+    if (q->closed) {
+        rc = RK_EUNAVAIL;
+    } else {
+        t->next = NULL;
+        if (q->task_tail) q->task_tail->next = t;
+        else q->task_head = t;
+        q->task_tail = t;
+        pthread_cond_signal(&q->cond);
     }
     pthread_mutex_unlock(&q->mu);
     return rc;
@@ -151,6 +170,20 @@ batch_work *batch_take(batch_queue *q)
     batch_work *w = NULL;
     pthread_mutex_lock(&q->mu);
     for (;;) {
+        if (q->task_head) {
+            /* tasks first: they are short and unblock rows */
+            if (!(w = calloc(1, sizeof *w))) {
+                pthread_mutex_unlock(&q->mu);
+                nanosleep(&(struct timespec){0, 1000000}, NULL);
+                pthread_mutex_lock(&q->mu);
+                continue;
+            }
+            w->task = q->task_head;
+            q->task_head = w->task->next;
+            if (!q->task_head) q->task_tail = NULL;
+            w->task->next = NULL;
+            break;
+        }
         if (!q->head) {
             if (q->closed) break;
             pthread_cond_wait(&q->cond, &q->mu);

@@ -25,6 +25,11 @@
  * - Every row of every pushed job comes back exactly once, scored or
  *   expired, until batch_close; then batch_take returns the remaining work
  *   and finally NULL.
+ * - Tasks: besides rows, the loop may queue small units of other work (the
+ *   server decodes large request bodies this way). A task is handed out
+ *   before any row, in FIFO order, as a batch_work with `task` set and no
+ *   segments; it is never dropped, not even by batch_close. Tasks are owned
+ *   by the caller and bounded by it (one per connection at most).
  */
 #ifndef SRV_BATCH_H
 #define SRV_BATCH_H
@@ -45,6 +50,12 @@ typedef struct batch_job {
     struct batch_job *next;
 } batch_job;
 
+/* A unit of non-scoring work, embedded in the caller's object. */
+typedef struct batch_task {
+    void (*run)(struct batch_task *t); /* called on a worker thread */
+    struct batch_task *next;           /* private, guarded by the queue mutex */
+} batch_task;
+
 typedef struct batch_seg {
     batch_job *job;
     uint32_t row0, n_rows;
@@ -59,6 +70,7 @@ typedef struct batch_work {
     batch_seg *segs;            /* (n_segs) live slices, to score */
     size_t n_expired;
     batch_seg *expired;         /* (n_expired) slices past their deadline */
+    batch_task *task;           /* a task to run instead of a batch (no segments) */
     int status;                 /* 0, or a negative code from the scorer */
     uint64_t start_ns, end_ns;  /* inference, set by the pool */
     struct batch_work *next;    /* done-list link */
@@ -82,8 +94,12 @@ void batch_destroy(batch_queue *q); /* after every taker has stopped */
  * cannot take n_rows more rows, RK_EUNAVAIL after batch_close. */
 int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns);
 
-/* Blocks until work is available and returns a batch (the caller owns it:
- * batch_free), or NULL once the queue is closed and empty. */
+/* Queues a task (run by the pool on a worker, handed back on the done-list).
+ * Returns 0, or RK_EUNAVAIL after batch_close (nothing queued). */
+int batch_push_task(batch_queue *q, batch_task *t);
+
+/* Blocks until work is available and returns a batch or a task (the caller
+ * owns it: batch_free), or NULL once the queue is closed and empty. */
 batch_work *batch_take(batch_queue *q);
 
 /* Removes the untaken rows of every job whose deadline is <= now_ns and

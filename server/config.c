@@ -31,6 +31,7 @@ static const opt opts[] = {
     O("split-min-rows", T_U64, split_min_rows, "64", "requests above this many rows are split across workers"),
     O("max-body-bytes", T_U64, max_body_bytes, "8388608", "largest request body"),
     O("max-candidates", T_U64, max_candidates, "10000", "most candidates per request"),
+    O("decode-offload-bytes", T_U64, decode_offload_bytes, "1048576", "bodies this large or larger are decoded on a worker thread, not the event loop (0: all)"),
     O("max-connections", T_U64, max_connections, "1020", "concurrent connections"),
     O("conn-memory-bytes", T_U64, conn_memory_bytes, "32768", "per-connection memory for headers"),
     O("idle-timeout-s", T_U64, idle_timeout_s, "0", "close idle connections after this many seconds (0: never)"),

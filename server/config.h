@@ -23,6 +23,7 @@ typedef struct srv_config {
     uint64_t split_min_rows;
     uint64_t max_body_bytes;
     uint64_t max_candidates;
+    uint64_t decode_offload_bytes; /* bodies this large are decoded on a worker */
     uint64_t max_connections;
     uint64_t conn_memory_bytes;
     uint64_t idle_timeout_s;     /* 0: none */

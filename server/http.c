@@ -4,10 +4,16 @@
  *
  * DESIGN
  * - Everything in this file runs on the loop thread except reload_work
- *   (libuv threadpool: opens the new file) and the pool callbacks declared in
- *   score.h (worker threads). The only objects shared with workers are the
- *   batch queue, the done-list (both locked) and queued requests, which
- *   nobody writes while their rows are out.
+ *   (libuv threadpool: opens the new file), decode_task and the pool
+ *   callbacks declared in score.h (worker threads). The only objects shared
+ *   with workers are the batch queue, the done-list (both locked) and
+ *   queued requests, which nobody writes while their rows are out.
+ * - Decoding: a body of at least decode_offload_bytes is decoded on a worker
+ *   (a batch task) so a large body does not stall every other connection;
+ *   the request is suspended meanwhile and the loop does not touch its
+ *   body, model reference or decoded fields until the task comes back on
+ *   the done-list. Smaller bodies are decoded on the loop at once: a task's
+ *   hand-over costs more than they take.
  * - Phases: RUNNING -> DRAINING (SIGTERM: readiness 503, still serving for
  *   drain_delay_ms) -> CLOSING (listener closed, new /rank on kept-alive
  *   connections refused, waiting for live requests up to drain_timeout_ms)
@@ -19,6 +25,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +49,9 @@
 /* ------------------------------------------------------------ types */
 
 typedef enum { R_RANK, R_LIVE, R_READY, R_MODEL, R_METRICS, R_RELOAD, R_NOTFOUND, R_METHOD } route;
-typedef enum { ST_READING, ST_QUEUED, ST_READY, ST_ANSWERED } req_state;
+/* READING -> (DECODING -> DECODED ->) QUEUED -> READY -> ANSWERED; the
+ * connection is suspended in DECODING and QUEUED. */
+typedef enum { ST_READING, ST_DECODING, ST_DECODED, ST_QUEUED, ST_READY, ST_ANSWERED } req_state;
 typedef enum { PH_RUNNING, PH_DRAINING, PH_CLOSING, PH_STOPPED } phase;
 
 typedef struct srv srv;
@@ -50,6 +59,8 @@ typedef struct srv srv;
 typedef struct srv_req {
     score_target t;             /* first member: job.req points here */
     batch_job job;
+    batch_task task;            /* decoding on a worker (large bodies) */
+    int dec_rc;                 /* rk_decode's result, set by the decoder */
     srv *s;
     struct MHD_Connection *conn;
     route rt;
@@ -328,22 +339,28 @@ static void req_ready(srv *s, srv_req *r)
     MHD_resume_connection(r->conn);
 }
 
-/* Decodes, checks and queues a /rank request whose body is complete. */
-static enum MHD_Result rank_start(srv *s, srv_req *r)
+/* Decodes r's body against r->model (its reference), on a worker thread
+ * (batch_task callback) or on the loop; writes only r's decode fields. */
+static void decode_body(srv_req *r)
 {
-    if (r->too_big) {
-        snprintf(r->msg, sizeof r->msg, "body over the limit of %llu bytes",
-                 (unsigned long long)s->cfg->max_body_bytes);
-        return send_error(r, RK_ETOOBIG, r->msg);
-    }
-    int rc = rk_decode(s->model, r->body ? r->body : "", r->body_len, &s->lim, &r->rq, r->msg, sizeof r->msg);
+    r->dec_rc = rk_decode(r->model, r->body ? r->body : "", r->body_len, &r->s->lim, &r->rq, r->msg,
+                          sizeof r->msg);
+    r->t_parsed = batch_now_ns();
+}
+
+static void decode_task(batch_task *t)
+{
+    decode_body((srv_req *)((char *)t - offsetof(srv_req, task)));
+}
+
+/* Checks and queues the rows of a decoded /rank request. */
+static enum MHD_Result rank_queue(srv *s, srv_req *r)
+{
     free(r->body);
     r->body = NULL;
-    r->t_parsed = batch_now_ns();
-    if (rc < 0) return send_error(r, rc, r->msg);
+    if (r->dec_rc < 0) return send_error(r, r->dec_rc, r->msg);
     rk_request *rq = r->rq;
     r->t.rq = rq;
-    r->model = dcn_retain(s->model);
     r->t.scores = malloc((rq->n_cands + 1) * sizeof(float));
     r->t.logits = malloc((rq->n_cands + 1) * sizeof(float));
     if (!r->t.scores || !r->t.logits) return send_error(r, RK_ENOMEM, NULL);
@@ -363,7 +380,7 @@ static enum MHD_Result rank_start(srv *s, srv_req *r)
     }
     r->t_enq = batch_now_ns();
     r->t_first = r->t_last = 0; /* set by the first and last batch back */
-    rc = batch_push(s->q, &r->job, r->t_enq);
+    int rc = batch_push(s->q, &r->job, r->t_enq);
     if (rc < 0) {
         snprintf(r->msg, sizeof r->msg, rc == RK_EBUSY ? "queue full (%zu rows waiting)" : "shutting down",
                  batch_queued_rows(s->q));
@@ -378,6 +395,29 @@ static enum MHD_Result rank_start(srv *s, srv_req *r)
     }
     MHD_suspend_connection(r->conn);
     return MHD_YES;
+}
+
+/* Starts a /rank request whose body is complete: decodes it here, or hands
+ * a large body to a worker and suspends the connection until it is back. */
+static enum MHD_Result rank_start(srv *s, srv_req *r)
+{
+    if (r->too_big) {
+        snprintf(r->msg, sizeof r->msg, "body over the limit of %llu bytes",
+                 (unsigned long long)s->cfg->max_body_bytes);
+        return send_error(r, RK_ETOOBIG, r->msg);
+    }
+    r->model = dcn_retain(s->model); /* the request keeps the model it was decoded against */
+    if (r->body_len >= s->cfg->decode_offload_bytes) {
+        r->task = (batch_task){.run = decode_task};
+        if (batch_push_task(s->q, &r->task) == 0) {
+            r->st = ST_DECODING;
+            MHD_suspend_connection(r->conn);
+            return MHD_YES;
+        }
+        /* the queue is closed (shutting down): decode here */
+    }
+    decode_body(r);
+    return rank_queue(s, r);
 }
 
 /* Ranks, encodes and answers a /rank request whose rows are all back. */
@@ -657,8 +697,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->st == ST_ANSWERED) return MHD_YES;
     switch (r->rt) {
     case R_RANK:
-        if (r->st == ST_READING) {
-            enum MHD_Result ret = rank_start(s, r);
+        if (r->st == ST_READING || r->st == ST_DECODED) {
+            enum MHD_Result ret = r->st == ST_READING ? rank_start(s, r) : rank_queue(s, r);
             if (r->st != ST_READY) return ret;
         }
         if (r->st == ST_READY) return rank_finish(s, r);
@@ -694,7 +734,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     srv_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
-    if (r->st == ST_QUEUED) {
+    if (r->st == ST_QUEUED || r->st == ST_DECODING) {
         /* cannot happen: suspended connections are never completed before
          * they are resumed; keep the memory rather than free it under a worker */
         log_msg(LOG_ERROR, "request completed while queued", NULL);
@@ -756,6 +796,12 @@ static void process_done(srv *s)
     batch_work *b = pool_take_done(s->pool);
     while (b) {
         batch_work *nx = b->next;
+        if (b->task) {
+            /* a body decoded on a worker: queue its rows from the handler */
+            srv_req *r = (srv_req *)((char *)b->task - offsetof(srv_req, task));
+            r->st = ST_DECODED;
+            MHD_resume_connection(r->conn);
+        }
         if (b->n_segs) {
             s->met.batches++;
             if (b->status < 0) {

@@ -48,7 +48,9 @@ static void *worker_main(void *arg)
     pool *p = w->p;
     batch_work *b;
     while ((b = batch_take(p->q))) {
-        if (b->n_segs) {
+        if (b->task) {
+            b->task->run(b->task);
+        } else if (b->n_segs) {
             b->start_ns = batch_now_ns();
             b->status = p->score(p->ctx, &w->state, b);
             b->end_ns = batch_now_ns();

@@ -10,7 +10,9 @@
  *   the loop thread detaches the whole list with pool_take_done. Workers never
  *   touch anything but their batch and their state.
  * - Expired rows found by the loop's timer (pool_expire) travel the same
- *   done-list, so the loop has one place where rows come back.
+ *   done-list, so the loop has one place where rows come back. So do tasks
+ *   (batch_push_task): a worker runs the task, then hands its batch_work
+ *   (task set, no segments) back the same way.
  * - pool_stop closes the queue: workers finish every queued row, then exit;
  *   batches finished meanwhile stay on the done-list for the loop.
  */

@@ -5,7 +5,9 @@
  * - Threads: the loop thread runs libuv, MHD (external epoll mode: MHD's
  *   epoll fd is watched by a uv_poll, a uv_timer re-armed from
  *   MHD_get_timeout after every MHD_run), JSON decoding, ranking and
- *   encoding. Worker threads (pool.h) only score. A reload opens and warms
+ *   encoding. Worker threads (pool.h) score, and decode the bodies of at
+ *   least --decode-offload-bytes (a batch task), so a huge body does not
+ *   stall the loop. A reload opens and warms
  *   the new file on libuv's threadpool (file work), then swaps on the loop.
  * - A /rank request: read the body (bounded), decode it against the current
  *   model (taking a reference), push it to the batcher, suspend the

@@ -191,12 +191,14 @@ def reference_scores(model_path, rows):
 
 @unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
 class RankTest(unittest.TestCase):
+    EXTRA_ARGS = ()
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = make_model(os.path.join(cls.tmp.name, "tiny.dcn"), name="tiny", version="7")
         cls.srv = Server(cls.model, "--workers", "2", "--max-candidates", "3000",
-                         "--max-body-bytes", "1000000", "--drain-delay-ms", "0").start()
+                         "--max-body-bytes", "1000000", "--drain-delay-ms", "0", *cls.EXTRA_ARGS).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -421,6 +423,25 @@ class RankTest(unittest.TestCase):
             self.assertEqual(st, 200, data)
         finally:
             srv.stop()
+
+
+class RankOffloadTest(RankTest):
+    """Every RankTest again, with every body decoded on a worker thread
+    (--decode-offload-bytes 0) instead of the event loop."""
+    EXTRA_ARGS = ("--decode-offload-bytes", "0")
+
+    def test_offload_and_inline_agree(self):
+        rows = random_rows(50, random.Random(11))
+        req = {"context": {"I2": 0.5}, "candidates": [{"id": i, "features": r} for i, r in enumerate(rows)]}
+        other = Server(self.model, "--workers", "2", "--drain-delay-ms", "0",
+                       "--decode-offload-bytes", "100000000").start()
+        try:
+            st1, _, a = self.srv.rank(req)
+            st2, _, b = other.rank(req)
+        finally:
+            other.stop()
+        self.assertEqual((st1, st2), (200, 200))
+        self.assertEqual(a["ranked"], b["ranked"])
 
 
 @unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")

@@ -8,9 +8,12 @@
  * does). Worker threads take batches and write every live row of their
  * segments into the job's own array, without a lock: slices never overlap,
  * so TSan must see no race, and the loop reads a job only once every row
- * came back. Checks: every row comes back exactly once (scored or expired),
- * batches never exceed max_batch_rows nor mix keys, only jobs with a
- * deadline expire, and the queue's row count returns to zero. Exits 0 on
+ * came back. Tasks (batch_push_task) are mixed in: a worker runs each and
+ * hands it back the same way. Checks: every row comes back exactly once
+ * (scored or expired), every task runs and comes back exactly once (even
+ * those pushed just before batch_close), batches never exceed
+ * max_batch_rows nor mix keys, only jobs with a deadline expire, and the
+ * queue's row count returns to zero. Exits 0 on
  * success, 1 with a message otherwise.
  */
 #include <pthread.h>
@@ -32,6 +35,18 @@ typedef struct job {
     uint32_t rows_back;         /* loop only */
     int expired;                /* loop only */
 } job;
+
+typedef struct task {
+    batch_task bt;
+    int ran;                    /* written by the worker that runs it */
+    int back;                   /* loop only */
+} task;
+
+#define N_TASKS (N_JOBS / 4 + 50)
+static task tasks[N_TASKS];
+
+/* batch_task callback: marks the task as run (on a worker thread). */
+static void run_task(batch_task *t) { ((task *)t)->ran++; }
 
 static batch_queue *Q;
 static pthread_mutex_t done_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -65,6 +80,12 @@ static void *worker(void *arg)
 {
     batch_work *w;
     while ((w = batch_take(Q))) {
+        if (w->task) {
+            CHECK(w->n_segs == 0 && w->n_expired == 0, "a task with rows");
+            w->task->run(w->task);
+            put_done(w);
+            continue;
+        }
         CHECK(w->n_rows <= max_batch_rows, "batch of %zu rows", w->n_rows);
         for (size_t i = 0; i < w->n_segs; i++) {
             job *j = (job *)w->segs[i].job;
@@ -82,6 +103,11 @@ static size_t collect(batch_work *w)
     size_t rows = 0;
     while (w) {
         batch_work *nx = w->next;
+        if (w->task) {
+            task *t = (task *)w->task;
+            CHECK(t->ran == 1, "a task came back after %d runs", t->ran);
+            t->back++;
+        }
         for (size_t i = 0; i < w->n_segs; i++) {
             job *j = (job *)w->segs[i].job;
             j->rows_back += w->segs[i].n_rows;
@@ -130,7 +156,8 @@ static void run(uint64_t delay_us, unsigned seed)
     pthread_t tid[N_WORKERS];
     for (int i = 0; i < N_WORKERS; i++) CHECK(pthread_create(&tid[i], NULL, worker, NULL) == 0, "pthread_create");
 
-    size_t pushed_rows = 0, back_rows = 0;
+    size_t pushed_rows = 0, back_rows = 0, n_tasks = 0;
+    memset(tasks, 0, sizeof tasks);
     for (int i = 0; i < N_JOBS; i++) {
         job *j = &jobs[i];
         uint32_t n = 1 + (uint32_t)(rand_r(&seed) % MAX_ROWS);
@@ -143,6 +170,11 @@ static void run(uint64_t delay_us, unsigned seed)
         while ((rc = batch_push(Q, &j->bj, now)) == RK_EBUSY) back_rows += collect(take_done(1));
         CHECK(rc == 0, "batch_push: %d", rc);
         pushed_rows += n;
+        if (i % 4 == 0) {
+            tasks[n_tasks].bt.run = run_task;
+            CHECK(batch_push_task(Q, &tasks[n_tasks].bt) == 0, "batch_push_task");
+            n_tasks++;
+        }
         if (i % 7 == 0) {
             batch_work *e = batch_expire(Q, batch_now_ns());
             if (e) back_rows += collect(e);
@@ -154,9 +186,18 @@ static void run(uint64_t delay_us, unsigned seed)
         if (e) back_rows += collect(e);
         back_rows += collect(take_done(1));
     }
+    /* tasks queued right before the close still run */
+    for (int k = 0; k < 50; k++) {
+        tasks[n_tasks].bt.run = run_task;
+        CHECK(batch_push_task(Q, &tasks[n_tasks++].bt) == 0, "batch_push_task");
+    }
     batch_close(Q);
+    static task late;
+    CHECK(batch_push_task(Q, &late.bt) == RK_EUNAVAIL, "a task pushed after the close was taken");
     for (int i = 0; i < N_WORKERS; i++) pthread_join(tid[i], NULL);
     back_rows += collect(take_done(0));
+    for (size_t k = 0; k < n_tasks; k++)
+        CHECK(tasks[k].ran == 1 && tasks[k].back == 1, "task %zu: ran %d, back %d", k, tasks[k].ran, tasks[k].back);
     CHECK(back_rows == pushed_rows, "%zu rows back of %zu", back_rows, pushed_rows);
     CHECK(batch_queued_rows(Q) == 0, "%zu rows still queued", batch_queued_rows(Q));
     size_t n_expired = 0;
@@ -168,8 +209,8 @@ static void run(uint64_t delay_us, unsigned seed)
         n_expired += (size_t)j->expired;
         free(j->row_hits);
     }
-    printf("stress_batch: delay %llu us: %d jobs, %zu rows, %zu jobs (partly) expired, all back once\n",
-           (unsigned long long)delay_us, N_JOBS, pushed_rows, n_expired);
+    printf("stress_batch: delay %llu us: %d jobs, %zu rows, %zu jobs (partly) expired, %zu tasks, all back once\n",
+           (unsigned long long)delay_us, N_JOBS, pushed_rows, n_expired, n_tasks);
     free(jobs);
     batch_destroy(Q);
 }

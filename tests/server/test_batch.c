@@ -1,6 +1,6 @@
 /* test_batch.c — the dynamic batcher: flush on size and on time, splitting,
  * key separation, overflow, deadlines, close. Single- and multi-threaded
- * (also run under TSan by `make check`). */
+ * (threads under TSan: tests/server/stress_batch.c). */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <string.h>
@@ -211,6 +211,34 @@ Test(batch, close_hands_out_the_rest_then_null)
         got += (size_t)r;
     }
     cr_assert_eq(got, want);
+    cr_assert_null(batch_take(q));
+    batch_destroy(q);
+}
+
+static void noop_task(batch_task *t) { (void)t; }
+
+Test(batch, tasks_go_first_in_order_and_survive_close)
+{
+    batch_opts o = opts(64, 1000, 1);
+    batch_queue *q = batch_new(&o);
+    batch_job a = job(3, &K1);
+    batch_task t1 = {.run = noop_task}, t2 = {.run = noop_task}, late = {.run = noop_task};
+    cr_assert_eq(batch_push(q, &a, 1), 0);
+    cr_assert_eq(batch_push_task(q, &t1), 0);
+    cr_assert_eq(batch_push_task(q, &t2), 0);
+    batch_close(q);
+    cr_assert_eq(batch_push_task(q, &late), RK_EUNAVAIL);
+    batch_work *w = batch_take(q);
+    cr_assert_eq(w->task, &t1);
+    cr_assert_eq(w->n_segs + w->n_expired, 0);
+    batch_free(w);
+    w = batch_take(q);
+    cr_assert_eq(w->task, &t2);
+    batch_free(w);
+    w = batch_take(q);
+    cr_assert_null(w->task);
+    cr_assert_eq(w->n_rows, 3);
+    batch_free(w);
     cr_assert_null(batch_take(q));
     batch_destroy(q);
 }
