@@ -154,9 +154,12 @@ LOAD_CONNS    ?= 8
 DECODE_BENCH := $(BUILD)/decode-bench
 $(DECODE_BENCH): $(BUILD)/deploy/load/decode_bench.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) $(LDLIBS)
-load: deps all $(DECODE_BENCH)
+# LOAD_ARGS="--ids random --engine-bench build/release/dcn-bench" compares with
+# the engine alone on dcn-bench-like rows (the issue-7 ratio; see run.py).
+LOAD_ARGS ?=
+load: deps all $(DECODE_BENCH) $(BENCH)
 	$(PYTHON) deploy/load/run.py --server $(DCNSERVE) --model $(MODEL) \
-	  --duration $(LOAD_DURATION) --connections $(LOAD_CONNS) --decode-bench $(DECODE_BENCH)
+	  --duration $(LOAD_DURATION) --connections $(LOAD_CONNS) --decode-bench $(DECODE_BENCH) $(LOAD_ARGS)
 
 golden:
 	$(PYTHON) tests/ref/gen_golden.py --out tests/golden

@@ -3,7 +3,10 @@
 latency percentiles and the server's own time split.
 
 Starts the server (a free loopback port) on a model, builds /rank bodies of
-1, 10, 100 and 1,000 candidates from real Criteo rows (data/), and for each
+1, 10, 100 and 1,000 candidates from real Criteo rows (data/) or, with
+--ids random, from random ids as the engine benchmark makes them (several
+bodies per size, cycled, so the working set matches dcn-bench --pool), and
+for each
 runs wrk with deploy/load/rank.lua for a fixed time (closed loop: as fast as
 the connections go), then a paced run at a fixed offered rate (wrk's delay()
 hook) so tail latency is measured at a known load rather than hidden by
@@ -17,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import resource
 import signal
@@ -85,6 +89,31 @@ def body_for(rows, n, offset):
     return json.dumps({"request_id": f"load-{n}", "candidates": cands}, separators=(",", ":"))
 
 
+def random_rows(features, n, rng):
+    """Rows like dcn-bench's pool: dense ~ N(0, 1), one integer id per sparse
+    feature, uniform over its vocabulary (index mapping: the id is the row),
+    so the embedding gathers touch memory as the engine benchmark's do."""
+    rows = []
+    for _ in range(n):
+        r = {f["name"]: round(rng.gauss(0.0, 1.0), 5) for f in features["dense"]}
+        r.update({f["name"]: rng.randrange(max(1, f["vocab_size"])) for f in features["sparse"]})
+        rows.append(r)
+    return rows
+
+
+def engine_rate(bench, model, n, threads, pool_rows):
+    """dcn-bench's samples/s for batches of n rows on `threads` threads over
+    a pool of pool_rows rows, or None if it failed."""
+    p = subprocess.run([bench, "run", "--model", model, "--batches", str(n), "--threads", str(threads),
+                        "--pool", str(max(1024, pool_rows)), "--min-time", "2"],
+                       capture_output=True, text=True)
+    for line in p.stdout.splitlines():
+        d = json.loads(line)
+        if d.get("kind") == "point":
+            return d["samples_per_s"], d.get("foreign_cpu", float("nan"))
+    return None
+
+
 def run_wrk(args, port, body_file, rate_per_conn=0.0, duration=None):
     env = dict(os.environ, BODY=body_file)
     if rate_per_conn:
@@ -141,6 +170,14 @@ def main():
                     help="paced runs offer this fraction of the closed-loop request rate")
     ap.add_argument("--decode-bench", default="",
                     help="decode-bench binary: time the decoder and encoder on each body first")
+    ap.add_argument("--ids", choices=("data", "random"), default="data",
+                    help="data: real Criteo rows (data/); random: dcn-bench-like rows with random "
+                         "integer ids over each vocabulary, --distinct-rows of them per size")
+    ap.add_argument("--distinct-rows", type=int, default=6400,
+                    help="with --ids random: distinct rows per size, cycled as several bodies")
+    ap.add_argument("--engine-bench", default="",
+                    help="dcn-bench binary: measure the engine alone on the same batch size, thread "
+                         "count and number of distinct rows, and print the server/engine ratio")
     ap.add_argument("server_args", nargs="*", help="extra dcnserve flags (after --)")
     args = ap.parse_args()
 
@@ -161,25 +198,34 @@ def main():
                 time.sleep(0.05)
         info = json.loads(get(port, "/v1/model"))
         workers = re.search(r"^dcnserve_workers (\d+)", get(port, "/metrics"), re.M).group(1)
-        rows = load_rows(args.data, info["features"])
+        rows = load_rows(args.data, info["features"]) if args.ids == "data" else None
+        rng = random.Random(1)
         print(f"model {info['name']} {info['version']} ({info['architecture']['cross']['kind']} cross, "
               f"d={info['architecture']['d']}, kernels {info['kernels']}), {workers} workers, "
-              f"wrk {args.threads} thread(s) x {args.connections} connections, {args.duration} s per run")
+              f"wrk {args.threads} thread(s) x {args.connections} connections, {args.duration} s per run, "
+              f"{'real Criteo rows' if args.ids == 'data' else f'random ids, {args.distinct_rows} distinct rows per size'}")
         print()
         hdr = (f"{'mode':<7} {'cands':>5} {'req/s':>9} {'cands/s':>10} {'p50 ms':>8} {'p90 ms':>8} "
                f"{'p99 ms':>8} {'non2xx':>6} | server mean µs: {'parse':>7} {'queue':>7} {'infer':>7} "
-               f"{'encode':>7} {'rows/batch':>10} | cores: {'server':>6} {'wrk':>5} {'foreign':>7}")
+               f"{'encode':>7} {'rows/batch':>10} | cores: {'server':>6} {'wrk':>5} {'foreign':>7} | "
+               f"{'cands/server-core-s':>19}")
         print(hdr)
         print("-" * len(hdr))
-        decode_lines = []
+        decode_lines, engine_lines = [], []
         with tempfile.TemporaryDirectory() as tmp:
             closed = {}
             for n in (int(x) for x in args.sizes.split(",")):
                 bf = os.path.join(tmp, f"body{n}.json")
+                n_bodies = 1 if args.ids == "data" else max(1, -(-args.distinct_rows // n))
                 with open(bf, "w") as f:
-                    f.write(body_for(rows, n, 0))
+                    for k in range(n_bodies):   # one body per line; rank.lua cycles through them
+                        body_rows = rows if rows else random_rows(info["features"], n, rng)
+                        f.write(body_for(body_rows, n, k * n) + "\n")
                 if args.decode_bench:
-                    d = subprocess.run([args.decode_bench, args.model, bf, "1"], capture_output=True, text=True)
+                    first = os.path.join(tmp, f"first{n}.json")
+                    with open(bf) as f, open(first, "w") as g:
+                        g.write(f.readline().rstrip("\n"))
+                    d = subprocess.run([args.decode_bench, args.model, first, "1"], capture_output=True, text=True)
                     decode_lines.extend((d.stdout or d.stderr).strip().splitlines())
                 run_wrk(args, port, bf, duration=1)  # warm-up
                 for mode in ("closed", "paced"):
@@ -199,15 +245,31 @@ def main():
                     split = [delta_mean(a, b, "dcnserve_request_phase_seconds:" + p) * 1e6 for p in PHASES]
                     rows_per_batch = delta_mean(a, b, "dcnserve_batch_rows")
                     label = "closed" if mode == "closed" else f"paced"
+                    if mode == "closed" and args.engine_bench:
+                        e = engine_rate(args.engine_bench, args.model, n, int(workers), n_bodies * n)
+                        if e:
+                            engine_lines.append(
+                                f"  {n:>5} cands: server {rps * n:>9.0f} cands/s, engine {e[0]:>9.0f} samples/s "
+                                f"(batch {n}, {workers} threads, pool {max(1024, n_bodies * n)} rows, foreign "
+                                f"{e[1]:.0%}): server/engine {rps * n / e[0]:.0%}")
                     print(f"{label:<7} {n:>5} {rps:>9.0f} {rps * n:>10.0f} {fmt_ms(r['p50']):>8} "
                           f"{fmt_ms(r['p90']):>8} {fmt_ms(r['p99']):>8} {int(r['non2xx'] + r['socket_errors']):>6} | "
                           f"{'':>15}{split[0]:>7.0f} {split[1]:>7.0f} {split[2]:>7.0f} {split[3]:>7.0f} "
-                          f"{rows_per_batch:>10.1f} | {'':>7}{cpu_server:>6.2f} {cpu_wrk:>5.2f} {foreign:>7.0%}")
+                          f"{rows_per_batch:>10.1f} | {'':>7}{cpu_server:>6.2f} {cpu_wrk:>5.2f} {foreign:>7.0%} | "
+                          f"{rps * n / max(cpu_server, 1e-9):>19.0f}")
         print()
         print(f"paced: offered {args.paced_load:.0%} of the closed-loop rate, evenly over the connections "
               f"(wrk delay() hook); req/s shows the rate achieved.")
         print("cores: CPU used during the run by the server, by wrk, and by every other process "
               "(foreign, as a share of all CPUs): a high foreign share makes the figures unreliable.")
+        print("cands/server-core-s: candidates answered per CPU-second the server used (loop and "
+              "workers), comparable with the engine's single-thread samples/s even on a shared machine.")
+        if engine_lines:
+            print()
+            print("engine alone (dcn-bench run, same model, batch size, threads and distinct rows), right "
+                  "after each closed-loop run:")
+            for line in engine_lines:
+                print(line)
         if decode_lines:
             print()
             print("decode-bench (one core, no HTTP): the loop's decode and rank+encode per request")
