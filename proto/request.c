@@ -686,15 +686,12 @@ static int read_number(fdec *d, fnum *out)
     d->p = p;
     out->is_int = is_int;
     if (is_int) {
-        /* an int64 exactly, as strtoll reads it; beyond it jansson errs */
-        uint64_t v = 0;
-        for (const char *q = start + neg; q < p; q++) {
-            unsigned dg = (unsigned)(*q - '0');
-            if (v > (UINT64_MAX - dg) / 10) return FB;
-            v = v * 10 + dg;
-        }
-        if (neg ? v > (uint64_t)INT64_MAX + 1 : v > (uint64_t)INT64_MAX) return FB;
-        out->i = neg ? (v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v) : (int64_t)v;
+        /* an int64 exactly, as strtoll reads it; beyond it jansson errs. No
+         * leading zeros here, so mant holds every digit unless there were
+         * more than 19, which no int64 has. */
+        if (big) return FB;
+        if (neg ? mant > (uint64_t)INT64_MAX + 1 : mant > (uint64_t)INT64_MAX) return FB;
+        out->i = neg ? (mant == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mant) : (int64_t)mant;
         out->v = (double)out->i;
         return 0;
     }

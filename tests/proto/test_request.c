@@ -374,7 +374,10 @@ Test(request, deep_nesting)
 Test(request, fast_path_agrees_on_random_mutations)
 {
     static const char *vals[] = {"1", "-2.5", "1e3", "null", "\"68fd1e64\"", "[\"a\", 3]", "[]", "\"\\u00e9\"", "0",
-                                 "\"ff\"", "7", "[\"x\", \"y\", \"z\"]"};
+                                 "\"ff\"", "7", "[\"x\", \"y\", \"z\"]", "-0", "9223372036854775807",
+                                 "9223372036854775808", "-9223372036854775808", "1.7976931348623157e308", "2e308",
+                                 "0.1e-5", "123456789012345678901", "4.9e-324", "[9223372036854775807, -1]"};
+    const int n_vals = (int)(sizeof vals / sizeof vals[0]);
     static const char *names[] = {"I1", "I2", "C1", "C2", "C3", "nope"};
     rk_limits lim[2] = {{.max_candidates = 10, .strict = 1}, {.max_candidates = 10, .strict = 0}};
     unsigned seed = 12345;
@@ -390,7 +393,7 @@ Test(request, fast_path_agrees_on_random_mutations)
                 int k = rand_r(&seed) % 6;
                 if (used & 1 << k) continue;
                 used |= 1 << k;
-                rk_buf_printf(&b, "%s\"%s\": %s", f ? ", " : "", names[k], vals[rand_r(&seed) % 12]);
+                rk_buf_printf(&b, "%s\"%s\": %s", f ? ", " : "", names[k], vals[rand_r(&seed) % n_vals]);
             }
             rk_buf_puts(&b, "}}");
         }
