@@ -18,14 +18,16 @@ Steps (each one's output goes to bench/out/, which git ignores):
   7. context sharing: `dcn-bench share` (a request of 100 candidates whose
      context is about half of x0) on a stacked and a parallel model, and the
      others;
+  7b. second chances: points that other processes disturbed (fg > 5%) are
+     measured again, most disturbed first, within --fix-noisy seconds;
   8. prints the tables (also bench/out/table.md) and writes every figure to
      bench/out/results.json.
 
 usage: run.py --bench BUILD/dcn-bench [--quick] [--models k1,k2]
               [--batches 1,16,...] [--threads 1,2] [--min-time S] [--no-ort]
-              [--no-share] [--out DIR] [--wait-quiet S]
+              [--no-share] [--out DIR] [--wait-quiet S] [--fix-noisy S]
 --quick: short points (0.2 s, no re-runs) to check that everything runs; its
-figures are not meant to be quoted. A full run takes about 5-8 minutes on 2 cores.
+figures are not meant to be quoted. A full run takes about 6-9 minutes on 2 cores.
 """
 import argparse
 import datetime
@@ -208,6 +210,45 @@ def header(res):
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- second chances
+
+def fix_noisy(res, a, bench, mdir, timing, ort_ok, limit=0.05):
+    """Re-measures, most disturbed first, the points (and sharing lines) that
+    other processes disturbed by more than `limit`, for at most
+    a.fix_noisy seconds; keeps each point's less disturbed measurement. The
+    machine is shared: load comes in bursts, so a later try often finds a
+    quiet moment."""
+    todo = [("engine", p) for p in res["engine"]] + [("ort", p) for p in res["ort"]] + \
+           [("share", p) for p in res["share"]]
+    todo = sorted((x for x in todo if x[1]["foreign_cpu"] > limit), key=lambda x: -x[1]["foreign_cpu"])
+    if not todo:
+        return
+    deadline = time.time() + a.fix_noisy
+    log(f"re-measuring up to {len(todo)} disturbed points for at most {a.fix_noisy:.0f} s")
+    fixed = 0
+    for kind, p in todo:
+        if time.time() > deadline:
+            break
+        if kind == "engine":
+            new = run_json([bench, "run", "--model", os.path.join(mdir, f"{p['model']}.dcn"),
+                            "--batches", str(p["batch"]), "--threads", str(p["threads"])] + timing)
+        elif kind == "ort":
+            if not ort_ok:
+                continue
+            new = [g for g in run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
+                                        "--keys", p["key"], "--batches", str(p["batch"]),
+                                        "--threads", str(p["threads"])] + timing, cwd=HERE)
+                   if g["kind"] == "point"]
+        else:
+            new = run_json([bench, "share", "--model", os.path.join(mdir, f"{p['model']}.dcn"),
+                            "--rows", str(p["rows"]), "--threads", str(p["threads"])] + timing)
+        if new and new[0]["foreign_cpu"] < p["foreign_cpu"]:
+            lst = res[kind]
+            lst[lst.index(p)] = dict(new[0], remeasured=True)
+            fixed += 1
+    log(f"{fixed} of {len(todo)} disturbed points measured again with less disturbance")
+
+
 # ---------------------------------------------------------------- main
 
 def main():
@@ -224,6 +265,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the machine to be quiet")
+    ap.add_argument("--fix-noisy", type=float, metavar="S",
+                    help="spend up to S seconds re-measuring disturbed points (default 150, 0 with --quick)")
     a = ap.parse_args()
 
     py = sys.executable
@@ -234,6 +277,8 @@ def main():
     keys = [k for k in a.models.split(",") if k]
     share_keys = [] if a.no_share else [k for k in a.share_models.split(",") if k]
     min_time = a.min_time or (0.2 if a.quick else 1.5)
+    if a.fix_noisy is None:
+        a.fix_noisy = 0 if a.quick else 150
     timing = ["--min-time", str(min_time), "--max-time", str(max(4 * min_time, 1.0)),
               "--min-iters", "3" if a.quick else "10", "--warmup", "0.05" if a.quick else "0.3",
               "--retries", "0" if a.quick else "1", "--foreign-max", "0.05"]
@@ -287,6 +332,9 @@ def main():
         log(f"context sharing: {k}")
         res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),
                                   "--rows", "100", "--threads", a.threads] + timing)
+
+    if a.fix_noisy > 0:
+        fix_noisy(res, a, bench, mdir, timing, ort_ok)
 
     # The roof again, now that the machine may be quieter: a peak is a
     # maximum, so each (test, threads) keeps the better of the two runs.
