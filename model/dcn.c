@@ -102,16 +102,7 @@ const char *dcn_strerror(int err) {
     }
 }
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
+#define fail dcn__fail
 
 static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 

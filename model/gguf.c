@@ -16,9 +16,7 @@ typedef struct cur {
     const uint8_t *p, *end;
 } cur;
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+int dcn__fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);
@@ -27,6 +25,7 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     }
     return code;
 }
+#define fail dcn__fail
 
 static int take(cur *c, size_t n, const uint8_t **out) {
     if ((size_t)(c->end - c->p) < n) return -1;

@@ -72,6 +72,10 @@ typedef struct gg_file {
     size_t n_tensors;
 } gg_file;
 
+/* Writes a printf-style message into err (if any) and returns code: the one
+ * error path of the loader (gguf.c and dcn.c). */
+int dcn__fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 /* Parses the container in base[0..size). Returns 0, or DCN_EFORMAT /
  * DCN_EVERSION / DCN_ENOMEM with a message in err; on failure f holds
  * nothing to free. */
