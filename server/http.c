@@ -19,7 +19,16 @@
  *   connections refused, waiting for live requests up to drain_timeout_ms)
  *   -> STOPPED (workers joined, MHD stopped, handles closed).
  * - Every srv_req is on the `live` list from the first handler call to MHD's
- *   completion callback; CLOSING ends when that list is empty.
+ *   completion callback; CLOSING ends when that list is empty. That is
+ *   checked in run_mhd after MHD_run returns, never from inside an MHD
+ *   callback: stopping the daemon there frees what MHD is still using.
+ *   Connections MHD accepted before the listener closed may hold a request
+ *   it has not read yet (a first request, or the next one on a keep-alive
+ *   connection): CLOSING waits until MHD has no connection left, or until
+ *   no request has been live for CLOSE_LINGER_MS (then the connections left
+ *   are idle). Each connection takes at most one more request (answers say
+ *   Connection: close) and none is accepted, so this ends; drain_timeout_ms
+ *   bounds it in any case.
  */
 #include <arpa/inet.h>
 #include <math.h>
@@ -54,6 +63,10 @@ typedef enum { R_RANK, R_LIVE, R_READY, R_MODEL, R_METRICS, R_RELOAD, R_NOTFOUND
 typedef enum { ST_READING, ST_DECODING, ST_DECODED, ST_QUEUED, ST_READY, ST_ANSWERED } req_state;
 typedef enum { PH_RUNNING, PH_DRAINING, PH_CLOSING, PH_STOPPED } phase;
 
+/* How long CLOSING waits for a request on a connection that is already
+ * open (accepted, nothing read yet) once nothing is in flight. */
+#define CLOSE_LINGER_MS 250
+
 typedef struct srv srv;
 
 typedef struct srv_req {
@@ -86,7 +99,7 @@ struct srv {
     const srv_config *cfg;
     uv_loop_t loop;
     uv_poll_t mhd_poll;
-    uv_timer_t mhd_timer, expire_timer, drain_timer;
+    uv_timer_t mhd_timer, expire_timer, drain_timer, linger_timer;
     uv_async_t done_async;
     uv_signal_t sig_term, sig_int, sig_hup;
     struct MHD_Daemon *d;
@@ -98,6 +111,7 @@ struct srv {
     double model_loaded_unix, start_unix;
     met_set met;
     phase ph;
+    int lingered;               /* CLOSING: CLOSE_LINGER_MS passed with nothing live */
     srv_req *live;
     size_t n_live, rank_live, queued, deadline_jobs;
     int expire_running;
@@ -672,6 +686,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         s->live = r;
         s->n_live++;
         if (r->rt == R_RANK) s->rank_live++;
+        if (s->ph == PH_CLOSING) { /* the linger restarts when nothing is live again */
+            uv_timer_stop(&s->linger_timer);
+            s->lingered = 0;
+        }
         *con_cls = r;
         int err = 0;
         switch (r->rt) {
@@ -725,8 +743,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 }
 
-static void maybe_stop(srv *s);
-
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -748,21 +764,26 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
     }
     if (!r->status) met_count_request(&s->met, r->mh, 0);
-    req_free(s, r);
-    if (s->ph == PH_CLOSING) maybe_stop(s);
+    req_free(s, r); /* run_mhd stops the daemon afterwards if this was the last */
 }
 
 /* ------------------------------------------------------------ loop glue */
 
+static void maybe_stop(srv *s);
+
 /* Runs MHD once and re-arms its timer: MHD's sockets are edge-triggered,
- * so pending work must be driven by the timeout even without new events. */
+ * so pending work must be driven by the timeout even without new events.
+ * Then, once MHD_run has returned, ends a drain whose last request has just
+ * completed (MHD_stop_daemon inside a callback uses freed memory). */
 static void on_mhd_timer(uv_timer_t *t);
 static void run_mhd(srv *s)
 {
     if (!s->d) return;
     MHD_run(s->d);
+    maybe_stop(s);
+    if (!s->d) return; /* stopped: the timer is closing */
     MHD_UNSIGNED_LONG_LONG to;
-    if (s->d && MHD_get_timeout(s->d, &to) == MHD_YES)
+    if (MHD_get_timeout(s->d, &to) == MHD_YES)
         uv_timer_start(&s->mhd_timer, on_mhd_timer, to > 1000000 ? 1000000 : (uint64_t)to, 0);
     else
         uv_timer_stop(&s->mhd_timer);
@@ -855,6 +876,8 @@ static void finish(srv *s)
         /* drain deadline passed: answer what came back, then cut the rest */
         for (int i = 0; i < 10; i++) run_mhd(s);
     }
+    const union MHD_DaemonInfo *ci = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    unsigned open_conns = ci ? ci->num_connections : 0;
     uv_poll_stop(&s->mhd_poll);
     MHD_stop_daemon(s->d);
     s->d = NULL;
@@ -862,16 +885,35 @@ static void finish(srv *s)
     uv_close((uv_handle_t *)&s->mhd_timer, on_close_noop);
     uv_close((uv_handle_t *)&s->expire_timer, on_close_noop);
     uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
+    uv_close((uv_handle_t *)&s->linger_timer, on_close_noop);
     uv_close((uv_handle_t *)&s->done_async, on_close_noop);
     uv_close((uv_handle_t *)&s->sig_term, on_close_noop);
     uv_close((uv_handle_t *)&s->sig_int, on_close_noop);
     uv_close((uv_handle_t *)&s->sig_hup, on_close_noop);
-    log_msg(LOG_INFO, "stopped", "\"exit_code\":%d", s->exit_code);
+    log_msg(LOG_INFO, "stopped", "\"exit_code\":%d,\"connections_closed\":%u", s->exit_code, open_conns);
 }
 
+static void on_linger(uv_timer_t *t)
+{
+    srv *s = t->data;
+    s->lingered = 1;
+    run_mhd(s); /* reads what has arrived, then maybe_stop */
+}
+
+/* Stops the server if it is closing, no request is live and MHD has no
+ * connection left (or the open ones stayed idle for CLOSE_LINGER_MS: the
+ * linger starts here); called outside every MHD callback (run_mhd,
+ * begin_close). */
 static void maybe_stop(srv *s)
 {
-    if (s->ph == PH_CLOSING && s->n_live == 0) finish(s);
+    if (s->ph != PH_CLOSING || s->n_live) return;
+    const union MHD_DaemonInfo *ci = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    if (!ci || ci->num_connections == 0 || s->lingered) {
+        finish(s);
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&s->linger_timer))
+        uv_timer_start(&s->linger_timer, on_linger, CLOSE_LINGER_MS, 0);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -985,7 +1027,9 @@ int srv_run(const srv_config *cfg)
     uv_timer_init(&s->loop, &s->mhd_timer);
     uv_timer_init(&s->loop, &s->expire_timer);
     uv_timer_init(&s->loop, &s->drain_timer);
+    uv_timer_init(&s->loop, &s->linger_timer);
     s->mhd_poll.data = s->mhd_timer.data = s->expire_timer.data = s->drain_timer.data = s;
+    s->linger_timer.data = s;
     uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
     uv_signal_init(&s->loop, &s->sig_term);
     uv_signal_init(&s->loop, &s->sig_int);

@@ -38,10 +38,12 @@ _rows = None
 
 
 def criteo_rows():
-    """The real Criteo rows as feature dicts (missing values left out)."""
+    """The real Criteo rows as feature dicts (missing values left out).
+    Safe from several client threads: the list is published only when full
+    (a half-read list seen by another thread made randrange fail)."""
     global _rows
     if _rows is None:
-        _rows = []
+        rows = []
         with open(ROWS_CSV, newline="") as f:
             for rec in csv.DictReader(f):
                 feats = {}
@@ -49,7 +51,8 @@ def criteo_rows():
                     if not v or k in ("Id", "Label"):
                         continue
                     feats[k] = int(v) if k.startswith("I") else v
-                _rows.append(feats)
+                rows.append(feats)
+        _rows = rows
     return _rows
 
 

@@ -103,16 +103,12 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(lost, [], f"{len(lost)} of {len(results)} requests lost")
         return len(ok)
 
-    # KNOWN BUG (reported): the last request to complete during the drain
-    # calls finish() -> MHD_stop_daemon from inside MHD's own completion
-    # callback (on_completed, under MHD_run); MHD then touches the freed
-    # response: "Failed to lock mutex" and SIGABRT (or SIGSEGV) at exit.
-    # Remove both decorators once the drain exits 0 under load.
-    @unittest.expectedFailure
+    # Regression: the last request to complete during the drain used to stop
+    # the daemon from inside MHD's completion callback (MHD then touched the
+    # freed response: "Failed to lock mutex", SIGABRT at exit).
     def test_sigterm_under_load_new_connections(self):
         self.run_drain(keep_alive=False)
 
-    @unittest.expectedFailure
     def test_sigterm_under_load_keep_alive(self):
         self.run_drain(keep_alive=True)
 
