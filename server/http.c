@@ -34,6 +34,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +336,38 @@ static void append_body(srv_req *r, const char *data, size_t n)
     }
     memcpy(r->body + r->body_len, data, n);
     r->body_len += n;
+}
+
+/* Refuses a body that grew past the limit while it is being uploaded
+ * (chunked: no Content-Length to check first). MHD cannot queue a response
+ * in the middle of an upload (MHD_queue_response fails until the body is
+ * read), so the 413 is written straight to the socket, best effort, and
+ * MHD_NO makes MHD close the connection without reading any more. Safe
+ * because nothing of this request's answer was written yet and the
+ * connection is plain TCP (no TLS). Returns MHD_NO. */
+static enum MHD_Result refuse_upload(srv_req *r)
+{
+    srv *s = r->s;
+    rk_buf body = {0}, b = {0};
+    snprintf(r->msg, sizeof r->msg, "body over the limit of %llu bytes",
+             (unsigned long long)s->cfg->max_body_bytes);
+    rk_encode_error(&body, RK_ETOOBIG, r->msg);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!body.oom && body.data && ci) {
+        char head[160];
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n\r\n", body.len);
+        rk_buf_printf(&b, "%s%.*s", head, (int)body.len, body.data);
+        if (!b.oom && b.data) (void)send(ci->connect_fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    free(body.data);
+    free(b.data);
+    met_count_rejection(&s->met, RK_ETOOBIG);
+    met_count_request(&s->met, r->mh, 413);
+    r->status = 413;
+    r->st = ST_ANSWERED;
+    return MHD_NO;
 }
 
 static void on_expire_timer(uv_timer_t *t);
@@ -708,8 +741,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_size) {
-        if (r->rt == R_RANK) append_body(r, upload_data, *upload_size);
+        if (r->rt == R_RANK && r->st == ST_READING) append_body(r, upload_data, *upload_size);
         *upload_size = 0;
+        if (r->too_big && r->st == ST_READING) return refuse_upload(r);
         return MHD_YES;
     }
     if (r->st == ST_ANSWERED) return MHD_YES;
@@ -960,6 +994,17 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ------------------------------------------------------------ run */
 
+/* MHD's own messages (a connection it closed, a bind failure) as JSON log
+ * lines like every other, escaped: they may quote what a client sent. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char m[512], esc[1100];
+    vsnprintf(m, sizeof m, fmt, ap);
+    size_t n = strlen(m);
+    while (n && (m[n - 1] == '\n' || m[n - 1] == '\r')) m[--n] = 0;
+    log_msg(LOG_WARN, "libmicrohttpd", "\"detail\":\"%s\"", log_esc(m, esc, sizeof esc));
+}
+
 int srv_run(const srv_config *cfg)
 {
     srv *s = calloc(1, sizeof *s);
@@ -1016,6 +1061,7 @@ int srv_run(const srv_config *cfg)
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                             MHD_OPTION_END);
     if (!s->d) {
         log_msg(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%llu", cfg->host, (unsigned long long)cfg->port);
