@@ -146,6 +146,11 @@ class RuntimeLibraries(unittest.TestCase):
     BASE = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libgcc_s.so.1"}
     FROM_PACKAGE = {"libmicrohttpd.so.12": "libmicrohttpd12", "libjansson.so.4": "libjansson4",
                     "libuv.so.1": "libuv1"}
+    # Runtimes of a sanitizer build (make check runs this test against
+    # build/asan): the image never ships one (its build stage makes the
+    # release binary), so they are left out; every other library still
+    # needs its package.
+    SANITIZER_RUNTIME = re.compile(r"^lib(asan|ubsan|tsan|lsan|hwasan)\.so\.\d+$")
 
     def test_needed_libraries_are_installed_by_the_runtime_stage(self):
         need_binary(self)
@@ -158,7 +163,7 @@ class RuntimeLibraries(unittest.TestCase):
         runtime = instructions(read("Dockerfile"))
         runtime = runtime[max(i for i, (k, _) in enumerate(runtime) if k == "FROM"):]
         installs = " ".join(a for k, a in runtime if k == "RUN")
-        for lib in sorted(needed - self.BASE):
+        for lib in sorted(l for l in needed - self.BASE if not self.SANITIZER_RUNTIME.match(l)):
             self.assertIn(lib, self.FROM_PACKAGE, "%s: which Debian package? add it here and to the Dockerfile" % lib)
             self.assertIn(self.FROM_PACKAGE[lib], installs, lib)
 
