@@ -244,6 +244,7 @@ static int read_proc_stat(double *busy_s, double *steal_s)
     return 0;
 }
 
+/* Takes a reading now (NaN busy time when /proc/stat is unreadable). */
 static void cpu_mark_take(cpu_mark *m)
 {
     struct rusage ru;
@@ -444,6 +445,7 @@ typedef struct row_pool {
     uint32_t *iota;                   /* (n_rows + 1) */
 } row_pool;
 
+/* Frees what pool_make allocated and empties *p (safe on an empty pool). */
 static void pool_free(row_pool *p)
 {
     if (p->ids)
@@ -524,6 +526,7 @@ static void *worker_main(void *p)
     return NULL;
 }
 
+/* Stops and joins the workers, then frees their scratches; NULL is fine. */
 static void team_free(team *t)
 {
     if (!t)
@@ -651,6 +654,7 @@ typedef struct tlist {
     size_t n, cap;
 } tlist;
 
+/* Appends v; 0, or DCN_ENOMEM (the list is unchanged). */
 static int tlist_push(tlist *l, double v)
 {
     if (l->n == l->cap) {

@@ -213,6 +213,8 @@ def check_rows(f, dump_path, n=8, seed=7):
 
 
 def export_one(key, models_dir, dumps_dir, force):
+    """Exports models_dir/<key>.onnx (unless fresh) and writes
+    <key>.check.json; returns a summary dict (printed as JSON by main)."""
     t0 = time.perf_counter()
     dcn_path = os.path.join(models_dir, f"{key}.dcn")
     onnx_path = os.path.join(models_dir, f"{key}.onnx")

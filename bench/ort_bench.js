@@ -57,6 +57,7 @@ function rng(seed) {
   };
 }
 
+// The p-th percentile (0..100) of an ascending array, linearly interpolated.
 function percentile(sorted, p) {
   if (sorted.length === 1) return sorted[0];
   const x = (p / 100) * (sorted.length - 1);
@@ -95,6 +96,7 @@ function makePool(nd, vocab, n, seed) {
   return { n, nd, ns, dense, sparse };
 }
 
+// Input tensors for pool rows [first, first + rows): views, no copy.
 function feedsOf(pool, first, rows) {
   const { nd, ns } = pool;
   return {

@@ -27,7 +27,8 @@ usage: run.py --bench BUILD/dcn-bench [--quick] [--models k1,k2]
               [--batches 1,16,...] [--threads 1,2] [--min-time S] [--no-ort]
               [--no-share] [--out DIR] [--wait-quiet S] [--fix-noisy S]
 --quick: short points (0.2 s, no re-runs) to check that everything runs; its
-figures are not meant to be quoted. A full run takes about 6-9 minutes on 2 cores.
+figures are not meant to be quoted. A full run takes about 6 minutes on 2 cores,
+plus up to --fix-noisy (150 s) re-measuring points that others disturbed.
 """
 import argparse
 import datetime
