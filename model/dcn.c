@@ -44,7 +44,7 @@
 #define MAX_WIDTH 65536
 #define MAX_LAYERS 64
 #define MAX_EXPERTS 64
-#define PREFETCH_ROWS 8 /* embedding rows fetched ahead while gathering */
+#define PREFETCH_ROWS 2 /* embedding rows fetched ahead while gathering */
 
 typedef struct table {
     const uint8_t *w;       /* (vocab, dim) in the mapping */
@@ -1344,27 +1344,31 @@ static void build_x0(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, con
             }
         }
     }
-    /* Sparse: shared features once per segment, the rest per row. */
-    for (size_t f = 0; f < in->n_sparse; f++) {
-        const dcn_sparse_spec *sp = &m->sparse[f];
-        const uint32_t *off = b->offsets[f];
-        if (sparse_is_shared(b, f)) {
+    /* Sparse: shared features once per segment. */
+    for (size_t f = 0; f < in->n_sparse; f++)
+        if (sparse_is_shared(b, f))
             for (size_t g = 0; g < p->n_seg; g++)
-                pool(m, f, b->ids[f], off[g], off[g + 1], s->seg_x0 + g * ldd + sp->x0_offset);
-        } else {
-            /* Table rows are random reads from a large mapping: ask for the
-             * rows of a few rows ahead while pooling this one. */
-            const table *t = &m->tab[f];
-            const int64_t *ids = b->ids[f];
-            for (size_t r = 0; r < p->n_rows; r++) {
-                if (r + PREFETCH_ROWS < p->n_rows)
-                    for (uint32_t i = off[r + PREFETCH_ROWS]; i < off[r + PREFETCH_ROWS + 1]; i++)
-                        if (ids[i] >= 0)
-                            for (size_t by = 0; by < t->row_bytes; by += 64)
-                                __builtin_prefetch(t->w + (size_t)ids[i] * t->row_bytes + by);
-                pool(m, f, ids, off[r], off[r + 1], s->x0 + r * ldd + sp->x0_offset);
+                pool(m, f, b->ids[f], b->offsets[f][g], b->offsets[f][g + 1],
+                     s->seg_x0 + g * ldd + m->sparse[f].x0_offset);
+    /* The rest row by row. Table rows are random reads from a large mapping:
+     * the lookups of the row PREFETCH_ROWS ahead are requested while this
+     * row is pooled, so a row's misses overlap each other. */
+    for (size_t r = 0; r < p->n_rows; r++) {
+        if (r + PREFETCH_ROWS < p->n_rows)
+            for (size_t f = 0; f < in->n_sparse; f++) {
+                if (sparse_is_shared(b, f)) continue;
+                const table *t = &m->tab[f];
+                const uint32_t *off = b->offsets[f];
+                const int64_t *ids = b->ids[f];
+                for (uint32_t i = off[r + PREFETCH_ROWS]; i < off[r + PREFETCH_ROWS + 1]; i++)
+                    if (ids[i] >= 0)
+                        for (size_t by = 0; by < t->row_bytes; by += 64)
+                            __builtin_prefetch(t->w + (size_t)ids[i] * t->row_bytes + by);
             }
-        }
+        for (size_t f = 0; f < in->n_sparse; f++)
+            if (!sparse_is_shared(b, f))
+                pool(m, f, b->ids[f], b->offsets[f][r], b->offsets[f][r + 1],
+                     s->x0 + r * ldd + m->sparse[f].x0_offset);
     }
     /* Copy the shared coordinates into the rows of their segment. */
     for (size_t g = 0; g < p->n_seg && p->n_ctx; g++)
