@@ -1055,13 +1055,13 @@ int srv_run(const srv_config *cfg)
     }
     s->d = MHD_start_daemon(flags, 0, NULL, NULL,
                             on_request, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD warns */
                             MHD_OPTION_SOCK_ADDR, addr,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->conn_memory_bytes,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                             MHD_OPTION_END);
     if (!s->d) {
         log_msg(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%llu", cfg->host, (unsigned long long)cfg->port);

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -92,7 +93,8 @@ class Server:
         self.proc = None
         self.log = tempfile.TemporaryFile()
 
-    def start(self, timeout=10.0):
+    def start(self, timeout=None):
+        timeout = timeout or (60.0 if SANITIZED else 10.0)   # a readiness bound only
         for _ in range(5):
             self.port = free_port()
             self.proc = subprocess.Popen(
@@ -148,18 +150,22 @@ class Server:
 
 
 # Reports of ASan, LSan, UBSan and TSan: under a sanitizer build the server
-# must never print one (UBSan and TSan keep running after a report).
+# must never print one (UBSan and TSan keep running after a report); under
+# valgrind (deploy/soak/valgrind-dcnserve.sh) memcheck's summary must say 0.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                    "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
-SANITIZED = any(s in DCNSERVE for s in ("asan", "tsan"))
+VALGRIND_ERRORS = re.compile(r"ERROR SUMMARY: [1-9]")
+SANITIZED = any(s in DCNSERVE for s in ("asan", "tsan", "valgrind"))
 
 
 def check_sanitizer_output(out):
     """Raises AssertionError quoting the server's log if it holds a
-    sanitizer report."""
+    sanitizer or memcheck report."""
     for mark in SANITIZER_MARKS:
         if mark in out:
             raise AssertionError(f"sanitizer report in the server's output:\n{out}")
+    if VALGRIND_ERRORS.search(out):
+        raise AssertionError(f"memcheck errors in the server's output:\n{out}")
 
 
 def random_rows(n, rng):
