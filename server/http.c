@@ -18,6 +18,9 @@
  *   drain_delay_ms) -> CLOSING (listener closed, new /rank on kept-alive
  *   connections refused, waiting for live requests up to drain_timeout_ms)
  *   -> STOPPED (workers joined, MHD stopped, handles closed).
+ * - Overload: when a request does not fit the queue, the server sheds load:
+ *   new /rank requests get the busy status at the headers, unread, until
+ *   the queue has drained below half (checked at each arrival).
  * - Every srv_req is on the `live` list from the first handler call to MHD's
  *   completion callback; CLOSING ends when that list is empty. That is
  *   checked in run_mhd after MHD_run returns, never from inside an MHD
@@ -68,6 +71,11 @@ typedef enum { PH_RUNNING, PH_DRAINING, PH_CLOSING, PH_STOPPED } phase;
  * open (accepted, nothing read yet) once nothing is in flight. */
 #define CLOSE_LINGER_MS 250
 
+/* While shedding load, bodies this large or larger (or chunked, length
+ * unknown) are refused unread; smaller ones decode in well under a
+ * millisecond and are queued if they fit. */
+#define SHED_MIN_BODY_BYTES 65536
+
 typedef struct srv srv;
 
 typedef struct srv_req {
@@ -113,6 +121,8 @@ struct srv {
     met_set met;
     phase ph;
     int lingered;               /* CLOSING: CLOSE_LINGER_MS passed with nothing live */
+    int shedding;               /* a push failed for a full queue; /rank refused at the
+                                 * headers until the queue is below half */
     srv_req *live;
     size_t n_live, rank_live, queued, deadline_jobs;
     int expire_running;
@@ -297,9 +307,10 @@ static int check_rank_headers(srv_req *r)
     }
     const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
     const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    unsigned long long n = 0;
     if (cl) {
         char *end;
-        unsigned long long n = strtoull(cl, &end, 10);
+        n = strtoull(cl, &end, 10);
         if (end == cl || *end) {
             snprintf(r->msg, sizeof r->msg, "bad Content-Length");
             return RK_ELENGTH;
@@ -309,11 +320,24 @@ static int check_rank_headers(srv_req *r)
                      (unsigned long long)s->cfg->max_body_bytes);
             return RK_ETOOBIG;
         }
-        r->body_cap = (size_t)n + 1;
-        if (!(r->body = malloc(r->body_cap))) return RK_ENOMEM;
     } else if (!te || !strcasestr(te, "chunked")) {
         snprintf(r->msg, sizeof r->msg, "a body with Content-Length (or chunked) is required");
         return RK_ELENGTH;
+    }
+    /* Overload: once a request was refused for a full queue, refuse the
+     * next large ones here, before their bodies are read and decoded (that
+     * work, not scoring, is what a flood of large bodies costs), until the
+     * queue has drained below half. Small bodies cost little to decode and
+     * may well fit: they still get their chance. */
+    size_t waiting = batch_queued_rows(s->q);
+    if (s->shedding && waiting < s->cfg->max_queue_rows / 2) s->shedding = 0;
+    if ((s->shedding && (!cl || n >= SHED_MIN_BODY_BYTES)) || waiting >= s->cfg->max_queue_rows) {
+        snprintf(r->msg, sizeof r->msg, "queue full (%zu rows waiting)", waiting);
+        return RK_EBUSY;
+    }
+    if (cl) {
+        r->body_cap = (size_t)n + 1;
+        if (!(r->body = malloc(r->body_cap))) return RK_ENOMEM;
     }
     return 0;
 }
@@ -428,6 +452,7 @@ static enum MHD_Result rank_queue(srv *s, srv_req *r)
     r->t_enq = batch_now_ns();
     r->t_first = r->t_last = 0; /* set by the first and last batch back */
     int rc = batch_push(s->q, &r->job, r->t_enq);
+    if (rc == RK_EBUSY) s->shedding = 1;
     if (rc < 0) {
         snprintf(r->msg, sizeof r->msg, rc == RK_EBUSY ? "queue full (%zu rows waiting)" : "shutting down",
                  batch_queued_rows(s->q));

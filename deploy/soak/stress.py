@@ -15,6 +15,10 @@ Phases, each against a fresh dcnserve on a loopback port:
                requests: how many 503s, how fast a probe's 503 comes back, peak
                RSS, and how soon after the load stops a request gets 200.
 
+After each phase: the machine's CPU time during it, split into this run's
+(stress.py, wrk and the server, all children) and foreign (everything else
+on the machine: other builds and tests), from /proc/stat.
+
 Usage: stress.py --server BIN --model FILE [--phases a,b,...] [--saturation-s 60]
 """
 import argparse
@@ -152,6 +156,20 @@ def overload(a, tmp):
           f"exit code {srv.stop()}")
 
 
+def cpu_busy_s():
+    """Busy CPU seconds of the whole machine so far (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s():
+    """CPU seconds of this process and its waited-for children (wrk, servers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", required=True)
@@ -162,8 +180,13 @@ def main():
     phases = {"saturation": saturation, "connections": connections, "slowloris": slowloris,
               "overload": overload}
     for name in a.phases.split(","):
+        t0, busy0, own0 = time.monotonic(), cpu_busy_s(), own_cpu_s()
         with tempfile.TemporaryDirectory() as tmp:
             phases[name](a, tmp)
+        wall, busy, own = time.monotonic() - t0, cpu_busy_s() - busy0, own_cpu_s() - own0
+        print(f"  cpu over {wall:.0f} s on {os.cpu_count()} cores: {busy:.0f} core-s busy, "
+              f"this run {own:.0f}, foreign {max(busy - own, 0):.0f} "
+              f"({max(busy - own, 0) / wall:.2f} cores on average)", flush=True)
     return 0
 
 

@@ -488,10 +488,25 @@ class BusyTest(unittest.TestCase):
                 st, h, out = srv.rank(req)
                 self.assertEqual((st, out["error"]["code"]), (503, "queue_full"))
                 self.assertEqual(h.get("retry-after"), "1")
+                # now shedding (the queue is not below half): a large body is
+                # refused at its headers, before a byte of it is sent
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                s.sendall(b"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100000\r\n\r\n")
+                data = b""
+                while b"queue_full" not in data:
+                    part = s.recv(4096)
+                    if not part:
+                        break
+                    data += part
+                s.close()
+                self.assertTrue(data.startswith(b"HTTP/1.1 503"), data)
+                self.assertIn(b"queue_full", data)
+                self.assertIn(b"\r\nRetry-After: 1\r\n", data)
                 t.join(30)
                 self.assertEqual(first["r"][0], 200)  # flushed by the queue-delay timer
                 _, _, data = srv.request("GET", "/metrics")
-                self.assertIn('dcnserve_rejections_total{reason="queue_full"} 1', data.decode())
+                self.assertIn('dcnserve_rejections_total{reason="queue_full"} 2', data.decode())
             finally:
                 srv.stop()
 
