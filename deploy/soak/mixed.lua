@@ -4,6 +4,9 @@
 -- Environment:
 --   BODIES  a file listing body files, one path a line (written by
 --           deploy/soak/wrkrun.py); each request picks one at random.
+--   RATE_PER_CONN  optional: paced mode, requests per second per
+--           connection (wrk's delay() hook), so the offered load stays
+--           fixed and does not itself fill the CPU.
 -- DESIGN: every wrk thread loads the same bodies; each thread counts its
 -- statuses in a table, and done() (run once, after the threads stop) reads
 -- the tables of all threads and prints one machine-readable RESULT line
@@ -36,6 +39,14 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+end
+
+local rate = tonumber(os.getenv("RATE_PER_CONN") or "0") or 0
+if rate > 0 then
+  local gap_ms = 1000 / rate
+  function delay()
+    return gap_ms
+  end
 end
 
 function done(summary, latency, requests)

@@ -11,6 +11,10 @@ Phases, each against a fresh dcnserve on a loopback port:
   slowloris    p99 of normal clients (wrk, small requests) alone, then with
                slow connections trickling headers and bodies byte by byte up
                to the connection limit minus wrk's connections; the ratio.
+               Closed loop by default: then wrk and the server already fill
+               both cores and the trickler's own CPU shows as latency; with
+               --slowloris-rate R each normal connection sends R requests/s
+               (a fixed offered load). --slow-gap-s sets the trickle gap.
   overload     one worker, a small queue, wrk with many connections on large
                requests: how many 503s, how fast a probe's 503 comes back, peak
                RSS, and how soon after the load stops a request gets 200.
@@ -63,9 +67,9 @@ def connections(a, tmp):
     print(f"  server RSS {srv.rss_mib():.1f} MiB, exit code {srv.stop()}")
 
 
-def trickler(port, n, stop, body_len=2000):
+def trickler(port, n, stop, body_len=2000, gap_s=0.1):
     """Opens n slow connections (half trickle headers, half a body) and
-    sends one byte per connection every 100 ms until stop is set."""
+    sends one byte per connection every gap_s seconds until stop is set."""
     socks = []
     head = (f"POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {body_len}\r\n\r\n").encode()
@@ -88,7 +92,7 @@ def trickler(port, n, stop, body_len=2000):
                     s.send(b" ")
             except OSError:
                 pass
-        stop.wait(0.1)
+        stop.wait(gap_s)
     for s, _ in socks:
         s.close()
     return len(socks)
@@ -98,15 +102,18 @@ def slowloris(a, tmp):
     bodies, _ = wrkrun.make_bodies(tmp, n=16, mix=[(1, 1, 20)], seed=4)
     limit, conns = 1020, 16
     srv = wrkrun.Server(a.server, a.model, ["--max-connections", str(limit), "--drain-delay-ms", "0"])
-    print(f"slowloris: p99 of {conns} normal connections, alone then beside "
-          f"{limit - conns - 4} slow ones (limit {limit})")
-    base = wrkrun.run_wrk(srv.port, 10, bodies, connections=conns)
+    rate = a.slowloris_rate
+    print(f"slowloris: p99 of {conns} normal connections "
+          f"({f'{rate} requests/s each' if rate else 'closed loop'}), alone then beside "
+          f"{limit - conns - 4} slow ones sending a byte every {a.slow_gap_s} s (limit {limit})")
+    base = wrkrun.run_wrk(srv.port, 10, bodies, connections=conns, rate_per_conn=rate)
     line("alone", base)
     stop = threading.Event()
-    t = threading.Thread(target=trickler, args=(srv.port, limit - conns - 4, stop))
+    t = threading.Thread(target=trickler, args=(srv.port, limit - conns - 4, stop),
+                         kwargs={"gap_s": a.slow_gap_s})
     t.start()
     time.sleep(3)
-    slow = wrkrun.run_wrk(srv.port, 10, bodies, connections=conns)
+    slow = wrkrun.run_wrk(srv.port, 10, bodies, connections=conns, rate_per_conn=rate)
     line("beside slow clients", slow)
     stop.set()
     t.join(30)
@@ -176,6 +183,9 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--phases", default="saturation,connections,slowloris,overload")
     ap.add_argument("--saturation-s", type=int, default=60)
+    ap.add_argument("--slowloris-rate", type=float, default=0,
+                    help="requests/s per normal connection in the slowloris phase (0: closed loop)")
+    ap.add_argument("--slow-gap-s", type=float, default=0.1, help="seconds between a slow client's bytes")
     a = ap.parse_args()
     phases = {"saturation": saturation, "connections": connections, "slowloris": slowloris,
               "overload": overload}

@@ -138,12 +138,15 @@ class Server:
         return self.proc.returncode
 
 
-def run_wrk(port, seconds, bodies, connections=32, threads=2, timeout_s=10):
-    """One wrk run through mixed.lua; returns a dict: requests, errors by
+def run_wrk(port, seconds, bodies, connections=32, threads=2, timeout_s=10, rate_per_conn=0):
+    """One wrk run through mixed.lua (closed loop, or paced at rate_per_conn
+    requests per second per connection); returns a dict: requests, errors by
     kind, non2xx, p50_us, p99_us, max_us, statuses {code: count}."""
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
            "--timeout", f"{timeout_s}s", "--latency", "-s", LUA, f"http://127.0.0.1:{port}/rank"]
     env = dict(os.environ, BODIES=bodies)
+    if rate_per_conn:
+        env["RATE_PER_CONN"] = str(rate_per_conn)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
     res = {"raw": out}
     m = re.search(r"^RESULT (.*)$", out, re.M)
