@@ -19,8 +19,9 @@
  *   connections refused, waiting for live requests up to drain_timeout_ms)
  *   -> STOPPED (workers joined, MHD stopped, handles closed).
  * - Overload: when a request does not fit the queue, the server sheds load:
- *   new /rank requests get the busy status at the headers, unread, until
- *   the queue has drained below half (checked at each arrival).
+ *   new /rank requests with large (or chunked) bodies get the busy status at
+ *   the headers, unread, until the queue has drained below half (checked at
+ *   each arrival).
  * - Every srv_req is on the `live` list from the first handler call to MHD's
  *   completion callback; CLOSING ends when that list is empty. That is
  *   checked in run_mhd after MHD_run returns, never from inside an MHD
