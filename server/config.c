@@ -34,7 +34,7 @@ static const opt opts[] = {
     O("decode-offload-bytes", T_U64, decode_offload_bytes, "1048576", "bodies this large or larger are decoded on a worker thread, not the event loop (0: all)"),
     O("max-connections", T_U64, max_connections, "1020", "concurrent connections"),
     O("conn-memory-bytes", T_U64, conn_memory_bytes, "32768", "per-connection memory for headers"),
-    O("idle-timeout-s", T_U64, idle_timeout_s, "0", "close idle connections after this many seconds (0: never)"),
+    O("idle-timeout-s", T_U64, idle_timeout_s, "60", "close connections idle (or trickling nothing) this many seconds (0: never; suspended requests are not idle)"),
     O("drain-delay-ms", T_U64, drain_delay_ms, "5000", "on SIGTERM, keep serving (not ready) this long before closing the listener"),
     O("drain-timeout-ms", T_U64, drain_timeout_ms, "30000", "then wait at most this long for requests in flight"),
     O("retry-after-s", T_U64, retry_after_s, "1", "Retry-After of busy answers"),
