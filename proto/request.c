@@ -904,6 +904,7 @@ static int lay_out(fdec *d, int given_now, idvec *ids, uint32_t *off, uint8_t *g
         if (!given_now || d->stamp[d->nd + f] != d->cur) continue;
         if (given) given[f] = 1;
         if (per_row) per_row[f] = 1;
+        if (!d->slot_n[f]) continue; /* null or []: nothing staged (stage.v may be NULL) */
         const int64_t *src = d->stage.v + d->slot_at[f];
         for (uint32_t k = 0; k < d->slot_n[f]; k++)
             if (idvec_push(ids, src[k]) < 0) return RK_ENOMEM;
