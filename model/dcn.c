@@ -241,7 +241,7 @@ static int arr_int(loader *ld, const gg_kv *kv, uint64_t i, int64_t lo, uint64_t
     gg_num n;
     arr_num(kv, i, &n);
     int64_t v = n.neg ? (n.mag > (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)(n.mag - 1) - 1) : 0;
-    if ((n.neg && (n.mag > (uint64_t)INT64_MAX + 1 || v < lo)) || (!n.neg && n.mag > hi))
+    if ((n.neg && (n.mag > (uint64_t)INT64_MAX + 1 || v < lo)) || (!n.neg && (n.mag > hi || (lo > 0 && n.mag < (uint64_t)lo))))
         return fail(ld->err, ld->errlen, DCN_EFORMAT, "metadata '%.*s'[%llu] = %s%llu is out of range",
                     (int)kv->key.n, kv->key.p, (unsigned long long)i, n.neg ? "-" : "", (unsigned long long)n.mag);
     *out = n.neg ? v : (int64_t)n.mag;

@@ -383,6 +383,7 @@ static bad_case cases[] = {
     {"vocab size 2^62", M(.replace_key = "dcnv2.sparse.vocab_size", .rep_type = 9, .rep = {10, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 5, 0, 0, 0, 0, 0, 0, 0}, .rep_len = 28), DCN_EFORMAT, "dcnv2.sparse.vocab_size"},
     {"missing_row out of range", M(.replace_key = "dcnv2.sparse.missing_row", .rep_type = 9, .rep = {11, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, .rep_len = 28), DCN_EFORMAT, "dcnv2.sparse.missing_row"},
     {"oov buckets fill the vocabulary", M(.replace_key = "dcnv2.sparse.oov_buckets", .rep_type = 9, .rep = {10, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, .rep_len = 28), DCN_EFORMAT, "dcnv2.sparse.oov_buckets"},
+    {"max_ids of 0", M(.replace_key = "dcnv2.sparse.max_ids", .rep_type = 9, .rep = {4, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0}, .rep_len = 20), DCN_EFORMAT, "dcnv2.sparse.max_ids"},
     {"rank above d", M(.replace_key = "dcnv2.cross.rank", .rep_type = 4, .rep = {200}, .rep_len = 4), DCN_EFORMAT, "dcnv2.cross.rank"},
     {"cross_only with a deep network", M(.replace_key = "dcnv2.combine", .rep_type = 8, .rep = {10, 0, 0, 0, 0, 0, 0, 0, 'c', 'r', 'o', 's', 's', '_', 'o', 'n', 'l', 'y'}, .rep_len = 18), DCN_EFORMAT, "cross_only"},
     {"array count near SIZE_MAX", M(.replace_key = "dcnv2.deep.sizes", .rep_type = 9, .rep = {4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, .rep_len = 12), DCN_EFORMAT, "dcnv2.deep.sizes"},
