@@ -182,7 +182,7 @@ FUZZ_CC      ?= clang
 FUZZ_BUILD   := build/fuzz
 FUZZ_TARGETS := model score request
 FUZZ_SECONDS ?= 300
-FUZZ_CI_SECONDS ?= 60
+FUZZ_CI_SECONDS ?= 120
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -fno-strict-aliasing -I. -MMD -MP \
                 $(FUZZ_SAN) -fsanitize=fuzzer-no-link
@@ -219,9 +219,13 @@ fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 fuzz: deps fuzz-build
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_BUILD)/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+# CI's run is deterministic: a fixed seed and number of executions per target
+# (FUZZ_CI_SECONDS only caps a slow machine).
+FUZZ_CI_RUNS ?= 150000
 fuzz-ci: deps fuzz-replay fuzz-build
 	rm -rf $(FUZZ_BUILD)/ci
-	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_BUILD)/ci $(FUZZ_CI_SECONDS) $(FUZZ_TARGETS)
+	FUZZ_FLAGS="-seed=1 -runs=$(FUZZ_CI_RUNS)" \
+	  tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_BUILD)/ci $(FUZZ_CI_SECONDS) $(FUZZ_TARGETS)
 
 SOAK_ARGS ?=
 soak: deps all

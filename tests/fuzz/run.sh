@@ -4,6 +4,9 @@
 # size, crashes. Used by `make fuzz` (long) and `make fuzz-ci` (a minute).
 #
 # Usage: tests/fuzz/run.sh BIN_DIR WORK_DIR SECONDS TARGET...
+# FUZZ_FLAGS adds libFuzzer flags: CI passes a fixed -seed and -runs, so a
+# CI run repeats exactly what passed before it was submitted (a crash that
+# a longer `make fuzz` finds is fixed, then kept under crashes/).
 # A target T is BIN_DIR/fuzz_T, seeded from tests/fuzz/corpus/T (read only;
 # the model target also from tests/golden) and tests/fuzz/crashes/T; new
 # inputs go to WORK_DIR/corpus/T, crashes to WORK_DIR/crashes/T/, the log to
@@ -23,7 +26,7 @@ for t in "$@"; do
   echo "== fuzz_$t for ${secs}s (log: $work/$t.log)"
   # rss_limit: hostile model files may ask for large repacked weights; a
   # refused allocation is fine, unbounded growth is a bug.
-  "$bin/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 \
+  "$bin/fuzz_$t" -max_total_time="$secs" ${FUZZ_FLAGS:-} -print_final_stats=1 -rss_limit_mb=2048 \
     -timeout=10 $dict -artifact_prefix="$work/crashes/$t/" \
     "$work/corpus/$t" $seeds >"$work/$t.log" 2>&1
   rc=$?
