@@ -120,11 +120,14 @@ deps:
 run: deps all
 	$(DCNSERVE) --model $(MODEL) --port $(PORT)
 
-# The golden parity test runs once more on the scalar kernels (the oracle).
+# The golden parity test runs once more on the scalar kernels (the oracle),
+# and once with small row chunks.
 unit: $(TEST_BIN) $(STRESS_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=scalar)"; \
 	DCN_KERNELS=scalar $(BUILD)/tests/model/test_golden --jobs 2; \
+	echo "== $(BUILD)/tests/model/test_golden (DCN_CHUNK_ROWS=7: chunk edges inside segments)"; \
+	DCN_CHUNK_ROWS=7 $(BUILD)/tests/model/test_golden --jobs 2; \
 	for t in $(STRESS_BIN); do echo "== $$t"; $$t; done
 
 pytest: all
