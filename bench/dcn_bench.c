@@ -1,8 +1,9 @@
 /* dcn_bench.c — the engine benchmark harness behind `make bench`.
  *
  * Subcommands (JSON lines on stdout, one per measurement; progress on stderr):
- *   peak    FP32 FMA throughput probe on 1..N threads, and the running clock:
- *           the roof the engine's GFLOP/s are compared with
+ *   peak    FP32 FMA throughput probe on 1..N threads, the running clock, and
+ *           the streaming read bandwidth from memory: the roofs the
+ *           engine's GFLOP/s and batch-1 latencies are compared with
  *   run     dcn_score throughput and per-batch latency, per batch size and
  *           thread count
  *   share   request-context sharing: one request of R candidates whose first
@@ -73,6 +74,7 @@ typedef struct opts {
     size_t req_rows;                  /* share: candidates per request */
     long shared_sparse;               /* share: leading sparse features shared; -1 = about d/2 */
     size_t dump_rows;
+    int widen;                        /* run: dcn_open_opts.widen_weights */
 } opts;
 
 static void usage(FILE *f)
@@ -81,6 +83,7 @@ static void usage(FILE *f)
           "       dcn-bench run   --model F [--batches 1,16,64,256,1024] [--threads 1,2]\n"
           "                       [--min-time S] [--max-time S] [--min-iters N] [--warmup S]\n"
           "                       [--pool ROWS] [--seed N] [--retries N] [--foreign-max F]\n"
+          "                       [--widen 1]   (16-bit dense weights widened to f32 at load)\n"
           "       dcn-bench share --model F [--rows 100] [--shared-sparse N] [--threads 1,2] ...\n"
           "       dcn-bench dump  --model F --out FILE [--rows 8] [--seed N]\n"
           "JSON lines on stdout; progress on stderr.\n", f);
@@ -152,6 +155,7 @@ static int parse_args(int argc, char **argv, opts *o)
         else if (!strcmp(k, "--foreign-max")) o->foreign_max = atof(v);
         else if (!strcmp(k, "--rows")) o->req_rows = o->dump_rows = (size_t)atol(v);
         else if (!strcmp(k, "--shared-sparse")) o->shared_sparse = atol(v);
+        else if (!strcmp(k, "--widen")) o->widen = atoi(v);
         else {
         bad:
             fprintf(stderr, "dcn-bench: bad argument %s %s\n", k, v);
@@ -325,13 +329,33 @@ static uint64_t add_chain_loop(uint64_t iters)
 }
 #endif
 
-enum { PROBE_FMA256, PROBE_FMA512, PROBE_CLOCK };
+/* Streaming read of a buffer far larger than the caches, 4 independent sums:
+ * the bandwidth a layer's weights stream at when each is used once (the
+ * batch-1 case). 64 bytes a line, hardware prefetch only. */
+__attribute__((target("avx2"))) static float stream_loop(const float *buf, size_t n, uint64_t passes)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (uint64_t p = 0; p < passes; p++)
+        for (size_t i = 0; i + 32 <= n; i += 32) {
+            s0 = _mm256_add_ps(s0, _mm256_load_ps(buf + i));
+            s1 = _mm256_add_ps(s1, _mm256_load_ps(buf + i + 8));
+            s2 = _mm256_add_ps(s2, _mm256_load_ps(buf + i + 16));
+            s3 = _mm256_add_ps(s3, _mm256_load_ps(buf + i + 24));
+        }
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    return out[0] + out[7];
+}
+
+enum { PROBE_FMA256, PROBE_FMA512, PROBE_CLOCK, PROBE_STREAM };
+#define STREAM_BYTES (256u << 20) /* per thread: beyond any last-level cache here */
 
 typedef struct probe_arg {
     int kind;
     uint64_t iters;
     pthread_barrier_t *start;
-    double rate;                      /* FLOP/s or adds/s of this thread */
+    double rate;                      /* FLOP/s, adds/s or bytes/s of this thread */
+    float *buf;                       /* PROBE_STREAM: STREAM_BYTES, touched */
     volatile float sink;
 } probe_arg;
 
@@ -345,6 +369,8 @@ static void *probe_thread(void *p)
 #if BENCH_X86
     if (a->kind == PROBE_FMA256) a->sink = fma256_loop(a->iters), per_iter = 192;
     else if (a->kind == PROBE_FMA512) a->sink = fma512_loop(a->iters), per_iter = 512;
+    else if (a->kind == PROBE_STREAM)
+        a->sink = stream_loop(a->buf, STREAM_BYTES / sizeof(float), a->iters), per_iter = STREAM_BYTES;
     else a->sink = (float)add_chain_loop(a->iters), per_iter = 8;
 #endif
     a->rate = per_iter * (double)a->iters / (now_s() - t0);
@@ -356,22 +382,31 @@ static void *probe_thread(void *p)
  * disturbed only lowers it). Returns 0, or -1 when out of memory. */
 static int run_probe(int kind, size_t n, double seconds_s, int reps)
 {
-    /* calibrate on one thread: a short run, then scale to the wanted time */
-    probe_arg cal = {.kind = kind, .iters = 1u << 20};
-    pthread_barrier_t b1;
-    pthread_barrier_init(&b1, NULL, 1);
-    cal.start = &b1;
-    probe_thread(&cal);
-    pthread_barrier_destroy(&b1);
-    double per_iter = kind == PROBE_FMA256 ? 192 : kind == PROBE_FMA512 ? 512 : 8;
-    uint64_t iters = (uint64_t)(seconds_s * cal.rate / per_iter) + 1;
-
     probe_arg *a = calloc(n, sizeof *a);
     pthread_t *th = calloc(n, sizeof *th);
     if (!a || !th) {
         free(a), free(th);
         return -1;
     }
+    if (kind == PROBE_STREAM)
+        for (size_t i = 0; i < n; i++) {
+            a[i].buf = aligned_alloc(64, STREAM_BYTES);
+            if (!a[i].buf) {
+                for (size_t j = 0; j < i; j++) free(a[j].buf);
+                free(a), free(th);
+                return -1;
+            }
+            memset(a[i].buf, 0, STREAM_BYTES); /* fault every page in first */
+        }
+    /* calibrate on one thread: a short run, then scale to the wanted time */
+    probe_arg cal = {.kind = kind, .iters = kind == PROBE_STREAM ? 1 : 1u << 20, .buf = a[0].buf};
+    pthread_barrier_t b1;
+    pthread_barrier_init(&b1, NULL, 1);
+    cal.start = &b1;
+    probe_thread(&cal);
+    pthread_barrier_destroy(&b1);
+    double per_iter = kind == PROBE_FMA256 ? 192 : kind == PROBE_FMA512 ? 512 : kind == PROBE_STREAM ? STREAM_BYTES : 8;
+    uint64_t iters = (uint64_t)(seconds_s * cal.rate / per_iter) + 1;
     double best = 0, best_min = 0, best_fg = 0;
     for (int rep = 0; rep < reps; rep++) {
         pthread_barrier_t start;
@@ -395,8 +430,12 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
         if (sum > best)
             best = sum, best_min = min, best_fg = fg;
     }
-    static const char *names[] = {"fma256_fp32", "fma512_fp32", "clock_add_chain"};
-    if (kind == PROBE_CLOCK)
+    static const char *names[] = {"fma256_fp32", "fma512_fp32", "clock_add_chain", "stream_read"};
+    if (kind == PROBE_STREAM)
+        printf("{\"kind\": \"peak\", \"test\": \"%s\", \"threads\": %zu, \"gbps\": %.2f, "
+               "\"gbps_min_thread\": %.2f, \"reps\": %d, \"foreign_cpu\": %.4f}\n",
+               names[kind], n, best * 1e-9, best_min * 1e-9, reps, best_fg);
+    else if (kind == PROBE_CLOCK)
         printf("{\"kind\": \"peak\", \"test\": \"%s\", \"threads\": %zu, \"ghz\": %.3f, "
                "\"ghz_min_thread\": %.3f, \"reps\": %d, \"foreign_cpu\": %.4f}\n",
                names[kind], n, best / (double)n * 1e-9, best_min * 1e-9, reps, best_fg);
@@ -405,6 +444,7 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
                "\"gflops_min_thread\": %.2f, \"reps\": %d, \"foreign_cpu\": %.4f}\n",
                names[kind], n, best * 1e-9, best_min * 1e-9, reps, best_fg);
     fflush(stdout);
+    for (size_t i = 0; i < n; i++) free(a[i].buf);
     free(a), free(th);
     return 0;
 }
@@ -424,6 +464,7 @@ static int cmd_peak(const opts *o)
         run_probe(PROBE_CLOCK, n, s / 2, 3);
         if (has256) run_probe(PROBE_FMA256, n, s, 3);
         if (has512) run_probe(PROBE_FMA512, n, s, 3);
+        if (has256) run_probe(PROBE_STREAM, n, s, 3);
     }
 #else
     (void)o;
@@ -795,11 +836,11 @@ static int measure_pair(team *t, const row_pool *p, plan_fn plan_at, const void 
 
 /* Opens a model with its pages pre-faulted; exits the process on failure
  * (this is a command-line tool, not library code). */
-static dcn_model *open_model(const char *path)
+static dcn_model *open_model(const char *path, int widen)
 {
     char err[512];
     dcn_model *m = NULL;
-    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1};
+    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1, .widen_weights = widen};
     double t0 = now_s();
     int rc = dcn_open(path, &oo, &m, err, sizeof err);
     if (rc < 0) {
@@ -831,7 +872,7 @@ static void plan_plain(size_t i, const void *ctx, batch_plan *bp)
 /* `run`: one JSON line per (threads, batch) point. Returns 0 or 1. */
 static int cmd_run(const opts *o)
 {
-    dcn_model *m = open_model(o->model);
+    dcn_model *m = open_model(o->model, o->widen);
     const dcn_info *in = dcn_model_info(m);
     size_t max_b = 0;
     for (size_t k = 0; k < o->n_batches; k++)
@@ -871,10 +912,10 @@ static int cmd_run(const opts *o)
                    "\"samples_per_s\": %.2f, \"gflops\": %.3f, \"flops_per_row\": %.0f, "
                    "\"lat_ms_median\": %.4f, \"lat_ms_p99\": %.4f, \"lat_ms_mean\": %.4f, "
                    "\"lat_ms_min\": %.4f, \"foreign_cpu\": %.4f, \"steal\": %.4f, \"tries\": %d, "
-                   "\"pool_rows\": %zu}\n",
+                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d}\n",
                    dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
                    r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
-                   r.steal, tries, pool_rows);
+                   r.steal, tries, pool_rows, in->packed_bytes, o->widen);
             fflush(stdout);
             fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
                             "p99 %8.3f ms (%zu iters, fg %.2f)\n",
@@ -944,7 +985,7 @@ static void plan_share(size_t i, const void *ctx, batch_plan *bp)
  * Returns 0 or 1. */
 static int cmd_share(const opts *o)
 {
-    dcn_model *m = open_model(o->model);
+    dcn_model *m = open_model(o->model, o->widen);
     const dcn_info *in = dcn_model_info(m);
     size_t R = o->req_rows;
     size_t n_req = o->pool_rows / R;
@@ -1064,7 +1105,7 @@ static int cmd_dump(const opts *o)
         fputs("dcn-bench dump: --out is required\n", stderr);
         return 1;
     }
-    dcn_model *m = open_model(o->model);
+    dcn_model *m = open_model(o->model, o->widen);
     size_t n = o->dump_rows;
     row_pool p;
     float *prob = malloc(n * sizeof *prob), *logit = malloc(n * sizeof *logit);

@@ -14,6 +14,9 @@ Models (the benchmark of issue 2, §4):
 - dlrmv2:          bottom MLP 13-512-256-128, 26 tables of dim 128 (vocabulary
                    capped at 100,000), x0 = 3456, 3 low-rank layers of rank
                    512, deep [1024, 1024, 512, 256], stacked;
+- dlrmv2-bf16:     dlrmv2's weights with every dense matrix stored as BF16
+                   (rounded to nearest even; tables and biases stay F32):
+                   the engine keeps them 16-bit (half the bytes to stream);
 - criteo-full-parallel: criteo-full combined `parallel` (the deep network
                    reads x0): only for the context-sharing measurement.
 Features: index mapping, sum pooling, single-hot; dense features untransformed
@@ -67,6 +70,7 @@ MODELS = {
                                               "activation": "tanh", "gate": "softmax",
                                               "gate_shared": False}), 103),
     "dlrmv2": (dlrmv2_spec(), 104),
+    "dlrmv2-bf16": (dict(dlrmv2_spec(), name="dlrmv2-bf16", dtype="BF16"), 104),
     "criteo-full-parallel": (criteo_spec("criteo-full-parallel", {"kind": "full", "layers": 3},
                                          combine="parallel"), 105),
 }

@@ -119,7 +119,15 @@ typedef struct loader {
     dcn_model *m;
     char *err;
     size_t errlen;
+    int widen; /* dcn_open_opts.widen_weights */
 } loader;
+
+/* How the kernels store a layer packed from tensors of these dtypes: in
+ * their own 16 bits when they share one (exact), else float32. */
+static int panel_type(const loader *ld, int dt, int dt2) {
+    if (ld->widen || dt != dt2) return KW_F32;
+    return dt == DCN_BF16 ? KW_BF16 : dt == DCN_F16 ? KW_F16 : KW_F32;
+}
 
 static const gg_kv *kv_get(loader *ld, const char *key, uint32_t type, int required, int *rc) {
     const gg_kv *kv = gg_find_kv(&ld->m->gg, key);
@@ -357,7 +365,7 @@ static int load_linear(loader *ld, klinear *L, const char *prefix, size_t out, s
     const gg_tensor *tb = need_tensor(ld, bn, WEIGHT_DTYPES, 1, (uint64_t[]){out}, &rc);
     if (!tb) return rc;
     float *w = tensor_f32(ld, tw, wn, &rc), *b = w ? tensor_f32(ld, tb, bn, &rc) : NULL;
-    if (w && b && kern_pack(L, w, b, out, in, ld->m->ks->nr))
+    if (w && b && kern_pack_as(L, w, b, out, in, ld->m->ks->nr, panel_type(ld, tw->dtype, tw->dtype)))
         rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory packing '%s'", wn);
     free(w);
     free(b);
@@ -541,8 +549,8 @@ static int load_mlp(loader *ld, const char *prefix, klinear **layers, const uint
 
 /* Packs a (rows, cols) float matrix given as a tensor slice. */
 static int pack_slice(loader *ld, klinear *L, const float *w, const float *bias, size_t out, size_t in,
-                      const char *name) {
-    if (kern_pack(L, w, bias, out, in, ld->m->ks->nr))
+                      const char *name, int wt) {
+    if (kern_pack_as(L, w, bias, out, in, ld->m->ks->nr, wt))
         return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory packing '%s'", name);
     return 0;
 }
@@ -555,10 +563,12 @@ static int load_cross(loader *ld) {
     m->cross = calloc(L ? L : 1, sizeof *m->cross);
     if (!m->cross) return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory");
     float *gw = NULL, *gb = NULL; /* shared gate */
+    int gdt_shared = DCN_F32;     /* its weight's dtype */
     int gated = in->cross_kind == DCN_CROSS_MIX && in->gate != DCN_GATE_CONSTANT;
     if (gated && in->gate_shared) {
         const gg_tensor *t = need_tensor(ld, "cross.gate.weight", WEIGHT_DTYPES, 2, (uint64_t[]){K, d}, &rc);
         if (!t || !(gw = tensor_f32(ld, t, "cross.gate.weight", &rc))) return rc;
+        gdt_shared = (int)t->dtype;
         if (gg_find_tensor(&m->gg, "cross.gate.bias") >= 0) {
             t = need_tensor(ld, "cross.gate.bias", WEIGHT_DTYPES, 1, (uint64_t[]){K}, &rc);
             if (!t || !(gb = tensor_f32(ld, t, "cross.gate.bias", &rc))) goto out;
@@ -583,7 +593,7 @@ static int load_cross(loader *ld) {
             snprintf(n1, sizeof n1, "cross.%zu.weight", l);
             const gg_tensor *t = need_tensor(ld, n1, WEIGHT_DTYPES, 2, (uint64_t[]){d, d}, &rc);
             float *w = t ? tensor_f32(ld, t, n1, &rc) : NULL;
-            if (w) rc = pack_slice(ld, &x->a, w, bias, d, d, n1);
+            if (w) rc = pack_slice(ld, &x->a, w, bias, d, d, n1, panel_type(ld, t->dtype, t->dtype));
             free(w);
             free(bias);
             if (rc) goto out;
@@ -595,7 +605,8 @@ static int load_cross(loader *ld) {
             const gg_tensor *tv = need_tensor(ld, n1, WEIGHT_DTYPES, 2, (uint64_t[]){r, d}, &rc);
             const gg_tensor *tu = tv ? need_tensor(ld, n2, WEIGHT_DTYPES, 2, (uint64_t[]){d, r}, &rc) : NULL;
             float *v = tu ? tensor_f32(ld, tv, n1, &rc) : NULL, *u = v ? tensor_f32(ld, tu, n2, &rc) : NULL;
-            if (u && !(rc = pack_slice(ld, &x->a, v, NULL, r, d, n1))) rc = pack_slice(ld, &x->u, u, bias, d, r, n2);
+            if (u && !(rc = pack_slice(ld, &x->a, v, NULL, r, d, n1, panel_type(ld, tv->dtype, tv->dtype))))
+                rc = pack_slice(ld, &x->u, u, bias, d, r, n2, panel_type(ld, tu->dtype, tu->dtype));
             free(v);
             free(u);
             free(bias);
@@ -612,6 +623,7 @@ static int load_cross(loader *ld) {
             float *v = tu ? tensor_f32(ld, tv, n1, &rc) : NULL, *c = v ? tensor_f32(ld, tc, n2, &rc) : NULL;
             float *u = c ? tensor_f32(ld, tu, n3, &rc) : NULL;
             float *lgw = NULL, *lgb = NULL, *va = NULL, *vb = NULL, *ucat = NULL;
+            int gdt = gdt_shared;
             if (!u) goto mix_done;
             if (gated && !in->gate_shared) {
                 char g1[64], g2[64];
@@ -619,6 +631,7 @@ static int load_cross(loader *ld) {
                 snprintf(g2, sizeof g2, "cross.%zu.gate.bias", l);
                 const gg_tensor *t = need_tensor(ld, g1, WEIGHT_DTYPES, 2, (uint64_t[]){K, d}, &rc);
                 if (!t || !(lgw = tensor_f32(ld, t, g1, &rc))) goto mix_done;
+                gdt = (int)t->dtype;
                 if (gg_find_tensor(&m->gg, g2) >= 0) {
                     t = need_tensor(ld, g2, WEIGHT_DTYPES, 1, (uint64_t[]){K}, &rc);
                     if (!t || !(lgb = tensor_f32(ld, t, g2, &rc))) goto mix_done;
@@ -644,14 +657,18 @@ static int load_cross(loader *ld) {
             /* U_cat (d, K*r): row n = [U_0[n, :], ..., U_{K-1}[n, :]]. */
             for (size_t i = 0; i < K; i++)
                 for (size_t n = 0; n < d; n++) memcpy(ucat + n * K * r + i * r, u + (i * d + n) * r, r * sizeof *u);
-            if ((rc = pack_slice(ld, &x->a, va, vb, rows, d, n1)) || (rc = pack_slice(ld, &x->u, ucat, bias, d, K * r, n3)))
+            /* a holds the gate's rows too: 16-bit only if they are of V's type */
+            int wa = panel_type(ld, (int)tv->dtype, gated ? gdt : (int)tv->dtype);
+            if ((rc = pack_slice(ld, &x->a, va, vb, rows, d, n1, wa)) ||
+                (rc = pack_slice(ld, &x->u, ucat, bias, d, K * r, n3, panel_type(ld, tu->dtype, tu->dtype))))
                 goto mix_done;
             x->c = calloc(K, sizeof *x->c);
             if (!x->c) {
                 rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory");
                 goto mix_done;
             }
-            for (size_t i = 0; i < K && !rc; i++) rc = pack_slice(ld, &x->c[i], c + i * r * r, NULL, r, r, n2);
+            for (size_t i = 0; i < K && !rc; i++)
+                rc = pack_slice(ld, &x->c[i], c + i * r * r, NULL, r, r, n2, panel_type(ld, tc->dtype, tc->dtype));
         mix_done:
             if (lgw != gw) free(lgw);
             if (lgb != gb) free(lgb);
@@ -883,13 +900,14 @@ static int build(loader *ld) {
     if (in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR) o = m->cross[0].a.out_pad;
     if (in->n_deep) o = o > m->deep[0].out_pad ? o : m->deep[0].out_pad;
     m->max_out_pad = o ? o : 1;
-    for (size_t j = 0; j < in->n_bottom; j++) m->packed_bytes += m->bottom[j].out_pad * m->bottom[j].in * 4;
-    for (size_t j = 0; j < in->n_deep; j++) m->packed_bytes += m->deep[j].out_pad * m->deep[j].in * 4;
+    for (size_t j = 0; j < in->n_bottom; j++) m->packed_bytes += kern_packed_bytes(&m->bottom[j]);
+    for (size_t j = 0; j < in->n_deep; j++) m->packed_bytes += kern_packed_bytes(&m->deep[j]);
     for (size_t l = 0; l < in->cross_layers; l++) {
         const xlayer *x = &m->cross[l];
-        m->packed_bytes += (x->a.out_pad * x->a.in + x->u.out_pad * x->u.in) * 4;
-        for (size_t i = 0; x->c && i < in->experts; i++) m->packed_bytes += x->c[i].out_pad * x->c[i].in * 4;
+        m->packed_bytes += kern_packed_bytes(&x->a) + kern_packed_bytes(&x->u);
+        for (size_t i = 0; x->c && i < in->experts; i++) m->packed_bytes += kern_packed_bytes(&x->c[i]);
     }
+    in->packed_bytes = m->packed_bytes;
     compute_flops(m);
     return 0;
 }
@@ -900,7 +918,7 @@ int dcn_open(const char *path, const dcn_open_opts *opts, dcn_model **out, char 
     dcn_model *m = calloc(1, sizeof *m);
     if (!m) return fail(err, errlen, DCN_ENOMEM, "out of memory");
     m->ks = kern_get();
-    loader ld = {m, err, errlen};
+    loader ld = {m, err, errlen, opts ? opts->widen_weights : 0};
     int rc;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

@@ -118,6 +118,8 @@ typedef struct dcn_info {
     int has_crc32;
     uint32_t crc32;             /* as stored in the file */
     double flops_per_row;       /* multiply-adds x 2 of one unshared row */
+    size_t packed_bytes;        /* dense weights as the kernels read them: F16
+                                   and BF16 tensors stay 16-bit */
     uint64_t instance_id;       /* unique per dcn_open in this process: tells
                                    models apart even when a freed handle's
                                    address is reused */
@@ -126,6 +128,8 @@ typedef struct dcn_info {
 typedef struct dcn_open_opts {
     int verify_checksum;        /* read the data section and check its CRC-32 */
     int warmup;                 /* pre-fault every page of the mapping */
+    int widen_weights;          /* keep F16/BF16 dense weights as float32
+                                   (twice the bytes; for comparisons) */
 } dcn_open_opts;
 
 /* Opens and validates a model file (FORMAT.md). On success stores a handle

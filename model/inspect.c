@@ -98,8 +98,9 @@ static void print_model(const dcn_model *m) {
                in->gate_shared ? " (shared)" : "");
     printf("\ndeep MLP:");
     for (size_t j = 0; j < in->n_deep; j++) printf(" %u", in->deep_sizes[j]);
-    printf("%s\ncombine: %s\nflops per row: %.0f\nkernels: %s\n", in->n_deep ? "" : " none",
-           combine_names[in->combine], in->flops_per_row, dcn_kernels_name());
+    printf("%s\ncombine: %s\nflops per row: %.0f\ndense weights as the kernels read them: %zu bytes\nkernels: %s\n",
+           in->n_deep ? "" : " none", combine_names[in->combine], in->flops_per_row, in->packed_bytes,
+           dcn_kernels_name());
     for (size_t j = 0; j < in->n_dense; j++) {
         const dcn_dense_spec *s = dcn_dense(m, j);
         printf("  dense  %-12s default %g clip [%g, %g] %s", s->name, s->default_value, s->clip_min, s->clip_max,

@@ -26,13 +26,11 @@ static float epilogue(const kepi *e, size_t r, size_t n, float acc) {
 
 static void gemm_scalar(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
                         float *y, size_t ldy, const kepi *e) {
-    size_t nr = L->nr;
     for (size_t r = 0; r < m; r++)
         for (size_t n = 0; n < L->out; n++) {
-            const float *w = L->wp + (n / nr) * L->in * nr + n % nr;
             double acc = 0.0; /* the oracle sums in double */
             for (size_t g = 0; g < n_rg; g++)
-                for (size_t k = rg[g].k0; k < rg[g].k1; k++) acc += (double)x[r * ldx + k] * w[k * nr];
+                for (size_t k = rg[g].k0; k < rg[g].k1; k++) acc += (double)x[r * ldx + k] * kern_weight(L, n, k);
             y[r * ldy + n] = epilogue(e, r, n, (float)acc);
         }
 }

@@ -53,14 +53,18 @@ const kern_set *kern_get(void) {
     return chosen;
 }
 
-int kern_pack(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr) {
+int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr, int wt) {
     memset(L, 0, sizeof *L);
     size_t out_pad = (out + nr - 1) / nr * nr;
-    size_t wbytes = out_pad * in * sizeof(float);
+    size_t es = wt == KW_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t wbytes = (out_pad * in * es + 63) / 64 * 64;
     size_t bbytes = out_pad * sizeof(float);
-    L->wp = aligned_alloc(64, (wbytes + 63) / 64 * 64);
+    if (wt == KW_F32)
+        L->wp = aligned_alloc(64, wbytes ? wbytes : 64);
+    else
+        L->wh = aligned_alloc(64, wbytes ? wbytes : 64);
     L->bias = aligned_alloc(64, (bbytes + 63) / 64 * 64);
-    if (!L->wp || !L->bias) {
+    if ((!L->wp && !L->wh) || !L->bias) {
         kern_linear_free(L);
         return -1;
     }
@@ -68,20 +72,69 @@ int kern_pack(klinear *L, const float *w, const float *bias, size_t out, size_t 
     L->out = out;
     L->out_pad = out_pad;
     L->nr = nr;
+    L->wt = wt;
     for (size_t p = 0; p < out_pad / nr; p++)
         for (size_t k = 0; k < in; k++)
             for (size_t j = 0; j < nr; j++) {
-                size_t n = p * nr + j;
-                L->wp[(p * in + k) * nr + j] = n < out ? w[n * in + k] : 0.0f;
+                size_t n = p * nr + j, at = (p * in + k) * nr + j;
+                float v = n < out ? w[n * in + k] : 0.0f;
+                if (wt == KW_F32)
+                    L->wp[at] = v;
+                else
+                    L->wh[at] = wt == KW_BF16 ? kern_f32_to_bf16(v) : kern_f32_to_f16(v);
             }
     for (size_t n = 0; n < out_pad; n++) L->bias[n] = (bias && n < out) ? bias[n] : 0.0f;
     return 0;
 }
 
+int kern_pack(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr) {
+    return kern_pack_as(L, w, bias, out, in, nr, KW_F32);
+}
+
+size_t kern_packed_bytes(const klinear *L) {
+    return L->out_pad * L->in * (L->wt == KW_F32 ? sizeof(float) : sizeof(uint16_t));
+}
+
+float kern_weight(const klinear *L, size_t n, size_t k) {
+    size_t at = ((n / L->nr) * L->in + k) * L->nr + n % L->nr;
+    switch (L->wt) {
+    case KW_BF16: return kern_bf16_to_f32(L->wh[at]);
+    case KW_F16: return kern_f16_to_f32(L->wh[at]);
+    default: return L->wp[at];
+    }
+}
+
 void kern_linear_free(klinear *L) {
     free(L->wp);
+    free(L->wh);
     free(L->bias);
     memset(L, 0, sizeof *L);
+}
+
+uint16_t kern_f32_to_bf16(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(b >> 16 | 0x40); /* quiet NaN */
+    b += 0x7fffu + (b >> 16 & 1);
+    return (uint16_t)(b >> 16);
+}
+
+uint16_t kern_f32_to_f16(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    uint32_t sign = b >> 16 & 0x8000, a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00); /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds past 65504: inf */
+    if (a < 0x38800000u) { /* below 2^-14: subnormal or zero */
+        if (a < 0x33000000u) return (uint16_t)sign; /* below half the smallest subnormal */
+        uint32_t man = (a & 0x7fffffu) | 0x800000u, shift = 126 - (a >> 23); /* 14..24 */
+        uint32_t h = man >> shift, rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((a >> 23) - 112) << 10 | (a >> 13 & 0x3ff), rest = a & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++; /* may carry into the exponent: right */
+    return (uint16_t)(sign | h);
 }
 
 float kern_bf16_to_f32(uint16_t h) {

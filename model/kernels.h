@@ -22,12 +22,20 @@
 
 #define KERN_NR_MAX 32
 
+/* How packed weights are stored. 16-bit panels halve the bytes a layer
+ * streams (the few-rows case is bound by them); the kernels widen them to
+ * float32 as they read (few rows) or once per K block and panel into a
+ * per-thread buffer (the blocked path), and always sum in float32. */
+enum { KW_F32, KW_BF16, KW_F16 };
+
 /* A linear layer y = W x + b with W (out, in) packed for the kernel set. */
 typedef struct klinear {
     size_t in, out;
     size_t out_pad;     /* out rounded up to nr */
     size_t nr;          /* panel width the weights were packed for */
-    float *wp;          /* (out_pad / nr, in, nr) packed, 64-byte aligned */
+    int wt;             /* KW_*: which of wp / wh holds the panels */
+    float *wp;          /* KW_F32: (out_pad / nr, in, nr) packed, 64-byte aligned */
+    uint16_t *wh;       /* KW_BF16 / KW_F16: the same layout in 16 bits */
     float *bias;        /* (out_pad), zero past out; never NULL */
 } klinear;
 
@@ -82,9 +90,18 @@ size_t kern_available(const kern_set **out, size_t max);
 /* Packs W (out, in), given as float32 row-major, into L for panel width nr.
  * Returns 0 or -1 (out of memory). bias may be NULL (zeros). */
 int kern_pack(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr);
+/* The same, stored as wt (KW_*). Values of w must be exact in wt (they were
+ * read from a tensor of that type): packing rounds nothing then. */
+int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr, int wt);
+/* Bytes of the packed weights. */
+size_t kern_packed_bytes(const klinear *L);
+/* Weight (n, k) of a packed layer as float32 (tests, the scalar oracle). */
+float kern_weight(const klinear *L, size_t n, size_t k);
 void kern_linear_free(klinear *L);
 
 float kern_f16_to_f32(uint16_t h);
 float kern_bf16_to_f32(uint16_t h);
+uint16_t kern_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
+uint16_t kern_f32_to_f16(float f);  /* round to nearest even; overflow to inf */
 
 #endif

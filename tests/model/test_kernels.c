@@ -1,8 +1,9 @@
 /* test_kernels.c — every optimised kernel set this CPU runs equals the scalar
  * reference: GEMM with each epilogue, on awkward sizes (1, 7, 15, 16, 17, 63,
  * 65, 1023), split input ranges (request-context sharing) and row counts that
- * leave partial tiles; embedding-row conversions on odd lengths and
- * unaligned pointers. */
+ * leave partial tiles; weights stored as BF16 / F16 panels equal the same
+ * weights stored as float32; embedding-row conversions on odd lengths and
+ * unaligned pointers; float <-> half conversions, exhaustively. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -23,20 +24,35 @@ static const size_t sizes[] = {1, 7, 15, 16, 17, 63, 65, 1023};
 
 /* Runs one GEMM case on set ks and on the scalar set; asserts closeness
  * relative to the sum of |x||w| (the rounding budget of a dot product). */
+static float round_to(float v, int wt) {
+    if (wt == KW_BF16) return kern_bf16_to_f32(kern_f32_to_bf16(v));
+    if (wt == KW_F16) return kern_f16_to_f32(kern_f32_to_f16(v));
+    return v;
+}
+
+static void check_gemm_as(const kern_set *ks, size_t m, size_t out, size_t in, int kind, int split, int wt);
 static void check_gemm(const kern_set *ks, size_t m, size_t out, size_t in, int kind, int split) {
+    check_gemm_as(ks, m, out, in, kind, split, KW_F32);
+}
+
+/* With wt 16-bit, the weights are made exact in it, the scalar oracle reads
+ * float32 panels and ks reads wt panels; the results must also equal ks on
+ * float32 panels bit for bit (same products, same order). */
+static void check_gemm_as(const kern_set *ks, size_t m, size_t out, size_t in, int kind, int split, int wt) {
     size_t ldx = in + 3, ldy = out + 5;
     float *w = malloc(out * in * sizeof *w), *b = malloc(out * sizeof *b);
     float *x = malloc(m * ldx * sizeof *x), *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl);
     float *bs = malloc(m * sizeof *bs);
     float *y1 = calloc(m * ldy, sizeof *y1), *y2 = calloc(m * ldy, sizeof *y2), *mag = calloc(m * out, sizeof *mag);
-    for (size_t i = 0; i < out * in; i++) w[i] = frand();
+    for (size_t i = 0; i < out * in; i++) w[i] = round_to(frand(), wt);
     for (size_t i = 0; i < out; i++) b[i] = frand();
     for (size_t i = 0; i < m * ldx; i++) x[i] = frand();
     for (size_t i = 0; i < m * ldy; i++) x0[i] = frand(), xl[i] = frand();
     for (size_t i = 0; i < m; i++) bs[i] = frand() + 1.5f;
     klinear Ls, Lk;
     cr_assert_eq(kern_pack(&Ls, w, b, out, in, kern_scalar.nr), 0);
-    cr_assert_eq(kern_pack(&Lk, w, b, out, in, ks->nr), 0);
+    cr_assert_eq(kern_pack_as(&Lk, w, b, out, in, ks->nr, wt), 0);
+    cr_assert_eq(kern_packed_bytes(&Lk), Lk.out_pad * in * (wt == KW_F32 ? 4 : 2));
     krange rg[3];
     size_t nrg = 1;
     rg[0] = (krange){0, (uint32_t)in};
@@ -65,6 +81,17 @@ static void check_gemm(const kern_set *ks, size_t m, size_t out, size_t in, int 
     /* Columns past out are never written. */
     for (size_t r = 0; r < m; r++)
         for (size_t n = out; n < ldy; n++) cr_assert_eq(y2[r * ldy + n], 0.0f);
+    if (wt != KW_F32) {
+        klinear Lf;
+        float *y3 = calloc(m * ldy, sizeof *y3);
+        cr_assert_eq(kern_pack(&Lf, w, b, out, in, ks->nr), 0);
+        e.bias = Lf.bias;
+        ks->gemm(m, x, ldx, &Lf, rg, nrg, y3, ldy, &e);
+        cr_assert_eq(memcmp(y2, y3, m * ldy * sizeof *y3), 0, "%s wt=%d m=%zu out=%zu in=%zu: 16-bit panels differ",
+                     ks->name, wt, m, out, in);
+        kern_linear_free(&Lf);
+        free(y3);
+    }
     kern_linear_free(&Ls);
     kern_linear_free(&Lk);
     free(w), free(b), free(x), free(x0), free(xl), free(bs), free(y1), free(y2), free(mag);
@@ -100,6 +127,19 @@ Test(kernels, gemm_large_and_split, .timeout = 120) {
         check_gemm(sets[s], 17, 65, 1023, KEPI_RELU, 1);
         check_gemm(sets[s], 7, 1023, 17, KEPI_BIAS, 0);
     }
+}
+
+Test(kernels, gemm_16bit_panels, .timeout = 120) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    static const size_t rows[] = {1, 2, 5, 6, 7, 13, 49, 130};
+    for (size_t s = 0; s < n; s++)
+        for (int wt = KW_BF16; wt <= KW_F16; wt++)
+            for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+                check_gemm_as(sets[s], rows[i], 65, 17, KEPI_RELU, (int)i % 2, wt);
+                check_gemm_as(sets[s], rows[i], 33, 300, KEPI_CROSS, (int)(i + 1) % 2, wt); /* > one K block */
+                check_gemm_as(sets[s], rows[i], 7, 64, KEPI_BIAS, 0, wt);
+            }
 }
 
 Test(kernels, embedding_rows_match_scalar) {
@@ -143,23 +183,23 @@ Test(kernels, gemm_many_ranges) {
     size_t in = 700, out = 33, m = 20;
     float *w = malloc(out * in * sizeof *w), *x = malloc(m * in * sizeof *x);
     float *y1 = calloc(m * out, sizeof *y1), *y2 = calloc(m * out, sizeof *y2);
-    for (size_t i = 0; i < out * in; i++) w[i] = frand();
+    for (size_t i = 0; i < out * in; i++) w[i] = round_to(frand(), KW_BF16);
     for (size_t i = 0; i < m * in; i++) x[i] = frand();
     krange rg[200];
     size_t nrg = 0;
     for (uint32_t k = 0; k + 3 <= in && nrg < 200; k += 5) rg[nrg++] = (krange){k, k + (nrg % 4 == 0 ? 0 : 3)};
-    for (size_t s = 1; s < n; s++) {
+    for (size_t s = 1; s < 2 * n; s++) { /* then again with BF16 panels */
         klinear Ls, Lk;
         kern_pack(&Ls, w, NULL, out, in, kern_scalar.nr);
-        kern_pack(&Lk, w, NULL, out, in, sets[s]->nr);
+        kern_pack_as(&Lk, w, NULL, out, in, sets[s % n]->nr, s < n ? KW_F32 : KW_BF16);
         kepi e = {.kind = KEPI_RELU, .bias = Ls.bias};
         kern_scalar.gemm(m, x, in, &Ls, rg, nrg, y1, out, &e);
         e.bias = Lk.bias;
-        sets[s]->gemm(m, x, in, &Lk, rg, nrg, y2, out, &e);
+        sets[s % n]->gemm(m, x, in, &Lk, rg, nrg, y2, out, &e);
         for (size_t i = 0; i < m * out; i++) cr_assert(fabsf(y1[i] - y2[i]) <= 1e-4f, "%zu: %g vs %g", i, y1[i], y2[i]);
         /* no input at all: the epilogue of a zero sum */
         e.bias = Lk.bias;
-        sets[s]->gemm(m, x, in, &Lk, rg, 0, y2, out, &e);
+        sets[s % n]->gemm(m, x, in, &Lk, rg, 0, y2, out, &e);
         for (size_t i = 0; i < m * out; i++) cr_assert_eq(y2[i], 0.0f);
         kern_linear_free(&Ls);
         kern_linear_free(&Lk);
@@ -202,4 +242,26 @@ Test(kernels, half_conversions) {
     cr_assert(isnan(kern_f16_to_f32(0x7e00)));
     cr_assert_eq(kern_bf16_to_f32(0x3f80), 1.0f);
     cr_assert_eq(kern_bf16_to_f32(0xc040), -3.0f);
+    /* Every half and bfloat16 value survives float and back. */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float f = kern_f16_to_f32((uint16_t)h), g = kern_bf16_to_f32((uint16_t)h);
+        if (!isnan(f)) cr_assert_eq(kern_f32_to_f16(f), h, "f16 %04x", h);
+        if (!isnan(g)) cr_assert_eq(kern_f32_to_bf16(g), h, "bf16 %04x", h);
+        if (isnan(f)) cr_assert(isnan(kern_f16_to_f32(kern_f32_to_f16(f))));
+        if (isnan(g)) cr_assert(isnan(kern_bf16_to_f32(kern_f32_to_bf16(g))));
+    }
+    /* Rounding: to nearest, ties to even, overflow to infinity. */
+    cr_assert_eq(kern_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);          /* tie, even below */
+    cr_assert_eq(kern_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);      /* tie, even above */
+    cr_assert_eq(kern_f32_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);
+    cr_assert_eq(kern_f32_to_f16(65519.0f), 0x7bff);
+    cr_assert_eq(kern_f32_to_f16(65520.0f), 0x7c00);
+    cr_assert_eq(kern_f32_to_f16(-1e9f), 0xfc00);
+    cr_assert_eq(kern_f32_to_f16(0x1p-25f), 0x0000);                 /* tie to zero */
+    cr_assert_eq(kern_f32_to_f16(0x1p-25f + 0x1p-40f), 0x0001);
+    cr_assert_eq(kern_f32_to_f16(3 * 0x1p-25f), 0x0002);             /* tie, even above */
+    cr_assert_eq(kern_f32_to_f16(1023 * 0x1p-24f + 0x1p-25f), 0x0400); /* carries to the smallest normal */
+    cr_assert_eq(kern_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
+    cr_assert_eq(kern_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);
+    cr_assert_eq(kern_f32_to_bf16(3.4e38f), 0x7f80);
 }
