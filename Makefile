@@ -36,7 +36,7 @@ DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-
              libcriterion-dev python3 python3-numpy python3-torch wrk curl
 
 # ---------------------------------------------------------------- library
-MODEL_SRC := model/dcn.c model/gguf.c model/kernels.c model/kern_scalar.c \
+MODEL_SRC := model/dcn.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
              model/kern_avx2.c model/kern_avx512.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 LIBDCN    := $(BUILD)/libdcn.a
@@ -128,6 +128,8 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 	DCN_KERNELS=scalar $(BUILD)/tests/model/test_golden --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_CHUNK_ROWS=7: chunk edges inside segments)"; \
 	DCN_CHUNK_ROWS=7 $(BUILD)/tests/model/test_golden --jobs 2; \
+	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: layers split by columns)"; \
+	DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0 $(BUILD)/tests/model/test_golden --jobs 2; \
 	for t in $(STRESS_BIN); do echo "== $$t"; $$t; done
 
 pytest: all

@@ -75,6 +75,7 @@ typedef struct opts {
     long shared_sparse;               /* share: leading sparse features shared; -1 = about d/2 */
     size_t dump_rows;
     int widen;                        /* run: dcn_open_opts.widen_weights */
+    int cols;                         /* split batches of <= DCN_TEAM_MAX_ROWS by columns (dcn_team) */
 } opts;
 
 static void usage(FILE *f)
@@ -84,6 +85,8 @@ static void usage(FILE *f)
           "                       [--min-time S] [--max-time S] [--min-iters N] [--warmup S]\n"
           "                       [--pool ROWS] [--seed N] [--retries N] [--foreign-max F]\n"
           "                       [--widen 1]   (16-bit dense weights widened to f32 at load)\n"
+          "                       [--cols 0|1]  (1, the default: batches of <= 5 rows on T > 1\n"
+          "                                      threads split each heavy layer by columns)\n"
           "       dcn-bench share --model F [--rows 100] [--shared-sparse N] [--threads 1,2] ...\n"
           "       dcn-bench dump  --model F --out FILE [--rows 8] [--seed N]\n"
           "JSON lines on stdout; progress on stderr.\n", f);
@@ -126,6 +129,7 @@ static int parse_args(int argc, char **argv, opts *o)
     o->req_rows = 100;
     o->shared_sparse = -1;
     o->dump_rows = 8;
+    o->cols = 1;
     if (argc < 2)
         return -1;
     o->cmd = argv[1];
@@ -156,6 +160,7 @@ static int parse_args(int argc, char **argv, opts *o)
         else if (!strcmp(k, "--rows")) o->req_rows = o->dump_rows = (size_t)atol(v);
         else if (!strcmp(k, "--shared-sparse")) o->shared_sparse = atol(v);
         else if (!strcmp(k, "--widen")) o->widen = atoi(v);
+        else if (!strcmp(k, "--cols")) o->cols = atoi(v);
         else {
         bad:
             fprintf(stderr, "dcn-bench: bad argument %s %s\n", k, v);
@@ -550,6 +555,7 @@ typedef struct team {
     worker *w;                        /* (n); w[0] runs on the calling thread */
     sem_t done;                       /* posted by each worker per batch */
     int stop;
+    dcn_team *cols;                   /* or NULL: n - 1 helpers lent to w[0] for small batches */
 } team;
 
 /* Worker thread body: score its slice each time `go` is posted, until stop. */
@@ -584,13 +590,15 @@ static void team_free(team *t)
         sem_destroy(&t->w[i].go);
     }
     sem_destroy(&t->done);
+    dcn_team_free(t->cols);
     free(t->w);
     free(t);
 }
 
 /* Makes a team of n threads (n - 1 new pthreads), each with a scratch for
- * max_rows rows. Returns NULL on failure. */
-static team *team_new(const dcn_model *m, size_t n, size_t max_rows)
+ * max_rows rows, and with cols, a dcn_team of n - 1 helpers for the
+ * column split. Returns NULL on failure. */
+static team *team_new(const dcn_model *m, size_t n, size_t max_rows, int cols)
 {
     team *t = calloc(1, sizeof *t);
     if (!t)
@@ -615,6 +623,8 @@ static team *team_new(const dcn_model *m, size_t n, size_t max_rows)
     for (size_t i = 1; i < n; i++)
         if (pthread_create(&t->w[i].th, NULL, worker_main, &t->w[i]) != 0)
             goto fail;
+    if (cols && n > 1 && !(t->cols = dcn_team_new(n - 1)))
+        goto fail;
     return t;
 fail:
     team_free(t);
@@ -647,10 +657,16 @@ typedef struct batch_plan {
 } batch_plan;
 
 /* Splits a batch into min(T, rows) contiguous slices, one per thread; each
- * slice is one segment. Returns the number of slices. */
+ * slice is one segment. With a column team and a batch of at most
+ * DCN_TEAM_MAX_ROWS rows, one slice instead, whose heavy layers the team
+ * splits by columns. Returns the number of slices. */
 static size_t team_split(team *t, const row_pool *p, const batch_plan *bp, float *scores)
 {
     size_t n_active = t->n < bp->rows ? t->n : bp->rows;
+    int by_cols = t->cols && bp->rows <= DCN_TEAM_MAX_ROWS;
+    dcn_scratch_set_team(t->w[0].scratch, by_cols ? t->cols : NULL);
+    if (by_cols)
+        n_active = 1;
     for (size_t i = 0; i < n_active; i++) {
         worker *w = &t->w[i];
         size_t a = bp->rows * i / n_active, b = bp->rows * (i + 1) / n_active;
@@ -887,7 +903,7 @@ static int cmd_run(const opts *o)
     int status = 0;
     for (size_t ti = 0; ti < o->n_threads && !status; ti++) {
         size_t T = o->threads[ti];
-        team *t = team_new(m, T, max_b);
+        team *t = team_new(m, T, max_b, o->cols);
         if (!t) {
             fputs("dcn-bench: cannot make the thread team\n", stderr);
             status = 1;
@@ -912,10 +928,11 @@ static int cmd_run(const opts *o)
                    "\"samples_per_s\": %.2f, \"gflops\": %.3f, \"flops_per_row\": %.0f, "
                    "\"lat_ms_median\": %.4f, \"lat_ms_p99\": %.4f, \"lat_ms_mean\": %.4f, "
                    "\"lat_ms_min\": %.4f, \"foreign_cpu\": %.4f, \"steal\": %.4f, \"tries\": %d, "
-                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d}\n",
+                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"split\": \"%s\"}\n",
                    dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
                    r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
-                   r.steal, tries, pool_rows, in->packed_bytes, o->widen);
+                   r.steal, tries, pool_rows, in->packed_bytes, o->widen,
+                   T > 1 && o->cols && B <= DCN_TEAM_MAX_ROWS ? "cols" : "rows");
             fflush(stdout);
             fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
                             "p99 %8.3f ms (%zu iters, fg %.2f)\n",
@@ -1020,7 +1037,7 @@ static int cmd_share(const opts *o)
     int status = 0;
     for (size_t ti = 0; ti < o->n_threads && !status; ti++) {
         size_t T = o->threads[ti];
-        team *t = team_new(m, T, R);
+        team *t = team_new(m, T, R, 0);
         if (!t) {
             status = 1;
             break;

@@ -15,6 +15,10 @@ Steps (each one's output goes to bench/out/, which git ignores):
      package-lock.json on first use) on the same model, batch sizes and
      thread counts, after checking its logits against PyTorch's and the
      engine's;
+  6b. BF16: dlrmv2-bf16 (dense weights stored BF16) also run with them
+     widened to float32 at load (`--widen 1`), and the score change BF16
+     weights make on the real Criteo rows (tools/export.py --eval on the
+     bundled trained model);
   7. context sharing: `dcn-bench share` (a request of 100 candidates whose
      context is about half of x0) on a stacked and a parallel model, and the
      others;
@@ -42,7 +46,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TABLE_MODELS = ["criteo-full", "criteo-lowrank", "criteo-mix", "dlrmv2"]
+TABLE_MODELS = ["criteo-full", "criteo-lowrank", "criteo-mix", "dlrmv2", "dlrmv2-bf16"]
+# FP32 is the comparison with ONNX Runtime; the BF16 model is ours against
+# our own FP32 and against the same file widened to float32 at load.
+NO_ORT = {"dlrmv2-bf16"}
+WIDEN_MODELS = {"dlrmv2-bf16"}
 SHARE_MODELS = ["criteo-full", "criteo-full-parallel", "criteo-lowrank", "criteo-mix", "dlrmv2"]
 
 
@@ -187,16 +195,53 @@ def share_table(res):
     return "\n".join(lines)
 
 
+def stream_for(peaks, threads):
+    """Best measured streaming read bandwidth (GB/s) on `threads` threads."""
+    vals = [p["gbps"] for p in peaks if p.get("threads") == threads and "gbps" in p]
+    return max(vals) if vals else None
+
+
+def bf16_table(res):
+    """Batch 1 against the weight-streaming floor, and BF16 against FP32."""
+    ours = {(p["model"], p["batch"], p["threads"], p.get("widen", 0)): p for p in res["engine"] + res["widen"]}
+    bw1 = stream_for(res["peak"], 1)
+    lines = [
+        "| model | dense weights in memory | MB | batch | T | p50 ms | floor ms | p50 / floor | samples/s "
+        "| vs dlrmv2 FP32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, b, t, w), p in sorted(ours.items(), key=lambda kv: (kv[0][0], kv[0][3], kv[0][2], kv[0][1])):
+        if not model.startswith("dlrmv2") or b not in (1, 64, 256):
+            continue
+        mb = p.get("packed_bytes", 0) / 1e6
+        # one row cannot be split: batch 1 streams the weights on one thread
+        floor = p["packed_bytes"] / (bw1 * 1e9) * 1e3 if bw1 and p.get("packed_bytes") and b == 1 else None
+        base = ours.get(("dlrmv2", b, t, 0))
+        kind = "FP32" if model == "dlrmv2" else ("BF16 widened to FP32 at load" if w else "BF16 (16-bit panels)")
+        lines.append(
+            f"| {model} | {kind} | {mb:.0f} | {b} | {t} | {p['lat_ms_median']:.3f} | {fmt(floor, '.3f')} | "
+            f"{fmt(p['lat_ms_median'] / floor if floor else None, '.2f')} | {fmt_int(p['samples_per_s'])} | "
+            f"{fmt(p['samples_per_s'] / base['samples_per_s'] if base else None, '.2f')} |")
+    out = "\n".join(lines)
+    pr = res.get("precision")
+    if pr:
+        out += (f"\n\nBF16 dense weights on real data (the bundled trained model over {pr['rows']} Criteo rows, "
+                f"`{pr['command']}`): {pr['summary']}")
+    return out
+
+
 def header(res):
     m = res["machine"]
     peaks = res["peak"]
     pk = ", ".join(f"{p['test']} T={p['threads']}: {p['gflops']:.1f} GFLOP/s (fg {100 * p['foreign_cpu']:.0f}%)"
                    for p in peaks if "gflops" in p)
     clk = ", ".join(f"T={p['threads']}: {p['ghz']:.2f} GHz" for p in peaks if "ghz" in p)
+    bw = ", ".join(f"T={p['threads']}: {p['gbps']:.1f} GB/s" for p in peaks if "gbps" in p)
     kern = res["engine"][0]["kernels"] if res["engine"] else "?"
     ortv = res["ort"][0]["version"] if res["ort"] else "not run"
     out = [f"Machine: {m['cpu']}, {m['nproc']} CPUs ({m.get('isa', '')}); clock (add chain) {clk}.",
            f"FMA peak (FP32, measured): {pk}.",
+           f"Streaming read from memory (measured, the weight-streaming floor's roof): {bw or 'not measured'}.",
            f"dcnserve kernels: {kern}; ONNX Runtime: onnxruntime-node {ortv} (CPU EP, graph "
            f"optimisations all, intra-op threads = T, inter-op 1); git {m.get('git')}.",
            f"Started {res['started']}, {res['seconds']:.0f} s; point length {res['min_time_s']} s"
@@ -209,6 +254,26 @@ def header(res):
             + (f"{p['max_abs_logit_vs_engine']:.1e}" if p.get('max_abs_logit_vs_engine') is not None else "n/a")
             for p in par if p["threads"] == 1) + ".")
     return "\n".join(out)
+
+
+def precision_bf16(py, out):
+    """The score, logloss and AUC change of storing the bundled trained
+    model's dense weights as BF16 (tables kept F32, as in dlrmv2-bf16), over
+    the real Criteo rows: tools/export.py scores both files with the
+    reference, which the engine matches to float rounding."""
+    data = os.path.join(ROOT, "data", "criteo_train_1999.csv")
+    dst = os.path.join(out, "criteo-dcn-bf16.dcn")
+    cmd = [py, os.path.join(ROOT, "tools", "export.py"), "--from", "dcnserve",
+           os.path.join(ROOT, "model", "default", "criteo-dcn.dcn"), "--out", dst,
+           "--dtype", "bf16", "--emb-dtype", "f32", "--eval", data]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if p.returncode != 0:
+        return {"rows": 0, "command": " ".join(cmd), "summary": f"failed: {p.stdout[-300:]}"}
+    lines = [l for l in p.stdout.splitlines() if l.startswith(("score change", "logloss"))]
+    rows = next((int(w) for l in lines for w in l.split() if w.isdigit()), 0)
+    shown = "tools/export.py --from dcnserve model/default/criteo-dcn.dcn --out F --dtype bf16 " \
+            "--emb-dtype f32 --eval data/criteo_train_1999.csv"
+    return {"rows": rows, "command": shown, "summary": "; ".join(lines) + "."}
 
 
 # ---------------------------------------------------------------- second chances
@@ -287,7 +352,7 @@ def main():
     res = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join(["bench/run.py"] + sys.argv[1:]), "quick": a.quick,
            "min_time_s": min_time, "machine": machine_info(), "peak": [], "models": [],
-           "engine": [], "ort": [], "parity": [], "share": [], "export": []}
+           "engine": [], "ort": [], "parity": [], "share": [], "export": [], "widen": []}
 
     if a.wait_quiet > 0:
         log(f"waiting up to {a.wait_quiet:.0f} s for a quiet machine")
@@ -304,13 +369,14 @@ def main():
               file=sys.stderr)
 
     ort_ok = not a.no_ort and ensure_ort()
-    if ort_ok:
+    ort_keys = [k for k in keys if k not in NO_ORT]
+    if ort_ok and ort_keys:
         log("parity rows (dcn-bench dump) and ONNX export")
-        for k in keys:
+        for k in ort_keys:
             run_json([bench, "dump", "--model", os.path.join(mdir, f"{k}.dcn"),
                       "--out", os.path.join(mdir, f"{k}.dump.json"), "--rows", "8"])
         res["export"] = run_json([py, os.path.join(HERE, "export_onnx.py"), "--models", mdir,
-                                  "--keys", ",".join(keys), "--dumps", mdir])
+                                  "--keys", ",".join(ort_keys), "--dumps", mdir])
         for e in res["export"]:
             e.pop("vocab_sizes", None)
             print(f"  {e['key']}: {'exported' if e['exported'] else 'cached'}, engine vs torch "
@@ -322,13 +388,21 @@ def main():
         log(f"engine: {k}")
         res["engine"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"),
                                    "--batches", a.batches, "--threads", a.threads] + timing)
-        if ort_ok:
+        if k in WIDEN_MODELS:
+            log(f"engine: {k}, weights widened to float32 at load")
+            res["widen"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"), "--widen", "1",
+                                      "--batches", ",".join(b for b in a.batches.split(",") if b in ("1", "64", "256")),
+                                      "--threads", a.threads] + timing)
+        if ort_ok and k in ort_keys:
             log(f"ONNX Runtime: {k}")
             got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
                             "--keys", k, "--batches", a.batches, "--threads", a.threads]
                            + timing, cwd=HERE)
             res["ort"] += [g for g in got if g["kind"] == "point"]
             res["parity"] += [g for g in got if g["kind"] == "parity"]
+    if any(k in WIDEN_MODELS for k in keys):
+        log("BF16 on real data (tools/export.py --eval)")
+        res["precision"] = precision_bf16(py, out)
     for k in share_keys:
         log(f"context sharing: {k}")
         res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),
@@ -342,12 +416,13 @@ def main():
     log("FMA peak probe (again)")
     best = {(p["test"], p["threads"]): p for p in res["peak"]}
     for p in run_json([bench, "peak", "--threads", a.threads, "--min-time", "0.5"]):
-        k, v = (p["test"], p["threads"]), ("gflops" if "gflops" in p else "ghz")
+        k, v = (p["test"], p["threads"]), next(f for f in ("gflops", "gbps", "ghz") if f in p)
         if k not in best or p[v] > best[k][v]:
             best[k] = p
     res["peak"] = list(best.values())
     res["seconds"] = time.time() - t_start
-    text = "\n\n".join([header(res), main_table(res)] + ([share_table(res)] if res["share"] else []))
+    text = "\n\n".join([header(res), main_table(res)] + ([bf16_table(res)] if res["widen"] else [])
+                       + ([share_table(res)] if res["share"] else []))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     with open(os.path.join(out, "table.md"), "w") as f:

@@ -22,6 +22,7 @@
 #include "model/dcn.h"
 #include "model/gguf.h"
 #include "model/kernels.h"
+#include "model/team.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1132,8 +1133,46 @@ struct dcn_scratch {
     krange *rg_item, *rg_ctx;       /* (n_dense + n_sparse + 1) */
     uint32_t *cseg;                 /* (max_rows + 2) segment bounds of a chunk */
     size_t chunk_rows;              /* rows the layers run on at a time */
+    kteam *team;                    /* or NULL: see dcn_scratch_set_team */
+    size_t team_min_bytes;          /* dcn_team_min_bytes() */
     void *mem;
 };
+
+struct dcn_team {
+    kteam *t;
+};
+
+dcn_team *dcn_team_new(size_t helpers) {
+    dcn_team *t = calloc(1, sizeof *t);
+    if (t && !(t->t = kteam_new(helpers))) {
+        free(t);
+        t = NULL;
+    }
+    return t;
+}
+
+void dcn_team_free(dcn_team *t) {
+    if (!t) return;
+    kteam_free(t->t);
+    free(t);
+}
+
+void dcn_scratch_set_team(dcn_scratch *s, dcn_team *t) { s->team = t ? t->t : NULL; }
+
+size_t dcn_team_min_bytes(void) {
+    const char *env = getenv("DCN_TEAM_MIN_BYTES");
+    return env && *env ? (size_t)strtoull(env, NULL, 10) : (size_t)2 << 20;
+}
+
+/* Every GEMM of the forward pass: with a team, a few rows and a heavy
+ * layer, split by output panels (team.c); else on this thread. */
+static void gemm(const dcn_model *m, const dcn_scratch *s, size_t rows, const float *x, size_t ldx,
+                 const klinear *L, const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e) {
+    if (s->team && rows <= DCN_TEAM_MAX_ROWS && kern_packed_bytes(L) >= s->team_min_bytes)
+        kteam_gemm(s->team, m->ks, rows, x, ldx, L, rg, n_rg, y, ldy, e);
+    else
+        m->ks->gemm(rows, x, ldx, L, rg, n_rg, y, ldy, e);
+}
 
 dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows) {
     if (!max_rows || max_rows > (1u << 24)) return NULL;
@@ -1185,6 +1224,7 @@ dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows) {
      * weights stay in the last-level cache (measured: +20% on criteo-full
      * at 1,024 rows, -37% on dlrmv2's 64 MB in chunks of 16). */
     if (m->packed_bytes > CHUNK_MAX_WEIGHT_BYTES) s->chunk_rows = max_rows;
+    s->team_min_bytes = dcn_team_min_bytes();
     const char *env = getenv("DCN_CHUNK_ROWS"); /* tests and tuning */
     if (env && atoi(env) > 0) s->chunk_rows = (size_t)atoi(env);
     return s;
@@ -1332,7 +1372,7 @@ static const float *mlp(const dcn_model *md, dcn_scratch *s, const klinear *L, s
         size_t ldy = (j + 1 == n && out) ? ldout : s->ldh;
         krange all = {0, (uint32_t)L[j].in};
         kepi e = {.kind = KEPI_RELU, .bias = L[j].bias};
-        md->ks->gemm(rows, cur, ldc, &L[j], &all, 1, y, ldy, &e);
+        gemm(md, s, rows, cur, ldc, &L[j], &all, 1, y, ldy, &e);
         cur = y;
         ldc = ldy;
     }
@@ -1344,14 +1384,13 @@ static const float *mlp(const dcn_model *md, dcn_scratch *s, const klinear *L, s
  * the rows then only read their own coordinates. */
 static void lin_x0(const dcn_model *m, dcn_scratch *s, const plan *p, const klinear *L, float *y, size_t ldy,
                    kepi e) {
-    const kern_set *ks = m->ks;
     if (!p->n_ctx) {
         e.bias = L->bias;
-        ks->gemm(p->n_rows, s->x0, s->ldd, L, &p->all, 1, y, ldy, &e);
+        gemm(m, s, p->n_rows, s->x0, s->ldd, L, &p->all, 1, y, ldy, &e);
         return;
     }
     kepi eb = {.kind = KEPI_BIAS, .bias = L->bias};
-    ks->gemm(p->n_seg, s->seg_x0, s->ldd, L, s->rg_ctx, p->n_ctx, s->seg_b, s->ldo, &eb);
+    gemm(m, s, p->n_seg, s->seg_x0, s->ldd, L, s->rg_ctx, p->n_ctx, s->seg_b, s->ldo, &eb);
     for (size_t g = 0; g < p->n_seg; g++) {
         size_t r0 = p->seg_rows[g], r1 = p->seg_rows[g + 1];
         if (r1 == r0) continue;
@@ -1360,7 +1399,7 @@ static void lin_x0(const dcn_model *m, dcn_scratch *s, const plan *p, const klin
         if (es.x0) es.x0 += r0 * es.ldx0;
         if (es.xl) es.xl += r0 * es.ldxl;
         if (es.bscale) es.bscale += r0;
-        ks->gemm(r1 - r0, s->x0 + r0 * s->ldd, s->ldd, L, s->rg_item, p->n_item, y + r0 * ldy, ldy, &es);
+        gemm(m, s, r1 - r0, s->x0 + r0 * s->ldd, s->ldd, L, s->rg_item, p->n_item, y + r0 * ldy, ldy, &es);
     }
 }
 
@@ -1444,23 +1483,23 @@ static void cross_layer(const dcn_model *m, dcn_scratch *s, const plan *p, size_
     case DCN_CROSS_FULL: {
         kepi e = {.kind = KEPI_CROSS, .bias = X->a.bias, .x0 = s->x0, .ldx0 = ldd, .xl = x, .ldxl = ldd};
         if (l == 0) lin_x0(m, s, p, &X->a, y, ldd, e);
-        else ks->gemm(n, x, ldd, &X->a, &all_d, 1, y, ldd, &e);
+        else gemm(m, s, n, x, ldd, &X->a, &all_d, 1, y, ldd, &e);
         return;
     }
     case DCN_CROSS_LOWRANK: {
         kepi ev = {.kind = KEPI_BIAS, .bias = X->a.bias};
         if (l == 0) lin_x0(m, s, p, &X->a, s->h0, s->ldh, ev);
-        else ks->gemm(n, x, ldd, &X->a, &all_d, 1, s->h0, s->ldh, &ev);
+        else gemm(m, s, n, x, ldd, &X->a, &all_d, 1, s->h0, s->ldh, &ev);
         krange all_r = {0, (uint32_t)in->rank};
         kepi e = {.kind = KEPI_CROSS, .bias = X->u.bias, .x0 = s->x0, .ldx0 = ldd, .xl = x, .ldxl = ldd};
-        ks->gemm(n, s->h0, s->ldh, &X->u, &all_r, 1, y, ldd, &e);
+        gemm(m, s, n, s->h0, s->ldh, &X->u, &all_r, 1, y, ldd, &e);
         return;
     }
     case DCN_CROSS_MIX: {
         size_t K = in->experts, r = in->rank, kr = K * r, ldg = round_up(K, LD_ALIGN);
         kepi ev = {.kind = KEPI_BIAS, .bias = X->a.bias};
         if (l == 0) lin_x0(m, s, p, &X->a, s->h0, s->ldh, ev);
-        else ks->gemm(n, x, ldd, &X->a, &all_d, 1, s->h0, s->ldh, &ev);
+        else gemm(m, s, n, x, ldd, &X->a, &all_d, 1, s->h0, s->ldh, &ev);
         /* Gates from the last K outputs. */
         for (size_t row = 0; row < n; row++) {
             float *g = s->gate + row * ldg, *sc = s->h0 + row * s->ldh + kr, sum = 0.0f;
@@ -1483,7 +1522,7 @@ static void cross_layer(const dcn_model *m, dcn_scratch *s, const plan *p, size_
         kepi ec = {.kind = KEPI_BIAS, .bias = X->c[0].bias}; /* C has no bias: zeros */
         for (size_t i = 0; i < K; i++) {
             ec.bias = X->c[i].bias;
-            ks->gemm(n, s->h0 + i * r, s->ldh, &X->c[i], &all_r, 1, s->hc + i * r, s->ldk, &ec);
+            gemm(m, s, n, s->h0 + i * r, s->ldh, &X->c[i], &all_r, 1, s->hc + i * r, s->ldk, &ec);
         }
         for (size_t row = 0; row < n; row++) {
             float *hr = s->hc + row * s->ldk;
@@ -1495,7 +1534,7 @@ static void cross_layer(const dcn_model *m, dcn_scratch *s, const plan *p, size_
         krange all_kr = {0, (uint32_t)kr};
         kepi e = {.kind = KEPI_CROSS, .bias = X->u.bias, .x0 = s->x0, .ldx0 = ldd, .xl = x, .ldxl = ldd,
                   .bscale = s->gsum};
-        ks->gemm(n, s->hc, s->ldk, &X->u, &all_kr, 1, y, ldd, &e);
+        gemm(m, s, n, s->hc, s->ldk, &X->u, &all_kr, 1, y, ldd, &e);
         return;
     }
     }

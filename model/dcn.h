@@ -1,7 +1,7 @@
 /* dcn.h — the DCN-V2 inference core: model files and the CPU engine.
  *
- * A pure library: no threads, no globals beyond the kernel table chosen once,
- * no networking. Typical use:
+ * A library: no networking, no globals beyond the kernel table chosen once,
+ * no threads unless the caller makes a dcn_team. Typical use:
  *
  *     char err[256];
  *     dcn_model *m;
@@ -20,6 +20,11 @@
  * - A dcn_scratch belongs to one thread and one model; it holds every buffer a
  *   batch of up to max_rows rows needs, so dcn_score allocates nothing and
  *   takes no lock.
+ * - A dcn_team (optional) lends a scratch helper threads: a batch of a few
+ *   rows on a model whose layers weigh megabytes then has each layer's
+ *   outputs split across the threads, so that they share the streaming of
+ *   the weights (model/team.c). Larger batches are better split by rows
+ *   between threads with their own scratches, as the server does.
  * - Request-context sharing: rows are grouped in segments (one per request);
  *   features marked shared take one value per segment. Their embeddings are
  *   looked up once per segment and their share of every layer that reads x0
@@ -187,6 +192,21 @@ dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows);
 void dcn_scratch_free(dcn_scratch *s);
 size_t dcn_scratch_rows(const dcn_scratch *s);
 const dcn_model *dcn_scratch_model(const dcn_scratch *s);
+
+/* helpers threads (1..255) that one scratch at a time may use; NULL if the
+ * threads or memory cannot be had. dcn_team_free joins them. */
+typedef struct dcn_team dcn_team;
+dcn_team *dcn_team_new(size_t helpers);
+void dcn_team_free(dcn_team *t); /* NULL is fine; not while a scratch scores with it */
+/* Attaches a team to a scratch (NULL detaches). dcn_score then splits by
+ * output columns every layer of at least dcn_team_min_bytes() of weights
+ * while the batch has at most DCN_TEAM_MAX_ROWS rows; scores are the same
+ * as without the team, bit for bit. A team serves one scratch at a time. */
+#define DCN_TEAM_MAX_ROWS 5 /* rows the few-rows kernels take whole */
+void dcn_scratch_set_team(dcn_scratch *s, dcn_team *t);
+/* 2 MiB (below that a layer streams from cache and the split costs more
+ * than it saves), or DCN_TEAM_MIN_BYTES from the environment (tests). */
+size_t dcn_team_min_bytes(void);
 
 /* Scores a batch: writes n_rows probabilities into scores and, if logits is
  * not NULL, the logits. Returns 0, or a negative dcn_err (an id out of

@@ -29,6 +29,7 @@ static const opt opts[] = {
     O("max-queue-rows", T_U64, max_queue_rows, "65536", "rows waiting at once; beyond: busy status"),
     O("max-queue-delay-us", T_U64, max_queue_delay_us, "0", "longest wait to fill a batch (0: never wait while a worker is idle)"),
     O("split-min-rows", T_U64, split_min_rows, "64", "requests above this many rows are split across workers"),
+    O("small-batch-threads", T_U64, small_batch_threads, "0", "threads sharing each layer of >= 2 MB of a batch of <= 5 rows, by columns (0: as many as workers; 1: off)"),
     O("max-body-bytes", T_U64, max_body_bytes, "8388608", "largest request body"),
     O("max-candidates", T_U64, max_candidates, "10000", "most candidates per request"),
     O("decode-offload-bytes", T_U64, decode_offload_bytes, "1048576", "bodies this large or larger are decoded on a worker thread, not the event loop (0: all)"),
@@ -150,10 +151,10 @@ int cfg_parse(srv_config *c, int argc, char **argv)
     }
     if (c->port > 65535 || !c->max_batch_rows || c->max_batch_rows > (1u << 20) ||
         !c->max_queue_rows || !c->max_candidates || c->max_candidates > (1u << 24) ||
-        c->workers > 1024 || !c->max_connections || c->conn_memory_bytes < 4096 ||
+        c->workers > 1024 || c->small_batch_threads > 256 || !c->max_connections || c->conn_memory_bytes < 4096 ||
         (c->busy_status != 429 && c->busy_status != 503) || log_parse_level(c->log_level) < 0) {
         fprintf(stderr, "dcnserve: invalid configuration: check port (<= 65535), max-batch-rows (1..2^20), "
-                        "max-queue-rows (>= 1), max-candidates (1..2^24), workers (<= 1024), "
+                        "max-queue-rows (>= 1), max-candidates (1..2^24), workers (<= 1024), small-batch-threads (<= 256), "
                         "conn-memory-bytes (>= 4096), busy-status (429|503), log-level\n");
         return -1;
     }

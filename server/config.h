@@ -21,6 +21,7 @@ typedef struct srv_config {
     uint64_t max_queue_rows;
     uint64_t max_queue_delay_us;
     uint64_t split_min_rows;
+    uint64_t small_batch_threads; /* 0: as many as workers; 1: off */
     uint64_t max_body_bytes;
     uint64_t max_candidates;
     uint64_t decode_offload_bytes; /* bodies this large are decoded on a worker */

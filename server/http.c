@@ -1053,6 +1053,8 @@ int srv_run(const srv_config *cfg)
     size_t workers = cfg->workers ? cfg->workers : pool_default_workers();
     s->lim = (rk_limits){.max_candidates = cfg->max_candidates, .strict = !cfg->lenient};
     s->sctx.max_batch_rows = cfg->max_batch_rows;
+    size_t sbt = cfg->small_batch_threads ? cfg->small_batch_threads : workers;
+    s->sctx.team_helpers = sbt > 1 ? sbt - 1 : 0;
     batch_opts bo = {.max_batch_rows = cfg->max_batch_rows, .max_queue_rows = cfg->max_queue_rows,
                      .max_delay_us = cfg->max_queue_delay_us, .split_min_rows = cfg->split_min_rows,
                      .workers = workers};

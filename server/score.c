@@ -18,6 +18,7 @@ typedef struct idv {
 typedef struct score_state {
     uint64_t model_id;          /* dcn_info.instance_id of the model it was built for */
     dcn_scratch *scratch;
+    dcn_team *team;             /* or NULL */
     size_t cap, nd, ns;
     float *dense;               /* (cap, nd) */
     float *seg_dense;           /* (cap, nd): at most one segment per row */
@@ -35,6 +36,7 @@ void score_state_free(void *ctx, void *state)
     score_state *s = state;
     if (!s) return;
     dcn_scratch_free(s->scratch);
+    dcn_team_free(s->team);
     free(s->dense);
     free(s->seg_dense);
     free(s->dshared);
@@ -53,7 +55,7 @@ void score_state_free(void *ctx, void *state)
 
 /* Builds a state for model m and batches of up to cap rows; NULL if out of
  * memory. */
-static score_state *state_new(const dcn_model *m, size_t cap)
+static score_state *state_new(const dcn_model *m, size_t cap, size_t team_helpers)
 {
     const dcn_info *in = dcn_model_info(m);
     score_state *s = calloc(1, sizeof *s);
@@ -80,6 +82,9 @@ static score_state *state_new(const dcn_model *m, size_t cap)
         score_state_free(NULL, s);
         return NULL;
     }
+    /* Without the threads the batch still runs, on this one. */
+    if (team_helpers && in->packed_bytes >= dcn_team_min_bytes() && (s->team = dcn_team_new(team_helpers)))
+        dcn_scratch_set_team(s->scratch, s->team);
     return s;
 }
 
@@ -108,7 +113,7 @@ int score_batch(void *ctx, void **state, batch_work *w)
     score_state *s = *state;
     if (!s || s->model_id != dcn_model_info(m)->instance_id) {
         score_state_free(NULL, s);
-        *state = s = state_new(m, c->max_batch_rows);
+        *state = s = state_new(m, c->max_batch_rows, c->team_helpers);
         if (!s) return RK_ENOMEM;
     }
     if (w->n_rows > s->cap) return DCN_ETOOBIG;

@@ -11,6 +11,10 @@
  *   candidate's value where given and its request's context value elsewhere.
  * - A worker's state (scratch and staging buffers) is rebuilt when a batch
  *   comes with another model than the last one (after a reload).
+ * - Batches of a few rows on a model with heavy layers are bound by the
+ *   bytes of weights they stream: each worker's scratch then has a dcn_team
+ *   of team_helpers threads that share those layers by columns (made with
+ *   the state, only for such models; they sleep otherwise).
  */
 #ifndef SRV_SCORE_H
 #define SRV_SCORE_H
@@ -27,6 +31,7 @@ typedef struct score_target {
 
 typedef struct score_ctx {
     size_t max_batch_rows;
+    size_t team_helpers;        /* per worker, for batches of a few rows (dcn_team); 0: none */
 } score_ctx;
 
 /* pool_score_fn: ctx is a score_ctx, w->key the dcn_model. Returns 0 or a

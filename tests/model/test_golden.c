@@ -6,7 +6,10 @@
  * into every row agree within 1e-6 relative.
  *
  * The kernel set is the process's (DCN_KERNELS forces one); `make unit` runs
- * this file once per set the CPU has. */
+ * this file once per set the CPU has, once with 7-row chunks, and once with
+ * DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: every scratch then has a dcn_team
+ * of 2 helpers and every layer of a batch of up to 5 rows is split by
+ * columns across 3 threads. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <jansson.h>
@@ -16,6 +19,16 @@
 #include <string.h>
 
 #include "model/dcn.h"
+
+/* A team for scratch s when DCN_TEST_TEAM asks for one (else NULL). */
+static dcn_team *test_team(dcn_scratch *s) {
+    const char *env = getenv("DCN_TEST_TEAM");
+    if (!env || atoi(env) <= 0) return NULL;
+    dcn_team *t = dcn_team_new((size_t)atoi(env));
+    cr_assert_not_null(t, "dcn_team_new");
+    dcn_scratch_set_team(s, t);
+    return t;
+}
 
 #define GOLDEN_DIR "tests/golden"
 
@@ -226,6 +239,7 @@ Test(golden, every_case_matches_the_reference, .timeout = 120) {
             batchbuf b2;
             build_batch(m, segs, mode, 0, &b2);
             dcn_scratch *s = dcn_scratch_new(m, bb.n_rows + 1);
+            dcn_team *tm = test_team(s);
             cr_assert_eq(dcn_score(m, s, &b2.b, scores, logits), 0, "%s: score failed", cases[c]);
             for (size_t r = 0; r < bb.n_rows; r++) {
                 double wl = json_number_value(json_array_get(json_object_get(exp, "logit"), r));
@@ -236,6 +250,7 @@ Test(golden, every_case_matches_the_reference, .timeout = 120) {
                           cases[c], r, scores[r], ws);
             }
             dcn_scratch_free(s);
+            dcn_team_free(tm);
             free_batch(&b2);
         }
         free(scores);
@@ -263,6 +278,7 @@ Test(golden, context_sharing_equals_broadcast, .timeout = 120) {
             build_batch(m, segs, SHARE_FORCED, variant, &sh);
             build_batch(m, segs, BROADCAST_FORCED, variant, &bc);
             dcn_scratch *s = dcn_scratch_new(m, sh.n_rows + 1);
+            dcn_team *tm = test_team(s);
             float *l1 = malloc((sh.n_rows + 1) * sizeof *l1), *l2 = malloc((sh.n_rows + 1) * sizeof *l2);
             float *s1 = malloc((sh.n_rows + 1) * sizeof *s1), *s2 = malloc((sh.n_rows + 1) * sizeof *s2);
             cr_assert_eq(dcn_score(m, s, &sh.b, s1, l1), 0, "%s shared", cases[c]);
@@ -278,6 +294,7 @@ Test(golden, context_sharing_equals_broadcast, .timeout = 120) {
             }
             free(l1), free(l2), free(s1), free(s2);
             dcn_scratch_free(s);
+            dcn_team_free(tm);
             free_batch(&sh);
             free_batch(&bc);
         }

@@ -14,6 +14,9 @@
  * rebuilds its state. Each request's scores must equal the scores of the
  * same request scored alone on the main thread before any thread started
  * (within 1e-5: batches with other requests may share fewer features).
+ * Each worker's scratch has a dcn_team of 2 helpers (DCN_TEAM_MIN_BYTES=0
+ * makes every layer heavy enough), so batches of up to 5 rows also run
+ * their layers split by columns across 3 threads.
  * Exits 0 on success, 1 with a message otherwise.
  */
 #include <math.h>
@@ -192,6 +195,9 @@ int main(void)
 {
     char err[256];
     dcn_model *cur;
+    /* Every worker's scratch gets a team of 2 helpers, used on every layer
+     * of its batches of up to 5 rows: 3 + 6 threads. */
+    setenv("DCN_TEAM_MIN_BYTES", "0", 0);
     CHECK(dcn_open(MODEL_PATH, NULL, &cur, err, sizeof err) == 0, "%s (run from the repository root)", err);
     unsigned seed = 7;
     req *reqs = calloc(N_REQ, sizeof *reqs);
@@ -200,7 +206,7 @@ int main(void)
     batch_opts bo = {.max_batch_rows = MAX_BATCH, .max_queue_rows = 1500, .split_min_rows = 16,
                      .workers = N_WORKERS};
     batch_queue *q = batch_new(&bo);
-    score_ctx sc = {.max_batch_rows = MAX_BATCH};
+    score_ctx sc = {.max_batch_rows = MAX_BATCH, .team_helpers = 2};
     pool *p = pool_new(q, N_WORKERS, score_batch, score_state_free, &sc, notify, NULL);
     CHECK(q && p, "cannot start the pool");
 

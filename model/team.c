@@ -1,0 +1,142 @@
+/* team.c — a GEMM split by output panels across a few threads: the
+ * intra-batch parallelism for batches too small to split by rows.
+ *
+ * A batch of a few rows on a model whose layers weigh megabytes is bound by
+ * the bytes of weights it streams, not by arithmetic. Split by rows (what
+ * the server and the benchmark do with larger batches), every thread would
+ * stream every weight; split by output panels, each thread streams only its
+ * share, and the cores' memory bandwidth adds up.
+ *
+ * DESIGN
+ * - A team is the calling thread plus `helpers` long-lived pthreads. It
+ *   belongs to one dcn_scratch at a time, so to one caller: kteam_gemm is
+ *   never entered twice at once (dcn.h says so for the scratch).
+ * - kteam_gemm cuts the layer's panels into size() contiguous shares, gives
+ *   share i > 0 to helper i - 1 (its own semaphore), runs share 0 itself
+ *   and waits on the shared `done` semaphore once per helper. A share is a
+ *   view of the layer (klinear with its first panel moved) and of the
+ *   epilogue (columns moved): the kernels are unchanged and the views
+ *   write disjoint columns of y. The semaphores order every access to a
+ *   job, so no other lock exists.
+ * - Each helper has its own kernel buffers (they are thread-local).
+ * - Freeing: a stop flag then a post to each helper; joins them all.
+ */
+#include "model/team.h"
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdlib.h>
+
+typedef struct job {
+    const kern_set *ks;
+    size_t m, ldx, n_rg, ldy;
+    const float *x;
+    const krange *rg;
+    klinear L; /* the share's view */
+    float *y;
+    kepi e;
+} job;
+
+typedef struct helper {
+    struct kteam *t;
+    pthread_t th;
+    sem_t go;
+    job j;
+    int started;
+} helper;
+
+struct kteam {
+    size_t n; /* helpers */
+    helper *h;
+    sem_t done;
+    int stop; /* written before the posts that wake helpers to read it */
+};
+
+static void run_job(const job *j) { j->ks->gemm(j->m, j->x, j->ldx, &j->L, j->rg, j->n_rg, j->y, j->ldy, &j->e); }
+
+static void *helper_main(void *arg) {
+    helper *h = arg;
+    for (;;) {
+        while (sem_wait(&h->go)) {} /* EINTR */
+        if (h->t->stop) return NULL;
+        run_job(&h->j);
+        sem_post(&h->t->done);
+    }
+}
+
+kteam *kteam_new(size_t helpers) {
+    if (!helpers || helpers > 255) return NULL;
+    kteam *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->h = calloc(helpers, sizeof *t->h);
+    if (!t->h || sem_init(&t->done, 0, 0)) {
+        free(t->h);
+        free(t);
+        return NULL;
+    }
+    for (size_t i = 0; i < helpers; i++) {
+        helper *h = &t->h[i];
+        h->t = t;
+        if (sem_init(&h->go, 0, 0)) break;
+        if (pthread_create(&h->th, NULL, helper_main, h)) {
+            sem_destroy(&h->go);
+            break;
+        }
+        h->started = 1;
+        t->n = i + 1;
+    }
+    if (t->n < helpers) {
+        kteam_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void kteam_free(kteam *t) {
+    if (!t) return;
+    t->stop = 1;
+    for (size_t i = 0; i < t->n; i++) sem_post(&t->h[i].go);
+    for (size_t i = 0; i < t->n; i++) {
+        pthread_join(t->h[i].th, NULL);
+        sem_destroy(&t->h[i].go);
+    }
+    sem_destroy(&t->done);
+    free(t->h);
+    free(t);
+}
+
+size_t kteam_threads(const kteam *t) { return t ? t->n + 1 : 1; }
+
+/* The share of panels [p0, p1) of L as a job writing the same columns. */
+static job share(const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg,
+                 size_t n_rg, float *y, size_t ldy, const kepi *e, size_t p0, size_t p1) {
+    size_t nr = L->nr, n0 = p0 * nr, n1 = p1 * nr < L->out ? p1 * nr : L->out;
+    job j = {.ks = ks, .m = m, .ldx = ldx, .n_rg = n_rg, .ldy = ldy, .x = x, .rg = rg, .L = *L, .y = y + n0, .e = *e};
+    j.L.out = n1 - n0;
+    j.L.out_pad = (p1 - p0) * nr;
+    if (L->wp) j.L.wp = L->wp + p0 * L->in * nr;
+    if (L->wh) j.L.wh = L->wh + p0 * L->in * nr;
+    j.L.bias = L->bias + n0;
+    if (j.e.bias) j.e.bias += n0;
+    if (j.e.x0) j.e.x0 += n0;
+    if (j.e.xl) j.e.xl += n0;
+    return j;
+}
+
+void kteam_gemm(kteam *t, const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L,
+                const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e) {
+    size_t panels = L->out_pad / L->nr, n = kteam_threads(t);
+    if (n > panels) n = panels;
+    if (n < 2) {
+        ks->gemm(m, x, ldx, L, rg, n_rg, y, ldy, e);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        t->h[i - 1].j = share(ks, m, x, ldx, L, rg, n_rg, y, ldy, e, panels * i / n, panels * (i + 1) / n);
+        sem_post(&t->h[i - 1].go);
+    }
+    job j0 = share(ks, m, x, ldx, L, rg, n_rg, y, ldy, e, 0, panels / n);
+    run_job(&j0);
+    for (size_t i = 1; i < n; i++)
+        while (sem_wait(&t->done)) {}
+}

@@ -1,0 +1,19 @@
+/* team.h — internal: one GEMM split by output panels across the calling
+ * thread and a few helper threads (team.c). dcn.h exposes it as dcn_team. */
+#ifndef DCN_TEAM_H
+#define DCN_TEAM_H
+
+#include "model/kernels.h"
+
+typedef struct kteam kteam;
+
+/* Starts `helpers` threads (1..255); NULL if out of memory or threads. */
+kteam *kteam_new(size_t helpers);
+void kteam_free(kteam *t); /* NULL is fine; joins the helpers */
+size_t kteam_threads(const kteam *t); /* helpers + 1 */
+/* ks->gemm with the same arguments, its panels cut into contiguous shares:
+ * the caller computes the first, each helper one other. Not reentrant. */
+void kteam_gemm(kteam *t, const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L,
+                const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e);
+
+#endif
