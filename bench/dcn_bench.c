@@ -76,6 +76,7 @@ typedef struct opts {
     size_t dump_rows;
     int widen;                        /* run: dcn_open_opts.widen_weights */
     int cols;                         /* split batches of <= DCN_TEAM_MAX_ROWS by columns (dcn_team) */
+    int int8;                         /* run: dcn_open_opts.int8 */
 } opts;
 
 static void usage(FILE *f)
@@ -85,6 +86,7 @@ static void usage(FILE *f)
           "                       [--min-time S] [--max-time S] [--min-iters N] [--warmup S]\n"
           "                       [--pool ROWS] [--seed N] [--retries N] [--foreign-max F]\n"
           "                       [--widen 1]   (16-bit dense weights widened to f32 at load)\n"
+          "                       [--int8 1]    (dense layers quantized to INT8 at load)\n"
           "                       [--cols 0|1]  (1, the default: batches of <= 5 rows on T > 1\n"
           "                                      threads split each heavy layer by columns)\n"
           "       dcn-bench share --model F [--rows 100] [--shared-sparse N] [--threads 1,2] ...\n"
@@ -161,6 +163,7 @@ static int parse_args(int argc, char **argv, opts *o)
         else if (!strcmp(k, "--shared-sparse")) o->shared_sparse = atol(v);
         else if (!strcmp(k, "--widen")) o->widen = atoi(v);
         else if (!strcmp(k, "--cols")) o->cols = atoi(v);
+        else if (!strcmp(k, "--int8")) o->int8 = atoi(v);
         else {
         bad:
             fprintf(stderr, "dcn-bench: bad argument %s %s\n", k, v);
@@ -322,6 +325,44 @@ __attribute__((target("avx512f"))) static float fma512_loop(uint64_t iters)
     return _mm512_reduce_add_ps(s);
 }
 
+/* Integer dot products, the roofs of an INT8 path on AVX2 (no VNNI):
+ * vpmaddwd (int16 x int16 pairs summed into int32: 16 multiply-adds an
+ * instruction) and vpmaddubsw + vpmaddwd (uint8 x int8 pairs into int16,
+ * saturating, then into int32: 32 an instruction pair), 12 independent
+ * accumulators, the inputs changed every iteration. 2 ops per multiply-add,
+ * as FLOPs count them: 384 and 768 per iteration. */
+__attribute__((target("avx2"))) static float madd16_loop(uint64_t iters)
+{
+    __m256i a = _mm256_set1_epi16(3), b0 = _mm256_set1_epi16(5), b1 = _mm256_set1_epi16(7), acc[12];
+    for (int j = 0; j < 12; j++)
+        acc[j] = _mm256_set1_epi32(j);
+    for (uint64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(a, (j & 1) ? b1 : b0));
+        a = _mm256_add_epi16(a, b0);
+    }
+    for (int j = 1; j < 12; j++)
+        acc[0] = _mm256_add_epi32(acc[0], acc[j]);
+    return (float)_mm256_extract_epi32(acc[0], 0);
+}
+
+__attribute__((target("avx2"))) static float maddubs_loop(uint64_t iters)
+{
+    __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(5), one = _mm256_set1_epi16(1), acc[12];
+    for (int j = 0; j < 12; j++)
+        acc[j] = _mm256_set1_epi32(j);
+    for (uint64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_maddubs_epi16(u, (j & 1) ? v : one), one));
+        u = _mm256_add_epi8(u, v);
+    }
+    for (int j = 1; j < 12; j++)
+        acc[0] = _mm256_add_epi32(acc[0], acc[j]);
+    return (float)_mm256_extract_epi32(acc[0], 0);
+}
+
 /* A chain of dependent integer adds (one per cycle): the running clock. */
 static uint64_t add_chain_loop(uint64_t iters)
 {
@@ -352,7 +393,7 @@ __attribute__((target("avx2"))) static float stream_loop(const float *buf, size_
     return out[0] + out[7];
 }
 
-enum { PROBE_FMA256, PROBE_FMA512, PROBE_CLOCK, PROBE_STREAM };
+enum { PROBE_FMA256, PROBE_FMA512, PROBE_CLOCK, PROBE_STREAM, PROBE_MADD16, PROBE_MADDUBS };
 #define STREAM_BYTES (256u << 20) /* per thread: beyond any last-level cache here */
 
 typedef struct probe_arg {
@@ -374,6 +415,8 @@ static void *probe_thread(void *p)
 #if BENCH_X86
     if (a->kind == PROBE_FMA256) a->sink = fma256_loop(a->iters), per_iter = 192;
     else if (a->kind == PROBE_FMA512) a->sink = fma512_loop(a->iters), per_iter = 512;
+    else if (a->kind == PROBE_MADD16) a->sink = madd16_loop(a->iters), per_iter = 384;
+    else if (a->kind == PROBE_MADDUBS) a->sink = maddubs_loop(a->iters), per_iter = 768;
     else if (a->kind == PROBE_STREAM)
         a->sink = stream_loop(a->buf, STREAM_BYTES / sizeof(float), a->iters), per_iter = STREAM_BYTES;
     else a->sink = (float)add_chain_loop(a->iters), per_iter = 8;
@@ -410,7 +453,8 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
     cal.start = &b1;
     probe_thread(&cal);
     pthread_barrier_destroy(&b1);
-    double per_iter = kind == PROBE_FMA256 ? 192 : kind == PROBE_FMA512 ? 512 : kind == PROBE_STREAM ? STREAM_BYTES : 8;
+    double per_iter = kind == PROBE_FMA256 ? 192 : kind == PROBE_FMA512 ? 512 : kind == PROBE_STREAM ? STREAM_BYTES
+                      : kind == PROBE_MADD16 ? 384 : kind == PROBE_MADDUBS ? 768 : 8;
     uint64_t iters = (uint64_t)(seconds_s * cal.rate / per_iter) + 1;
     double best = 0, best_min = 0, best_fg = 0;
     for (int rep = 0; rep < reps; rep++) {
@@ -435,8 +479,13 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
         if (sum > best)
             best = sum, best_min = min, best_fg = fg;
     }
-    static const char *names[] = {"fma256_fp32", "fma512_fp32", "clock_add_chain", "stream_read"};
-    if (kind == PROBE_STREAM)
+    static const char *names[] = {"fma256_fp32", "fma512_fp32", "clock_add_chain", "stream_read",
+                                  "madd256_int16", "maddubs256_int8"};
+    if (kind == PROBE_MADD16 || kind == PROBE_MADDUBS)
+        printf("{\"kind\": \"peak\", \"test\": \"%s\", \"threads\": %zu, \"gops\": %.2f, "
+               "\"gops_min_thread\": %.2f, \"reps\": %d, \"foreign_cpu\": %.4f}\n",
+               names[kind], n, best * 1e-9, best_min * 1e-9, reps, best_fg);
+    else if (kind == PROBE_STREAM)
         printf("{\"kind\": \"peak\", \"test\": \"%s\", \"threads\": %zu, \"gbps\": %.2f, "
                "\"gbps_min_thread\": %.2f, \"reps\": %d, \"foreign_cpu\": %.4f}\n",
                names[kind], n, best * 1e-9, best_min * 1e-9, reps, best_fg);
@@ -469,6 +518,8 @@ static int cmd_peak(const opts *o)
         run_probe(PROBE_CLOCK, n, s / 2, 3);
         if (has256) run_probe(PROBE_FMA256, n, s, 3);
         if (has512) run_probe(PROBE_FMA512, n, s, 3);
+        if (has256) run_probe(PROBE_MADD16, n, s, 3);
+        if (has256) run_probe(PROBE_MADDUBS, n, s, 3);
         if (has256) run_probe(PROBE_STREAM, n, s, 3);
     }
 #else
@@ -852,11 +903,11 @@ static int measure_pair(team *t, const row_pool *p, plan_fn plan_at, const void 
 
 /* Opens a model with its pages pre-faulted; exits the process on failure
  * (this is a command-line tool, not library code). */
-static dcn_model *open_model(const char *path, int widen)
+static dcn_model *open_model(const char *path, int widen, int int8)
 {
     char err[512];
     dcn_model *m = NULL;
-    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1, .widen_weights = widen};
+    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1, .widen_weights = widen, .int8 = int8};
     double t0 = now_s();
     int rc = dcn_open(path, &oo, &m, err, sizeof err);
     if (rc < 0) {
@@ -888,7 +939,7 @@ static void plan_plain(size_t i, const void *ctx, batch_plan *bp)
 /* `run`: one JSON line per (threads, batch) point. Returns 0 or 1. */
 static int cmd_run(const opts *o)
 {
-    dcn_model *m = open_model(o->model, o->widen);
+    dcn_model *m = open_model(o->model, o->widen, o->int8);
     const dcn_info *in = dcn_model_info(m);
     size_t max_b = 0;
     for (size_t k = 0; k < o->n_batches; k++)
@@ -928,10 +979,10 @@ static int cmd_run(const opts *o)
                    "\"samples_per_s\": %.2f, \"gflops\": %.3f, \"flops_per_row\": %.0f, "
                    "\"lat_ms_median\": %.4f, \"lat_ms_p99\": %.4f, \"lat_ms_mean\": %.4f, "
                    "\"lat_ms_min\": %.4f, \"foreign_cpu\": %.4f, \"steal\": %.4f, \"tries\": %d, "
-                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"split\": \"%s\"}\n",
+                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"int8\": %d, \"split\": \"%s\"}\n",
                    dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
                    r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
-                   r.steal, tries, pool_rows, in->packed_bytes, o->widen,
+                   r.steal, tries, pool_rows, in->packed_bytes, o->widen, in->int8,
                    T > 1 && o->cols && B <= DCN_TEAM_MAX_ROWS ? "cols" : "rows");
             fflush(stdout);
             fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
@@ -1002,7 +1053,7 @@ static void plan_share(size_t i, const void *ctx, batch_plan *bp)
  * Returns 0 or 1. */
 static int cmd_share(const opts *o)
 {
-    dcn_model *m = open_model(o->model, o->widen);
+    dcn_model *m = open_model(o->model, o->widen, o->int8);
     const dcn_info *in = dcn_model_info(m);
     size_t R = o->req_rows;
     size_t n_req = o->pool_rows / R;
@@ -1122,7 +1173,7 @@ static int cmd_dump(const opts *o)
         fputs("dcn-bench dump: --out is required\n", stderr);
         return 1;
     }
-    dcn_model *m = open_model(o->model, o->widen);
+    dcn_model *m = open_model(o->model, o->widen, o->int8);
     size_t n = o->dump_rows;
     row_pool p;
     float *prob = malloc(n * sizeof *prob), *logit = malloc(n * sizeof *logit);

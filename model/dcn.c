@@ -121,6 +121,7 @@ typedef struct loader {
     char *err;
     size_t errlen;
     int widen; /* dcn_open_opts.widen_weights */
+    int int8;  /* dcn_open_opts.int8 */
 } loader;
 
 /* How the kernels store a layer packed from tensors of these dtypes: in
@@ -901,14 +902,25 @@ static int build(loader *ld) {
     if (in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR) o = m->cross[0].a.out_pad;
     if (in->n_deep) o = o > m->deep[0].out_pad ? o : m->deep[0].out_pad;
     m->max_out_pad = o ? o : 1;
-    for (size_t j = 0; j < in->n_bottom; j++) m->packed_bytes += kern_packed_bytes(&m->bottom[j]);
-    for (size_t j = 0; j < in->n_deep; j++) m->packed_bytes += kern_packed_bytes(&m->deep[j]);
-    for (size_t l = 0; l < in->cross_layers; l++) {
-        const xlayer *x = &m->cross[l];
-        m->packed_bytes += kern_packed_bytes(&x->a) + kern_packed_bytes(&x->u);
-        for (size_t i = 0; x->c && i < in->experts; i++) m->packed_bytes += kern_packed_bytes(&x->c[i]);
+    /* Every packed layer, for the byte count and the INT8 copies. */
+    klinear *all[3 * MAX_LAYERS + MAX_LAYERS * (MAX_EXPERTS + 2)];
+    size_t na = 0;
+    for (size_t j = 0; j < in->n_bottom; j++) all[na++] = &m->bottom[j];
+    for (size_t j = 0; j < in->n_deep; j++) all[na++] = &m->deep[j];
+    for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR; l++) {
+        xlayer *x = &m->cross[l];
+        all[na++] = &x->a;
+        if (x->u.in) all[na++] = &x->u;
+        for (size_t i = 0; x->c && i < in->experts; i++) all[na++] = &x->c[i];
+    }
+    for (size_t i = 0; i < na; i++) {
+        if (ld->int8 && kern_quantize(all[i]))
+            return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing the dense layers to INT8");
+        m->packed_bytes += all[i]->wq ? all[i]->kq * ((all[i]->out + KQ_NR - 1) / KQ_NR * KQ_NR)
+                                      : kern_packed_bytes(all[i]);
     }
     in->packed_bytes = m->packed_bytes;
+    in->int8 = ld->int8;
     compute_flops(m);
     return 0;
 }
@@ -919,7 +931,7 @@ int dcn_open(const char *path, const dcn_open_opts *opts, dcn_model **out, char 
     dcn_model *m = calloc(1, sizeof *m);
     if (!m) return fail(err, errlen, DCN_ENOMEM, "out of memory");
     m->ks = kern_get();
-    loader ld = {m, err, errlen, opts ? opts->widen_weights : 0};
+    loader ld = {m, err, errlen, opts ? opts->widen_weights : 0, opts ? opts->int8 : 0};
     int rc;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

@@ -124,7 +124,8 @@ typedef struct dcn_info {
     uint32_t crc32;             /* as stored in the file */
     double flops_per_row;       /* multiply-adds x 2 of one unshared row */
     size_t packed_bytes;        /* dense weights as the kernels read them: F16
-                                   and BF16 tensors stay 16-bit */
+                                   and BF16 tensors stay 16-bit; INT8 1 byte */
+    int int8;                   /* opened with dcn_open_opts.int8 */
     uint64_t instance_id;       /* unique per dcn_open in this process: tells
                                    models apart even when a freed handle's
                                    address is reused */
@@ -135,6 +136,9 @@ typedef struct dcn_open_opts {
     int warmup;                 /* pre-fault every page of the mapping */
     int widen_weights;          /* keep F16/BF16 dense weights as float32
                                    (twice the bytes; for comparisons) */
+    int int8;                   /* also hold every dense layer as INT8 (7-bit
+                                   weights, a scale per output) and score
+                                   with it: see PRECISION.md */
 } dcn_open_opts;
 
 /* Opens and validates a model file (FORMAT.md). On success stores a handle

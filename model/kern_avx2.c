@@ -3,6 +3,7 @@
 #include "model/kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
 
 typedef __m256 V;
 #define VW 8
@@ -62,4 +63,113 @@ static void pack_cols(const float *x, size_t ldx, size_t rows, uint32_t k0, uint
 }
 
 #include <string.h>
+
+static void gemm_avx2(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y,
+                      size_t ldy, const kepi *e);
+#define KGEMM gemm_avx2
 #include "model/kern_simd.inc"
+
+/* ---------------------------------------------------------------- INT8
+ * Layers with an INT8 copy (kern_quantize), read over all their inputs.
+ * Rows in blocks of up to QROWS are quantized (kern_quant_row's rule, in
+ * vectors) into qbuf, row-major: 4 consecutive inputs of a row are one
+ * 32-bit broadcast. Per panel of 16 outputs, tiles of 4 rows: per group of
+ * 4 inputs, vpmaddubsw (uint8 x int8, pairs into int16: no saturation with
+ * 7-bit weights) then vpmaddwd by ones (pairs into int32) and an add, 8
+ * accumulators of 8 outputs. Dequantized as (acc - wzc) * (sx * wsc), then
+ * the float epilogue of the other kernels (store_tile). */
+#define QROWS 16
+#define QBUF (128u << 10)
+static _Thread_local uint8_t qbuf[QBUF] __attribute__((aligned(64)));
+static _Thread_local float qscale[QROWS];
+
+/* kern_quant_row, 8 floats at a time: the same products, the same rounding. */
+static float quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
+    __m256 am = _mm256_setzero_ps(), un = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        am = _mm256_max_ps(am, _mm256_andnot_ps(sign, v));
+        un = _mm256_or_ps(un, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    float t[8], amax = 0.0f;
+    _mm256_storeu_ps(t, am);
+    for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
+    for (size_t j = k; j < n; j++)
+        if (fabsf(x[j]) > amax || x[j] != x[j]) amax = fabsf(x[j]);
+    if (_mm256_movemask_ps(un) || !(amax > 0.0f) || !isfinite(amax)) return kern_quant_row(x, n, kq, out);
+    float inv = 127.0f / amax;
+    __m256 vi = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    __m256i off = _mm256_set1_epi32(128);
+    for (k = 0; k + 8 <= n; k += 8) {
+        __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i u = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi)), off);
+        __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+        _mm_storel_epi64((__m128i *)(void *)(out + k), _mm_packus_epi16(p, p));
+    }
+    for (; k < n; k++) {
+        float q = nearbyintf(x[k] * inv);
+        q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+        out[k] = (uint8_t)((int)q + 128);
+    }
+    for (; k < kq; k++) out[k] = 128;
+    return amax / 127.0f;
+}
+
+static void gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy, const kepi *e) {
+    size_t kq = L->kq, groups = kq / 4, panels = (L->out + KQ_NR - 1) / KQ_NR;
+    size_t rows_blk = QBUF / kq < QROWS ? QBUF / kq : QROWS;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (size_t r0 = 0; r0 < m; r0 += rows_blk) {
+        size_t rb = m - r0 < rows_blk ? m - r0 : rows_blk;
+        for (size_t i = 0; i < rb; i++) qscale[i] = quant_row(x + (r0 + i) * ldx, L->in, kq, qbuf + i * kq);
+        for (size_t p = 0; p < panels; p++) {
+            const int8_t *wp = L->wq + p * groups * (KQ_NR * 4);
+            size_t n0 = p * KQ_NR, ncols = L->out - n0 < KQ_NR ? L->out - n0 : KQ_NR;
+            __m256 ws0 = _mm256_loadu_ps(L->wsc + n0), ws1 = _mm256_loadu_ps(L->wsc + n0 + 8);
+            __m256i wz0 = _mm256_loadu_si256((const __m256i *)(const void *)(L->wzc + n0));
+            __m256i wz1 = _mm256_loadu_si256((const __m256i *)(const void *)(L->wzc + n0 + 8));
+            for (size_t t = 0; t < rb; t += 4) {
+                int mr = (int)(rb - t < 4 ? rb - t : 4);
+                const uint8_t *a0 = qbuf + t * kq, *a1 = a0 + (mr > 1 ? kq : 0), *a2 = a0 + (mr > 2 ? 2 * kq : 0),
+                              *a3 = a0 + (mr > 3 ? 3 * kq : 0);
+                __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+                        c30 = c00, c31 = c00;
+                const int8_t *w = wp;
+                for (size_t g = 0; g < groups; g++, w += KQ_NR * 4) {
+                    __m256i w0 = _mm256_load_si256((const __m256i *)(const void *)w);
+                    __m256i w1 = _mm256_load_si256((const __m256i *)(const void *)(w + 32));
+                    int32_t v;
+#define QROW(a, c0, c1)                                                                     \
+    memcpy(&v, a + 4 * g, 4);                                                               \
+    {                                                                                       \
+        __m256i b = _mm256_set1_epi32(v);                                                   \
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w0), ones));    \
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w1), ones));    \
+    }
+                    QROW(a0, c00, c01)
+                    QROW(a1, c10, c11)
+                    QROW(a2, c20, c21)
+                    QROW(a3, c30, c31)
+#undef QROW
+                }
+                V acc[MR][2];
+                const __m256i c[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+                for (int i = 0; i < mr; i++) {
+                    __m256 s = _mm256_set1_ps(qscale[t + (size_t)i]);
+                    acc[i][0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[i][0], wz0)), _mm256_mul_ps(s, ws0));
+                    acc[i][1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[i][1], wz1)), _mm256_mul_ps(s, ws1));
+                }
+                store_tile(acc, y + (r0 + t) * ldy, ldy, mr, ncols, e, r0 + t, n0, 1);
+            }
+        }
+    }
+}
+
+static void gemm_avx2(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y,
+                      size_t ldy, const kepi *e) {
+    if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
+        gemm_i8(m, x, ldx, L, y, ldy, e);
+    else
+        gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
+}

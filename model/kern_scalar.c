@@ -24,8 +24,29 @@ static float epilogue(const kepi *e, size_t r, size_t n, float acc) {
     }
 }
 
+/* The INT8 reference (a layer with an INT8 copy, read over all its inputs):
+ * the same quantized row, integer sums, the same dequantization. */
+static void gemm_i8_scalar(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy,
+                           const kepi *e) {
+    static _Thread_local uint8_t qr[KQ_MAX_IN];
+    size_t kq = L->kq;
+    for (size_t r = 0; r < m; r++) {
+        float sx = kern_quant_row(x + r * ldx, L->in, kq, qr);
+        for (size_t n = 0; n < L->out; n++) {
+            int32_t acc = 0;
+            for (size_t k = 0; k < kq; k++)
+                acc += (int32_t)qr[k] * L->wq[((n / KQ_NR) * (kq / 4) + k / 4) * (KQ_NR * 4) + (n % KQ_NR) * 4 + k % 4];
+            y[r * ldy + n] = epilogue(e, r, n, (float)(acc - L->wzc[n]) * (sx * L->wsc[n]));
+        }
+    }
+}
+
 static void gemm_scalar(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
                         float *y, size_t ldy, const kepi *e) {
+    if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in) {
+        gemm_i8_scalar(m, x, ldx, L, y, ldy, e);
+        return;
+    }
     for (size_t r = 0; r < m; r++)
         for (size_t n = 0; n < L->out; n++) {
             double acc = 0.0; /* the oracle sums in double */

@@ -5,6 +5,7 @@
 #include "model/kernels.h"
 
 #include <cpuid.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,9 +105,66 @@ float kern_weight(const klinear *L, size_t n, size_t k) {
     }
 }
 
+int kern_quantize(klinear *L) {
+    if (L->in > KQ_MAX_IN) return 0;
+    size_t op = (L->out + KQ_NR - 1) / KQ_NR * KQ_NR, kq = (L->in + 3) / 4 * 4;
+    int8_t *wq = aligned_alloc(64, (op * kq + 63) / 64 * 64);
+    float *wsc = aligned_alloc(64, (op * sizeof(float) + 63) / 64 * 64);
+    int32_t *wzc = aligned_alloc(64, (op * sizeof(int32_t) + 63) / 64 * 64);
+    if (!wq || !wsc || !wzc) {
+        free(wq), free(wsc), free(wzc);
+        return -1;
+    }
+    memset(wq, 0, op * kq);
+    for (size_t n = 0; n < op; n++) {
+        float amax = 0.0f;
+        for (size_t k = 0; n < L->out && k < L->in; k++) {
+            float a = fabsf(kern_weight(L, n, k));
+            amax = a > amax ? a : amax;
+        }
+        float s = amax > 0.0f ? amax / (float)KQ_WMAX : 1.0f, inv = (float)KQ_WMAX / (amax > 0.0f ? amax : (float)KQ_WMAX);
+        int32_t sum = 0;
+        for (size_t k = 0; n < L->out && k < L->in; k++) {
+            long q = lrintf(kern_weight(L, n, k) * inv);
+            q = q > KQ_WMAX ? KQ_WMAX : q < -KQ_WMAX ? -KQ_WMAX : q;
+            /* panel n / 16, group k / 4, output n % 16, input k % 4 */
+            wq[((n / KQ_NR) * (kq / 4) + k / 4) * (KQ_NR * 4) + (n % KQ_NR) * 4 + k % 4] = (int8_t)q;
+            sum += (int32_t)q;
+        }
+        wsc[n] = s;
+        wzc[n] = 128 * sum;
+    }
+    free(L->wq), free(L->wsc), free(L->wzc);
+    L->wq = wq, L->wsc = wsc, L->wzc = wzc, L->kq = kq;
+    return 0;
+}
+
+float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
+    float amax = 0.0f;
+    for (size_t k = 0; k < n; k++) {
+        float a = fabsf(x[k]);
+        if (a > amax || a != a) amax = a; /* a NaN stays */
+    }
+    if (!(amax > 0.0f) || !isfinite(amax)) { /* zero rows quantize to zeros; non-finite ones too, */
+        memset(out, 128, kq);               /* with a scale that makes every output NaN or inf */
+        return amax > 0.0f || amax != amax ? amax / 127.0f : 1.0f;
+    }
+    float inv = 127.0f / amax;
+    for (size_t k = 0; k < n; k++) {
+        float q = nearbyintf(x[k] * inv);
+        q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+        out[k] = (uint8_t)((int)q + 128);
+    }
+    for (size_t k = n; k < kq; k++) out[k] = 128;
+    return amax / 127.0f;
+}
+
 void kern_linear_free(klinear *L) {
     free(L->wp);
     free(L->wh);
+    free(L->wq);
+    free(L->wsc);
+    free(L->wzc);
     free(L->bias);
     memset(L, 0, sizeof *L);
 }

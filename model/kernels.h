@@ -37,7 +37,22 @@ typedef struct klinear {
     float *wp;          /* KW_F32: (out_pad / nr, in, nr) packed, 64-byte aligned */
     uint16_t *wh;       /* KW_BF16 / KW_F16: the same layout in 16 bits */
     float *bias;        /* (out_pad), zero past out; never NULL */
+    /* INT8 copy (kern_quantize), or wq NULL: panels of 16 outputs, each
+     * (kq / 4) groups of 16 outputs x 4 inputs; weights in [-KQ_WMAX,
+     * KQ_WMAX] times wsc[n]; wzc[n] = 128 x the sum of output n's int8
+     * weights (the zero point of the activations, see kern_quant_row). */
+    int8_t *wq;
+    float *wsc;         /* (round_up(out, 16)) */
+    int32_t *wzc;       /* (round_up(out, 16)) */
+    size_t kq;          /* in rounded up to 4 */
 } klinear;
+
+/* INT8 without VNNI: activations as uint8 (zero point 128) times weights
+ * as int8 through vpmaddubsw, whose pairs of products must fit int16:
+ * 2 x 255 x 63 < 32767, so weights take 7 bits. */
+#define KQ_WMAX 63
+#define KQ_NR 16
+#define KQ_MAX_IN 65536 /* wider layers stay float */
 
 /* A run of input coordinates [k0, k1). */
 typedef struct krange {
@@ -100,6 +115,15 @@ float kern_weight(const klinear *L, size_t n, size_t k);
 void kern_linear_free(klinear *L);
 
 float kern_f16_to_f32(uint16_t h);
+/* Adds L's INT8 copy from its weights (per-output scale: the largest
+ * |weight| maps to KQ_WMAX). 0, or -1 when out of memory. */
+int kern_quantize(klinear *L);
+/* Quantizes a row of n floats for the INT8 GEMM: q = round(x * 127 / max|x|)
+ * (nearest even), stored as q + 128; bytes n..kq-1 get 128 (a zero).
+ * Returns the scale max|x| / 127 (1 for a zero row). Every kernel set
+ * quantizes exactly so. */
+float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out);
+
 float kern_bf16_to_f32(uint16_t h);
 uint16_t kern_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 uint16_t kern_f32_to_f16(float f);  /* round to nearest even; overflow to inf */

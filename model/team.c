@@ -116,6 +116,11 @@ static job share(const kern_set *ks, size_t m, const float *x, size_t ldx, const
     j.L.out_pad = (p1 - p0) * nr;
     if (L->wp) j.L.wp = L->wp + p0 * L->in * nr;
     if (L->wh) j.L.wh = L->wh + p0 * L->in * nr;
+    if (L->wq) { /* INT8 panels are KQ_NR wide; nr is a multiple */
+        j.L.wq = L->wq + n0 / KQ_NR * L->kq * KQ_NR;
+        j.L.wsc = L->wsc + n0;
+        j.L.wzc = L->wzc + n0;
+    }
     j.L.bias = L->bias + n0;
     if (j.e.bias) j.e.bias += n0;
     if (j.e.x0) j.e.x0 += n0;

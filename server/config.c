@@ -43,6 +43,7 @@ static const opt opts[] = {
     O("lenient", T_BOOL, lenient, "0", "ignore unknown feature names unless a request says \"strict\": true"),
     O("warmup", T_BOOL, warmup, "1", "pre-fault every page of the model before serving it"),
     O("verify", T_BOOL, verify, "0", "check the model file's CRC-32 before serving it"),
+    O("int8", T_BOOL, int8, "0", "score with the dense layers quantized to INT8 at load (faster, approximate: PRECISION.md)"),
     O("admin-token", T_STR, admin_token, "", "bearer token for /admin/*; empty: loopback clients only"),
     O("access-log", T_BOOL, access_log, "0", "log one line per request"),
     O("log-level", T_STR, log_level, "info", "debug, info, warn or error"),

@@ -35,6 +35,7 @@ typedef struct srv_config {
     int lenient;                 /* ignore unknown feature names by default */
     int warmup;                  /* pre-fault the model file at load */
     int verify;                  /* check the model's CRC-32 at load */
+    int int8;                    /* score with INT8 dense layers (dcn_open_opts.int8) */
     const char *admin_token;     /* "": /admin only from loopback */
     int access_log;
     const char *log_level;

@@ -616,7 +616,7 @@ static enum MHD_Result send_metrics(srv *s, srv_req *r)
 /* Opens, validates and exercises a model file off the loop thread. */
 static int load_model(const srv_config *c, dcn_model **out, char *err, size_t errlen)
 {
-    dcn_open_opts o = {.verify_checksum = c->verify, .warmup = c->warmup};
+    dcn_open_opts o = {.verify_checksum = c->verify, .warmup = c->warmup, .int8 = c->int8};
     int rc = dcn_open(c->model_path, &o, out, err, errlen);
     if (rc < 0) return rc;
     /* one row with every feature missing: proves the engine runs this model */

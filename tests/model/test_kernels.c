@@ -142,6 +142,81 @@ Test(kernels, gemm_16bit_panels, .timeout = 120) {
             }
 }
 
+/* INT8: every set equals the scalar INT8 reference (same quantized rows,
+ * same integer sums, same dequantization; only the epilogue's rounding may
+ * differ), and the INT8 result stays within the quantization error of the
+ * float one: half a step of each weight (max|w_n| / 63) and of each input
+ * (max|x_r| / 127). Partial ranges fall back to float. */
+static void check_gemm_i8(const kern_set *ks, size_t m, size_t out, size_t in, int kind) {
+    size_t ldx = in + 1, ldy = out + 3;
+    float *w = malloc(out * in * sizeof *w), *b = malloc(out * sizeof *b), *x = malloc(m * ldx * sizeof *x);
+    float *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl);
+    float *yq = calloc(m * ldy, sizeof *yq), *ys = calloc(m * ldy, sizeof *ys), *yf = calloc(m * ldy, sizeof *yf);
+    for (size_t i = 0; i < out * in; i++) w[i] = frand();
+    for (size_t i = 0; i < out; i++) b[i] = frand();
+    for (size_t i = 0; i < m * ldx; i++) x[i] = frand() * (float)(1 + i % 3);
+    if (m > 1) memset(x + ldx, 0, in * sizeof *x); /* a zero row */
+    for (size_t i = 0; i < m * ldy; i++) x0[i] = frand(), xl[i] = frand();
+    klinear Ls, Lk;
+    cr_assert_eq(kern_pack(&Ls, w, b, out, in, kern_scalar.nr), 0);
+    cr_assert_eq(kern_pack(&Lk, w, b, out, in, ks->nr), 0);
+    cr_assert_eq(kern_quantize(&Ls), 0);
+    cr_assert_eq(kern_quantize(&Lk), 0);
+    krange all = {0, (uint32_t)in};
+    kepi e = {.kind = kind, .bias = Lk.bias, .x0 = x0, .ldx0 = ldy, .xl = xl, .ldxl = ldy};
+    ks->gemm(m, x, ldx, &Lk, &all, 1, yq, ldy, &e);
+    kern_scalar.gemm(m, x, ldx, &Ls, &all, 1, ys, ldy, &e);
+    klinear Lf;
+    cr_assert_eq(kern_pack(&Lf, w, b, out, in, kern_scalar.nr), 0);
+    kern_scalar.gemm(m, x, ldx, &Lf, &all, 1, yf, ldy, &e);
+    for (size_t r = 0; r < m; r++) {
+        float xm = 0.0f;
+        for (size_t k = 0; k < in; k++) xm = fabsf(x[r * ldx + k]) > xm ? fabsf(x[r * ldx + k]) : xm;
+        for (size_t n = 0; n < out; n++) {
+            float wm = 0.0f;
+            double s = 0.0, q = 0.0;
+            for (size_t k = 0; k < in; k++) wm = fabsf(w[n * in + k]) > wm ? fabsf(w[n * in + k]) : wm;
+            for (size_t k = 0; k < in; k++) {
+                s += fabs(x[r * ldx + k] * w[n * in + k]);
+                q += fabs(x[r * ldx + k]) * wm / 126.0 + fabs(w[n * in + k]) * xm / 254.0 + wm * xm / (126.0 * 254.0);
+            }
+            double f = kind == KEPI_CROSS ? fabs(x0[r * ldy + n]) : 1.0;
+            double gs = ys[r * ldy + n], gq = yq[r * ldy + n], gf = yf[r * ldy + n];
+            cr_assert(fabs(gq - gs) <= 1e-6 * (s * f + 1.0), "%s i8 m=%zu out=%zu in=%zu kind=%d (%zu,%zu): %g vs reference %g",
+                      ks->name, m, out, in, kind, r, n, gq, gs);
+            cr_assert(fabs(gq - gf) <= q * f + 1e-5 * (s * f + 1.0), "%s i8 vs float m=%zu out=%zu in=%zu (%zu,%zu): %g vs %g",
+                      ks->name, m, out, in, r, n, gq, gf);
+        }
+    }
+    /* Partial ranges take the float path: equal to the float oracle. */
+    krange half = {0, (uint32_t)(in / 2)};
+    ks->gemm(m, x, ldx, &Lk, &half, 1, yq, ldy, &e);
+    kern_scalar.gemm(m, x, ldx, &Lf, &half, 1, yf, ldy, &e);
+    for (size_t i = 0; i < m * ldy; i++) cr_assert(fabsf(yq[i] - yf[i]) <= 1e-4f, "%s partial range at %zu", ks->name, i);
+    kern_linear_free(&Ls), kern_linear_free(&Lk), kern_linear_free(&Lf);
+    free(w), free(b), free(x), free(x0), free(xl), free(yq), free(ys), free(yf);
+}
+
+Test(kernels, gemm_int8, .timeout = 120) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    static const size_t rows[] = {1, 2, 3, 4, 5, 7, 17, 40};
+    for (size_t s = 0; s < n; s++)
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+            check_gemm_i8(sets[s], rows[i], 33, 70, KEPI_RELU);
+            check_gemm_i8(sets[s], rows[i], 16, 5, KEPI_BIAS);
+            check_gemm_i8(sets[s], rows[i], 45, 300, KEPI_CROSS);
+        }
+    /* quantized rows: nearest even, clamped, padded with zeros (128) */
+    uint8_t q[8];
+    float xr[5] = {1.0f, -1.0f, 0.5f, 0.25f, 0.0f};
+    cr_assert_eq(kern_quant_row(xr, 5, 8, q), 1.0f / 127.0f);
+    cr_assert(q[0] == 255 && q[1] == 1 && q[2] == 192 && q[3] == 160 && q[4] == 128 && q[5] == 128 && q[7] == 128);
+    float z[3] = {0, 0, 0};
+    cr_assert_eq(kern_quant_row(z, 3, 4, q), 1.0f);
+    cr_assert(q[0] == 128 && q[3] == 128);
+}
+
 Test(kernels, embedding_rows_match_scalar) {
     const kern_set *sets[3];
     size_t nsets = kern_available(sets, 3);
