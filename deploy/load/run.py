@@ -14,7 +14,8 @@ coordinated omission. The parse/queue/inference/encode split is the
 difference of the server's /metrics histograms (dcnserve_request_phase_seconds)
 across each run. Figures, not tests: nothing here asserts a speed.
 
-Standard library only; needs wrk on PATH.
+Standard library only; needs wrk on PATH. The server process is
+tests/lib/dcnproc.py's, found from this file's place in the repository.
 """
 import argparse
 import csv
@@ -23,8 +24,6 @@ import os
 import random
 import re
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,15 +32,10 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import dcnproc  # noqa: E402
+
 PHASES = ("parse", "queue", "inference", "encode")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def get(port, path):
@@ -181,21 +175,15 @@ def main():
     ap.add_argument("server_args", nargs="*", help="extra dcnserve flags (after --)")
     args = ap.parse_args()
 
-    port = free_port()
-    log = tempfile.TemporaryFile()
-    srv = subprocess.Popen([args.server, "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
-                            "--drain-delay-ms", "0", "--log-level", "warn"] + args.server_args,
-                           stdout=log, stderr=log)
+    srv = dcnproc.Server(args.model, "--drain-delay-ms", "0", "--log-level", "warn", *args.server_args,
+                         binary=args.server)
     try:
-        for _ in range(200):
-            try:
-                get(port, "/v2/health/ready")
-                break
-            except OSError:
-                if srv.poll() is not None:
-                    log.seek(0)
-                    sys.exit("dcnserve exited:\n" + log.read().decode())
-                time.sleep(0.05)
+        srv.start()
+    except RuntimeError as e:
+        srv.close()
+        sys.exit(str(e))
+    port = srv.port
+    try:
         info = json.loads(get(port, "/v1/model"))
         workers = re.search(r"^dcnserve_workers (\d+)", get(port, "/metrics"), re.M).group(1)
         rows = load_rows(args.data, info["features"]) if args.ids == "data" else None
@@ -234,9 +222,9 @@ def main():
                         total = closed[n] * args.paced_load
                         rate = max(total / args.connections, 0.5)
                     a = scrape(port)
-                    ca = cpu_snapshot(srv.pid)
+                    ca = cpu_snapshot(srv.proc.pid)
                     r = run_wrk(args, port, bf, rate_per_conn=rate)
-                    cb = cpu_snapshot(srv.pid)
+                    cb = cpu_snapshot(srv.proc.pid)
                     b = scrape(port)
                     cpu_server, cpu_wrk, foreign = cpu_split(ca, cb)
                     rps = r["requests"] / (r["duration_us"] / 1e6)
@@ -276,12 +264,8 @@ def main():
             for line in decode_lines:
                 print("  " + line)
     finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            srv.wait(20)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-        log.close()
+        srv.stop(20)
+        srv.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@
 -- DESIGN: every wrk thread loads the same bodies; each thread counts its
 -- statuses in a table, and done() (run once, after the threads stop) reads
 -- the tables of all threads and prints one machine-readable RESULT line
--- (latencies in µs) and one STATUS line (status=count ...).
+-- (latencies in µs) and one STATUS line (status=count ...). The helpers are
+-- deploy/load/wrkcommon.lua's, found from this script's own directory.
+
+local wrkc = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "../load/wrkcommon.lua")
 
 local threads = {}
 
@@ -21,40 +24,25 @@ end
 
 function init(args)
   bodies = {}
-  local list = assert(io.open(assert(os.getenv("BODIES"), "BODIES is not set"), "r"))
-  for path in list:lines() do
-    local f = assert(io.open(path, "rb"))
-    table.insert(bodies, f:read("*a"))
-    f:close()
+  for _, path in ipairs(wrkc.lines(wrkc.env("BODIES"))) do
+    table.insert(bodies, wrkc.read(path))
   end
-  list:close()
   statuses = {}
   math.randomseed(os.time() * 100 + tid)
 end
 
 function request()
-  local body = bodies[math.random(#bodies)]
-  return wrk.format("POST", "/rank", {["Content-Type"] = "application/json"}, body)
+  return wrkc.rank_request(bodies[math.random(#bodies)])
 end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
 
-local rate = tonumber(os.getenv("RATE_PER_CONN") or "0") or 0
-if rate > 0 then
-  local gap_ms = 1000 / rate
-  function delay()
-    return gap_ms
-  end
-end
+wrkc.pace()
 
 function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d connect_errors=%d read_errors=%d write_errors=%d timeouts=%d non2xx=%d p50=%d p99=%d max=%d\n",
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), latency.max))
+  wrkc.write_result(summary, latency)
   local total = {}
   for _, t in ipairs(threads) do
     local st = t:get("statuses")

@@ -4,21 +4,23 @@ runs through mixed.lua, and /proc readings of the server.
 
 DESIGN: standard library only; every wrk run is bounded by its duration
 (wrk itself) plus a margin (subprocess timeout). Bodies are written once to
-a temporary directory and listed in a file mixed.lua reads at start-up.
+a temporary directory and listed in a file mixed.lua reads at start-up. The
+server process is tests/lib/dcnproc.py's (found from this file's place in
+the repository), with this script's longer bounds.
 """
 import csv
 import json
 import os
 import random
 import re
-import socket
 import subprocess
-import tempfile
-import time
-import urllib.request
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import dcnproc  # noqa: E402
+
 LUA = os.path.join(HERE, "mixed.lua")
 ROWS_CSV = os.path.join(ROOT, "data", "criteo_test_1999_unlabeled.csv")
 
@@ -64,78 +66,28 @@ def make_bodies(directory, n=48, mix=MIX, seed=1):
     return lst, sizes
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class Server(dcnproc.Server):
+    """dcnproc.Server started by the constructor, with the names soak.py
+    and stress.py use."""
 
-
-class Server:
-    """dcnserve on a free loopback port, output to a temporary file."""
+    START_TIMEOUT_S = 30.0
+    STOP_TIMEOUT_S = 60.0
+    LOG_TAIL_CHARS = 5000
 
     def __init__(self, binary, model, args=()):
-        self.port = free_port()
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([binary, "--model", model, "--host", "127.0.0.1",
-                                      "--port", str(self.port)] + list(args),
-                                     stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("dcnserve exited:\n" + self.output())
-            try:
-                if self.get("/v2/health/ready")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise RuntimeError("dcnserve did not become ready:\n" + self.output())
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path, timeout=5):
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        super().__init__(model, *args, binary=binary)
+        self.start()
 
     def post(self, body, timeout=30):
-        req = urllib.request.Request(self.url("/rank"), data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        """POST /rank: (status, body bytes)."""
+        st, _, data = self.request("POST", "/rank", body, timeout=timeout)
+        return st, data
 
     def rss_mib(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        return 0.0
+        return self.rss_kb() / 1024.0
 
     def fds(self):
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def output(self):
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-5000:]
-
-    def stop(self, timeout=60):
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return self.n_fds()
 
 
 def run_wrk(port, seconds, bodies, connections=32, threads=2, timeout_s=10, rate_per_conn=0):
@@ -154,8 +106,7 @@ def run_wrk(port, seconds, bodies, connections=32, threads=2, timeout_s=10, rate
         raise RuntimeError("wrk printed no RESULT line:\n" + out)
     for kv in m.group(1).split():
         k, v = kv.split("=")
-        res[k] = int(v)
-    res["socket_errors"] = res["connect_errors"] + res["read_errors"] + res["write_errors"] + res["timeouts"]
+        res[k] = float(v) if "." in v else int(v)
     m = re.search(r"^STATUS ?(.*)$", out, re.M)
     res["statuses"] = {}
     if m:

@@ -7,31 +7,31 @@ DESIGN
 - The server is the real binary (env DCNSERVE, default build/release) on a
   free loopback port, serving the bundled default model or a golden model
   with the same feature names (tests/golden/wide_criteo_like.dcn), so the same
-  requests are valid for both and a reload can alternate between them.
-- Under a sanitizer build (the path of DCNSERVE names asan or tsan) the tests
-  keep their counts but relax resident-memory bounds, which the sanitizers'
-  own allocators make meaningless.
+  requests are valid for both and a reload can alternate between them. The
+  process, its output and plain HTTP requests are tests/lib/dcnproc.py's;
+  Server here adds raw-body /rank and the /proc and /metrics readings.
+- Under a sanitizer build (the path of DCNSERVE names asan or tsan, or
+  valgrind) the tests keep their counts but relax resident-memory bounds,
+  which the sanitizers' own allocators make meaningless.
 - No assertion here or in the tests is about speed: timeouts only bound how
   long a test may take, except "ready within N s" checks stated as such.
 """
 import csv
-import http.client
 import json
 import os
 import random
-import signal
 import socket
-import subprocess
-import tempfile
-import time
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-DCNSERVE = os.environ.get("DCNSERVE", os.path.join(ROOT, "build", "release", "dcnserve"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import dcnproc  # noqa: E402
+from dcnproc import DCNSERVE, SANITIZED  # noqa: E402,F401 (the tests read fl.SANITIZED)
+
 MODEL = os.path.join(ROOT, "model", "default", "criteo-dcn.dcn")
 ALT_MODEL = os.path.join(ROOT, "tests", "golden", "wide_criteo_like.dcn")
 ROWS_CSV = os.path.join(ROOT, "data", "criteo_test_1999_unlabeled.csv")
-SANITIZED = any(s in DCNSERVE for s in ("asan", "tsan"))
 HAVE_SERVER = os.path.exists(DCNSERVE) and os.path.exists(MODEL)
 
 _rows = None
@@ -79,71 +79,15 @@ def rank_body(n, rng=None, request_id=None, context=True):
     return json.dumps(req, separators=(",", ":")).encode()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class Server(dcnproc.Server):
+    """dcnproc.Server serving MODEL unless told otherwise; output() keeps the
+    last 20,000 characters (shown when a test fails), rank() takes and
+    returns raw bytes."""
 
-
-class Server:
-    """A dcnserve process on a loopback port; its output goes to a temp file
-    (shown when a test fails through output())."""
+    LOG_TAIL_CHARS = 20000
 
     def __init__(self, model=MODEL, *args, port=None, env=None):
-        self.model = model
-        self.args = list(args)
-        self.port = port
-        self.env = dict(os.environ, **(env or {}))
-        self.proc = None
-        self.log = tempfile.TemporaryFile()
-
-    def start(self, timeout=20.0):
-        """Starts the process and waits until /v2/health/ready answers 200;
-        returns self. Raises RuntimeError with the server's output if not."""
-        port = self.port or free_port()
-        self.port = port
-        self.proc = subprocess.Popen(
-            [DCNSERVE, "--model", self.model, "--host", "127.0.0.1", "--port", str(port)] + self.args,
-            stdout=self.log, stderr=self.log, env=self.env)
-        if not self.wait_ready(timeout):
-            self.kill()
-            raise RuntimeError("dcnserve did not become ready:\n" + self.output())
-        return self
-
-    def wait_ready(self, timeout):
-        """Polls readiness until timeout seconds pass; True once ready."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                st, _, _ = self.request("GET", "/v2/health/ready", timeout=1)
-                if st == 200:
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.005)
-        return False
-
-    def output(self):
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-20000:]
-
-    def request(self, method, path, body=None, headers=None, timeout=30):
-        """One request on a fresh connection: (status, headers, body bytes)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            hdrs = dict(headers or {})
-            if body is not None and "Content-Type" not in hdrs:
-                hdrs["Content-Type"] = "application/json"
-            c.request(method, path, body=body, headers=hdrs)
-            r = c.getresponse()
-            data = r.read()
-            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
-        finally:
-            c.close()
+        super().__init__(model, *args, port=port, env=env)
 
     def rank(self, body, timeout=30):
         return self.request("POST", "/rank", body, timeout=timeout)
@@ -152,16 +96,6 @@ class Server:
         st, _, data = self.request("GET", "/v1/model")
         m = json.loads(data)
         return m.get("name"), m.get("version")
-
-    def rss_kb(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def n_fds(self):
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def mapped_files(self, suffix=".dcn"):
         """Distinct mappings of files ending in suffix (model files, their
@@ -184,29 +118,6 @@ class Server:
             if line.startswith(name) and (line[len(name)] in " {"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self, timeout=30):
-        """SIGTERM, then wait (SIGKILL after timeout s); returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def close(self):
-        self.kill()
-        self.log.close()
 
 
 def http_request_bytes(body, path="/rank", keep_alive=True, extra=""):

@@ -1,21 +1,18 @@
 """Integration tests of the dcnserve binary: each test class starts the real
 server (env DCNSERVE) on a free loopback port with a small model written by
-tools/dcnfile.py, and talks HTTP to it with the standard library.
+tools/dcnfile.py, and talks HTTP to it with the standard library; the
+process and the HTTP helpers are tests/lib/dcnproc.py's.
 
 Covers: POST /rank against an independent reference (tests/ref/dcn_ref.py)
 and the golden cases when present, top_k and stable ties, context vs
 per-candidate features, every error status, health/model/metrics endpoints,
 concurrent clients. Reload and drain live in test_lifecycle.py.
 """
-import http.client
 import json
 import math
 import os
 import random
-import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,8 +23,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 
-DCNSERVE = os.environ.get("DCNSERVE", os.path.join(ROOT, "build", "release", "dcnserve"))
+import dcnproc  # noqa: E402
+# test_lifecycle.py and test_golden_http.py use these through this module too
+from dcnproc import DCNSERVE, check_sanitizer_output  # noqa: E402
 
 try:
     import dcnfile  # noqa: E402
@@ -74,98 +74,19 @@ def make_model(path, name="tiny", version="1", seed=0):
     return path
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Server:
-    """A dcnserve process on a free loopback port."""
-
-    def __init__(self, model, *args, env=None):
-        self.port = None
-        self.model = model
-        self.args = list(args)
-        self.env = dict(os.environ, **(env or {}))
-        self.proc = None
-        self.log = tempfile.TemporaryFile()
-
-    def start(self, timeout=None):
-        timeout = timeout or (60.0 if SANITIZED else 10.0)   # a readiness bound only
-        for _ in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [DCNSERVE, "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port)]
-                + self.args, stdout=self.log, stderr=self.log, env=self.env)
-            deadline = time.time() + timeout
-            while time.time() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                try:
-                    st, _, _ = self.request("GET", "/v2/health/live", timeout=1)
-                    if st == 200:
-                        return self
-                except OSError:
-                    time.sleep(0.05)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        raise RuntimeError("dcnserve did not start:\n" + self.output())
-
-    def output(self):
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def request(self, method, path, body=None, headers=None, timeout=30):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            if isinstance(body, (dict, list)):
-                body = json.dumps(body)
-                headers = dict({"Content-Type": "application/json"}, **(headers or {}))
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            data = r.read()
-            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
-        finally:
-            c.close()
+class Server(dcnproc.Server):
+    """dcnproc.Server whose rank() takes and returns JSON objects, and whose
+    stop() also drops the output and fails the test on a sanitizer or
+    memcheck report in it."""
 
     def rank(self, req, **kw):
-        st, h, data = self.request("POST", "/rank", req, **kw)
-        return st, h, json.loads(data) if data else None
+        return self.request_json("POST", "/rank", req, **kw)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60 if SANITIZED else 15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop()
         out = self.output() if not self.log.closed else ""
         self.log.close()
         check_sanitizer_output(out)
-
-
-# Reports of ASan, LSan, UBSan and TSan: under a sanitizer build the server
-# must never print one (UBSan and TSan keep running after a report); under
-# valgrind (deploy/soak/valgrind-dcnserve.sh) memcheck's summary must say 0.
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                   "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
-VALGRIND_ERRORS = re.compile(r"ERROR SUMMARY: [1-9]")
-SANITIZED = any(s in DCNSERVE for s in ("asan", "tsan", "valgrind"))
-
-
-def check_sanitizer_output(out):
-    """Raises AssertionError quoting the server's log if it holds a
-    sanitizer or memcheck report."""
-    for mark in SANITIZER_MARKS:
-        if mark in out:
-            raise AssertionError(f"sanitizer report in the server's output:\n{out}")
-    if VALGRIND_ERRORS.search(out):
-        raise AssertionError(f"memcheck errors in the server's output:\n{out}")
 
 
 def random_rows(n, rng):

@@ -14,15 +14,10 @@ PyTorch's AUC.
 
 Environment: DCNSERVE (server binary), DCN_INSPECT (dcn-inspect). Skipped,
 with the reason, only while the server binary does not exist."""
-import http.client
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 import numpy as np
@@ -31,10 +26,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 import dcn_torch as dt  # noqa: E402
 import train  # noqa: E402
+from dcnproc import DCNSERVE, Server  # noqa: E402
 
-DCNSERVE = os.environ.get("DCNSERVE", os.path.join(ROOT, "build", "release", "dcnserve"))
 DCN_INSPECT = os.environ.get("DCN_INSPECT", os.path.join(ROOT, "build", "release", "dcn-inspect"))
 DATA = os.path.join(ROOT, "data", "criteo_train_1999.csv")
 SCORE_TOL = 1e-5
@@ -58,61 +54,6 @@ CONFIGS = {
     "full_stacked_bf16_i8": "--cross full --layers 2 --deep 16 --emb-dim 4",
 }
 QUANTIZED = {"full_stacked_bf16_i8": ("bf16", "i8")}
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Server:
-    """One dcnserve process on a free loopback port, stopped with SIGTERM."""
-
-    def __init__(self, model):
-        self.model, self.proc, self.port = model, None, None
-        self.log = tempfile.TemporaryFile()
-
-    def start(self, timeout=15.0):
-        for _ in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [DCNSERVE, "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", "2", "--drain-delay-ms", "0"], stdout=self.log, stderr=self.log)
-            deadline = time.time() + timeout
-            while time.time() < deadline and self.proc.poll() is None:
-                try:
-                    if self.request("GET", "/v2/health/ready")[0] == 200:
-                        return self
-                except OSError:
-                    time.sleep(0.05)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.seek(0)
-        raise RuntimeError("dcnserve did not start:\n" + self.log.read().decode(errors="replace"))
-
-    def request(self, method, path, body=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            hdr = {"Content-Type": "application/json"} if body is not None else {}
-            c.request(method, path, body=None if body is None else json.dumps(body), headers=hdr)
-            r = c.getresponse()
-            return r.status, json.loads(r.read() or b"null")
-        finally:
-            c.close()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @unittest.skipUnless(os.access(DCNSERVE, os.X_OK),
@@ -163,14 +104,14 @@ class HttpParityTest(unittest.TestCase):
         scores, logits = np.full(n, np.nan), np.full(n, np.nan)
         for start in range(0, n, 100):
             cands = [{"id": i, "features": self.valid_rows[i]} for i in range(start, min(n, start + 100))]
-            st, out = srv.request("POST", "/rank", {"candidates": cands, "return": {"logits": True}})
+            st, _, out = srv.request_json("POST", "/rank", {"candidates": cands, "return": {"logits": True}})
             self.assertEqual(st, 200, out)
             for c in out["ranked"]:
                 scores[c["id"]], logits[c["id"]] = c["score"], c["logit"]
         # Whole rows in the context (shared features), one candidate each.
         for i in range(0, n, n // 20):
-            st, out = srv.request("POST", "/rank", {"context": self.valid_rows[i],
-                                                    "candidates": [{"id": "x", "features": {}}]})
+            st, _, out = srv.request_json("POST", "/rank", {"context": self.valid_rows[i],
+                                                            "candidates": [{"id": "x", "features": {}}]})
             self.assertEqual(st, 200, out)
             self.assertLess(abs(out["ranked"][0]["score"] - scores[i]), SCORE_TOL)
         return scores, logits
@@ -178,13 +119,14 @@ class HttpParityTest(unittest.TestCase):
     def check(self, name):
         module, path = self.build(name)
         want, want_logit = dt.score_rows(module, self.valid_rows)
-        srv = Server(path).start()
+        srv = Server(path, "--workers", "2", "--drain-delay-ms", "0").start()
         try:
-            st, info = srv.request("GET", "/v1/model")
+            st, _, _ = srv.request("GET", "/v1/model")
             self.assertEqual(st, 200)
             got, got_logit = self.serve_scores(srv)
         finally:
             srv.stop()
+            srv.close()
         self.assertFalse(np.isnan(got).any(), "a row was not answered")
         err = np.abs(got - want)
         self.assertLess(err.max(), SCORE_TOL, f"{name}: worst row {int(err.argmax())}")
