@@ -3,7 +3,7 @@ rows: the same model served twice by the real dcnserve binary, once in float
 and once with extra flags (e.g. `--int8`), the same Criteo rows posted to
 both over HTTP, and the score, logloss and AUC changes printed.
 
-usage: precision_eval.py --dcnserve BIN --model F.dcn [--data CSV] [--flags "--int8"]
+usage: precision_eval.py --dcnserve BIN --model F.dcn [--data CSV] [--flags=--int8]
 Prints one JSON line: rows, max/mean |score change|, logloss and AUC of both.
 """
 import argparse

@@ -15,10 +15,11 @@ Steps (each one's output goes to bench/out/, which git ignores):
      package-lock.json on first use) on the same model, batch sizes and
      thread counts, after checking its logits against PyTorch's and the
      engine's;
-  6b. BF16: dlrmv2-bf16 (dense weights stored BF16) also run with them
-     widened to float32 at load (`--widen 1`), and the score change BF16
-     weights make on the real Criteo rows (tools/export.py --eval on the
-     bundled trained model);
+  6b. reduced precision: dlrmv2-bf16 (dense weights stored BF16) also run
+     with them widened to float32 at load (`--widen 1`); every FP32 model
+     again with INT8 dense layers (`--int8 1`); and what each costs on the
+     real Criteo rows with the bundled trained model (tools/export.py --eval
+     for BF16, bench/precision_eval.py through dcnserve for INT8);
   7. context sharing: `dcn-bench share` (a request of 100 candidates whose
      context is about half of x0) on a stacked and a parallel model, and the
      others;
@@ -29,7 +30,7 @@ Steps (each one's output goes to bench/out/, which git ignores):
 
 usage: run.py --bench BUILD/dcn-bench [--quick] [--models k1,k2]
               [--batches 1,16,...] [--threads 1,2] [--min-time S] [--no-ort]
-              [--no-share] [--out DIR] [--wait-quiet S] [--fix-noisy S]
+              [--no-share] [--no-int8] [--out DIR] [--wait-quiet S] [--fix-noisy S]
 --quick: short points (0.2 s, no re-runs) to check that everything runs; its
 figures are not meant to be quoted. A full run takes about 6 minutes on 2 cores,
 plus up to --fix-noisy (150 s) re-measuring points that others disturbed.
@@ -201,32 +202,37 @@ def stream_for(peaks, threads):
     return max(vals) if vals else None
 
 
-def bf16_table(res):
-    """Batch 1 against the weight-streaming floor, and BF16 against FP32."""
-    ours = {(p["model"], p["batch"], p["threads"], p.get("widen", 0)): p for p in res["engine"] + res["widen"]}
+def precision_table(res):
+    """Our reduced-precision runs against our FP32 and ONNX Runtime's FP32:
+    BF16 weights (16-bit panels, and widened at load), INT8 dense layers;
+    batch 1 also against its weight-streaming floor."""
+    ours = {(p["model"], p["batch"], p["threads"], p.get("widen", 0), p.get("int8", 0)): p
+            for p in res["engine"] + res["variants"]}
+    ort = {(p["key"], p["batch"], p["threads"]): p for p in res["ort"]}
     bw1 = stream_for(res["peak"], 1)
     lines = [
-        "| model | dense weights in memory | MB | batch | T | p50 ms | floor ms | p50 / floor | samples/s "
-        "| vs dlrmv2 FP32 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | dense weights | MB | batch | T | p50 ms | floor ms | samples/s | x our FP32 | x ORT FP32 | GOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (model, b, t, w), p in sorted(ours.items(), key=lambda kv: (kv[0][0], kv[0][3], kv[0][2], kv[0][1])):
-        if not model.startswith("dlrmv2") or b not in (1, 64, 256):
+    order = lambda kv: (TABLE_MODELS.index(kv[0][0]) if kv[0][0] in TABLE_MODELS else 99,
+                        kv[0][3] + 2 * kv[0][4], kv[0][2], kv[0][1])
+    for (model, b, t, w, q), p in sorted(ours.items(), key=order):
+        fp32 = model[:-5] if model.endswith("-bf16") else model
+        if not (w or q or model.endswith("-bf16")):
             continue
+        kind = "INT8" if q else ("BF16, widened to FP32 at load" if w else "BF16 (16-bit panels)")
         mb = p.get("packed_bytes", 0) / 1e6
-        # one row cannot be split: batch 1 streams the weights on one thread
-        floor = p["packed_bytes"] / (bw1 * 1e9) * 1e3 if bw1 and p.get("packed_bytes") and b == 1 else None
-        base = ours.get(("dlrmv2", b, t, 0))
-        kind = "FP32" if model == "dlrmv2" else ("BF16 widened to FP32 at load" if w else "BF16 (16-bit panels)")
+        # one row cannot be split by rows: batch 1 streams the weights on one thread
+        floor = p["packed_bytes"] / (bw1 * 1e9) * 1e3 if bw1 and p.get("packed_bytes") and b == 1 and t == 1 else None
+        base, o = ours.get((fp32, b, t, 0, 0)), ort.get((fp32, b, t))
         lines.append(
             f"| {model} | {kind} | {mb:.0f} | {b} | {t} | {p['lat_ms_median']:.3f} | {fmt(floor, '.3f')} | "
-            f"{fmt(p['lat_ms_median'] / floor if floor else None, '.2f')} | {fmt_int(p['samples_per_s'])} | "
-            f"{fmt(p['samples_per_s'] / base['samples_per_s'] if base else None, '.2f')} |")
+            f"{fmt_int(p['samples_per_s'])} | "
+            f"{fmt(p['samples_per_s'] / base['samples_per_s'] if base else None, '.2f')} | "
+            f"{fmt(p['samples_per_s'] / o['samples_per_s'] if o else None, '.2f')} | {p['gflops']:.1f} |")
     out = "\n".join(lines)
-    pr = res.get("precision")
-    if pr:
-        out += (f"\n\nBF16 dense weights on real data (the bundled trained model over {pr['rows']} Criteo rows, "
-                f"`{pr['command']}`): {pr['summary']}")
+    for pr in res.get("precision", []):
+        out += f"\n\n{pr['what']} (`{pr['command']}`): {pr['summary']}"
     return out
 
 
@@ -237,11 +243,14 @@ def header(res):
                    for p in peaks if "gflops" in p)
     clk = ", ".join(f"T={p['threads']}: {p['ghz']:.2f} GHz" for p in peaks if "ghz" in p)
     bw = ", ".join(f"T={p['threads']}: {p['gbps']:.1f} GB/s" for p in peaks if "gbps" in p)
+    iops = ", ".join(f"{p['test']} T={p['threads']}: {p['gops']:.1f} GOP/s" for p in peaks if "gops" in p)
     kern = res["engine"][0]["kernels"] if res["engine"] else "?"
     ortv = res["ort"][0]["version"] if res["ort"] else "not run"
     out = [f"Machine: {m['cpu']}, {m['nproc']} CPUs ({m.get('isa', '')}); clock (add chain) {clk}.",
            f"FMA peak (FP32, measured): {pk}.",
            f"Streaming read from memory (measured, the weight-streaming floor's roof): {bw or 'not measured'}.",
+           f"Integer dot products (measured, the roof of an INT8 path without VNNI; 2 ops a multiply-add): "
+           f"{iops or 'not measured'}.",
            f"dcnserve kernels: {kern}; ONNX Runtime: onnxruntime-node {ortv} (CPU EP, graph "
            f"optimisations all, intra-op threads = T, inter-op 1); git {m.get('git')}.",
            f"Started {res['started']}, {res['seconds']:.0f} s; point length {res['min_time_s']} s"
@@ -268,12 +277,35 @@ def precision_bf16(py, out):
            "--dtype", "bf16", "--emb-dtype", "f32", "--eval", data]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if p.returncode != 0:
-        return {"rows": 0, "command": " ".join(cmd), "summary": f"failed: {p.stdout[-300:]}"}
+        return {"what": "BF16 dense weights on real data", "command": " ".join(cmd),
+            "summary": f"failed: {p.stdout[-300:]}"}
     lines = [l for l in p.stdout.splitlines() if l.startswith(("score change", "logloss"))]
     rows = next((int(w) for l in lines for w in l.split() if w.isdigit()), 0)
     shown = "tools/export.py --from dcnserve model/default/criteo-dcn.dcn --out F --dtype bf16 " \
             "--emb-dtype f32 --eval data/criteo_train_1999.csv"
-    return {"rows": rows, "command": shown, "summary": "; ".join(lines) + "."}
+    return {"what": f"BF16 dense weights on real data (the bundled trained model, {rows} Criteo rows, "
+                    "scored by the reference, which the engine matches to float rounding)",
+            "command": shown, "summary": "; ".join(lines) + "."}
+
+
+def precision_int8(py, dcnserve):
+    """The cost of --int8 on real data: the bundled trained model served by
+    dcnserve in float and in INT8, the same Criteo rows posted to both."""
+    cmd = [py, os.path.join(HERE, "precision_eval.py"), "--dcnserve", dcnserve,
+           "--model", os.path.join(ROOT, "model", "default", "criteo-dcn.dcn"), "--flags=--int8"]
+    shown = "bench/precision_eval.py --dcnserve build/release/dcnserve --model model/default/criteo-dcn.dcn --flags=--int8"
+    what = "INT8 on real data (the bundled trained model served by dcnserve with and without --int8)"
+    if not os.access(dcnserve, os.X_OK):
+        return {"what": what, "command": shown, "summary": f"not run: {dcnserve} is not built (make all)"}
+    got = run_json(cmd)
+    if not got:
+        return {"what": what, "command": shown, "summary": "failed"}
+    r = got[0]
+    return {"what": what, "command": shown, "data": r,
+            "summary": f"{r['rows']} rows, score change max {r['max_abs_score_change']:.2e}, mean "
+                       f"{r['mean_abs_score_change']:.2e}; logloss {r['logloss'][0]:.6f} -> {r['logloss'][1]:.6f} "
+                       f"({r['logloss'][1] - r['logloss'][0]:+.2e}), AUC {r['auc'][0]:.6f} -> {r['auc'][1]:.6f} "
+                       f"({r['auc'][1] - r['auc'][0]:+.2e})."}
 
 
 # ---------------------------------------------------------------- second chances
@@ -328,6 +360,7 @@ def main():
     ap.add_argument("--min-time", type=float)
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-share", action="store_true")
+    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 runs")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the machine to be quiet")
@@ -352,7 +385,7 @@ def main():
     res = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join(["bench/run.py"] + sys.argv[1:]), "quick": a.quick,
            "min_time_s": min_time, "machine": machine_info(), "peak": [], "models": [],
-           "engine": [], "ort": [], "parity": [], "share": [], "export": [], "widen": []}
+           "engine": [], "ort": [], "parity": [], "share": [], "export": [], "variants": []}
 
     if a.wait_quiet > 0:
         log(f"waiting up to {a.wait_quiet:.0f} s for a quiet machine")
@@ -390,9 +423,13 @@ def main():
                                    "--batches", a.batches, "--threads", a.threads] + timing)
         if k in WIDEN_MODELS:
             log(f"engine: {k}, weights widened to float32 at load")
-            res["widen"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"), "--widen", "1",
-                                      "--batches", ",".join(b for b in a.batches.split(",") if b in ("1", "64", "256")),
-                                      "--threads", a.threads] + timing)
+            res["variants"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"), "--widen", "1",
+                                         "--batches", ",".join(b for b in a.batches.split(",") if b in ("1", "64", "256")),
+                                         "--threads", a.threads] + timing)
+        if k not in NO_ORT and not a.no_int8:
+            log(f"engine: {k}, INT8 dense layers")
+            res["variants"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"), "--int8", "1",
+                                         "--batches", a.batches, "--threads", a.threads] + timing)
         if ort_ok and k in ort_keys:
             log(f"ONNX Runtime: {k}")
             got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
@@ -400,9 +437,13 @@ def main():
                            + timing, cwd=HERE)
             res["ort"] += [g for g in got if g["kind"] == "point"]
             res["parity"] += [g for g in got if g["kind"] == "parity"]
+    res["precision"] = []
     if any(k in WIDEN_MODELS for k in keys):
         log("BF16 on real data (tools/export.py --eval)")
-        res["precision"] = precision_bf16(py, out)
+        res["precision"].append(precision_bf16(py, out))
+    if not a.no_int8:
+        log("INT8 on real data (bench/precision_eval.py)")
+        res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve")))
     for k in share_keys:
         log(f"context sharing: {k}")
         res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),
@@ -416,12 +457,12 @@ def main():
     log("FMA peak probe (again)")
     best = {(p["test"], p["threads"]): p for p in res["peak"]}
     for p in run_json([bench, "peak", "--threads", a.threads, "--min-time", "0.5"]):
-        k, v = (p["test"], p["threads"]), next(f for f in ("gflops", "gbps", "ghz") if f in p)
+        k, v = (p["test"], p["threads"]), next(f for f in ("gflops", "gops", "gbps", "ghz") if f in p)
         if k not in best or p[v] > best[k][v]:
             best[k] = p
     res["peak"] = list(best.values())
     res["seconds"] = time.time() - t_start
-    text = "\n\n".join([header(res), main_table(res)] + ([bf16_table(res)] if res["widen"] else [])
+    text = "\n\n".join([header(res), main_table(res)] + ([precision_table(res)] if res["variants"] else [])
                        + ([share_table(res)] if res["share"] else []))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
