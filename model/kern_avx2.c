@@ -97,7 +97,7 @@ static float quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
     for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
     for (size_t j = k; j < n; j++)
         if (fabsf(x[j]) > amax || x[j] != x[j]) amax = fabsf(x[j]);
-    if (_mm256_movemask_ps(un) || !(amax > 0.0f) || !isfinite(amax)) return kern_quant_row(x, n, kq, out);
+    if (_mm256_movemask_ps(un) || !(amax >= KQ_TINY) || !isfinite(amax)) return kern_quant_row(x, n, kq, out);
     float inv = 127.0f / amax;
     __m256 vi = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     __m256i off = _mm256_set1_epi32(128);

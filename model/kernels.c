@@ -145,9 +145,12 @@ float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
         float a = fabsf(x[k]);
         if (a > amax || a != a) amax = a; /* a NaN stays */
     }
-    if (!(amax > 0.0f) || !isfinite(amax)) { /* zero rows quantize to zeros; non-finite ones too, */
-        memset(out, 128, kq);               /* with a scale that makes every output NaN or inf */
-        return amax > 0.0f || amax != amax ? amax / 127.0f : 1.0f;
+    /* Zero rows, rows too small for 127 / max|x| to be finite (treated as
+     * zero: their products are below 1e-30), and non-finite rows quantize
+     * to zeros; the scale of a non-finite row keeps its outputs non-finite. */
+    if (!(amax >= KQ_TINY) || !isfinite(amax)) {
+        memset(out, 128, kq);
+        return !isfinite(amax) || amax > 0.0f ? amax / 127.0f : 1.0f;
     }
     float inv = 127.0f / amax;
     for (size_t k = 0; k < n; k++) {

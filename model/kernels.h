@@ -53,6 +53,7 @@ typedef struct klinear {
 #define KQ_WMAX 63
 #define KQ_NR 16
 #define KQ_MAX_IN 65536 /* wider layers stay float */
+#define KQ_TINY 1e-30f  /* rows with max|x| below this quantize to zeros */
 
 /* A run of input coordinates [k0, k1). */
 typedef struct krange {

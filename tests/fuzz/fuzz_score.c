@@ -13,6 +13,9 @@
  * ASan report. dcn_score must either refuse the batch with a dcn_err and
  * write nothing, or accept it; when it accepts, the same batch must score
  * identically a second time (no state leaks between calls).
+ * Each model is also opened with INT8 dense layers, its scratch lent a
+ * dcn_team of one helper that takes every layer (DCN_TEAM_MIN_BYTES=0):
+ * the high bit of the first byte picks that copy.
  */
 #include <dirent.h>
 #include <math.h>
@@ -22,8 +25,9 @@
 
 enum { MAX_MODELS = 64, MAX_ROWS = 16, MAX_IDS_PER_FEATURE = 512 };
 
-static dcn_model *models[MAX_MODELS];
-static dcn_scratch *scratches[MAX_MODELS];
+static dcn_model *models[MAX_MODELS], *qmodels[MAX_MODELS];
+static dcn_scratch *scratches[MAX_MODELS], *qscratches[MAX_MODELS];
+static dcn_team *teams[MAX_MODELS];
 static size_t n_models;
 
 static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
@@ -39,6 +43,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     struct dirent **ents;
     int n = scandir(dir, &ents, NULL, by_name);
     FZ_CHECK(n > 0, "no model directory %s (set DCN_FUZZ_ROOT)", dir);
+    setenv("DCN_TEAM_MIN_BYTES", "0", 1);
+    dcn_open_opts q8 = {.int8 = 1};
     for (int i = 0; i < n; i++) {
         size_t len = strlen(ents[i]->d_name);
         if (len > 4 && !strcmp(ents[i]->d_name + len - 4, ".dcn") && n_models < MAX_MODELS) {
@@ -47,6 +53,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             if (dcn_open(path, NULL, &m, err, sizeof err) == 0) {
                 scratches[n_models] = dcn_scratch_new(m, MAX_ROWS);
                 FZ_CHECK(scratches[n_models], "scratch");
+                FZ_CHECK(dcn_open(path, &q8, &qmodels[n_models], err, sizeof err) == 0, "int8: %s", err);
+                qscratches[n_models] = dcn_scratch_new(qmodels[n_models], MAX_ROWS);
+                teams[n_models] = dcn_team_new(1);
+                FZ_CHECK(qscratches[n_models] && teams[n_models], "int8 scratch and team");
+                dcn_scratch_set_team(qscratches[n_models], teams[n_models]);
                 models[n_models++] = m;
             }
         }
@@ -113,9 +124,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!n_models) LLVMFuzzerInitialize(NULL, NULL);
     fz c = {data, size};
-    size_t mi = fz_u8(&c) % n_models;
-    dcn_model *m = models[mi];
-    dcn_scratch *s = scratches[mi];
+    uint8_t pick = fz_u8(&c);
+    size_t mi = (pick & 0x7f) % n_models;
+    dcn_model *m = pick & 0x80 ? qmodels[mi] : models[mi];
+    dcn_scratch *s = pick & 0x80 ? qscratches[mi] : scratches[mi];
     const dcn_info *in = dcn_model_info(m);
     size_t nd = in->n_dense, ns = in->n_sparse;
 

@@ -215,6 +215,14 @@ Test(kernels, gemm_int8, .timeout = 120) {
     float z[3] = {0, 0, 0};
     cr_assert_eq(kern_quant_row(z, 3, 4, q), 1.0f);
     cr_assert(q[0] == 128 && q[3] == 128);
+    /* subnormal rows (127 / max|x| would overflow; found by fuzz_score) and
+     * non-finite ones: zeros, finite or non-finite scale */
+    float sub[3] = {1e-40f, 0.0f, -2e-40f};
+    cr_assert(kern_quant_row(sub, 3, 4, q) < 1e-40f && q[0] == 128 && q[2] == 128);
+    float bad[3] = {1.0f, NAN, 2.0f};
+    cr_assert(isnan(kern_quant_row(bad, 3, 4, q)) && q[0] == 128 && q[1] == 128);
+    float inf[2] = {INFINITY, 1.0f};
+    cr_assert(isinf(kern_quant_row(inf, 2, 4, q)) && q[1] == 128);
 }
 
 Test(kernels, embedding_rows_match_scalar) {
