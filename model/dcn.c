@@ -5,8 +5,9 @@
  * - dcn_open maps the file read-only, parses the container (gguf.c), then
  *   checks every key and tensor of the spec against each other before it
  *   builds anything a caller can see. Embedding tables and vocabularies stay
- *   in the mapping; dense weights are converted to float32 and packed for the
- *   kernel set (kernels.h). The handle is immutable afterwards and shared
+ *   in the mapping; dense weights are packed for the kernel set (kernels.h):
+ *   float32, or 16-bit when the file stores them so, plus an INT8 copy with
+ *   dcn_open_opts.int8 (PRECISION.md). The handle is immutable afterwards and shared
  *   through an atomic reference count; the last dcn_release unmaps.
  * - dcn_score runs on the caller's thread with the caller's scratch: it
  *   validates the batch, builds x0 (dense transforms, optional bottom MLP,
@@ -18,6 +19,9 @@
  *   bias (lin_x0).
  * - Activations of mix layers run through the kernel set's vector act on
  *   the GEMM output; gates (K values a row) use libm.
+ * - Every GEMM goes through gemm(): with a dcn_team on the scratch, a batch
+ *   of at most DCN_TEAM_MAX_ROWS rows and a layer of dcn_team_min_bytes()
+ *   or more, the layer's output panels are split across the team (team.c).
  */
 #include "model/dcn.h"
 #include "model/gguf.h"
@@ -1396,7 +1400,9 @@ static const float *mlp(const dcn_model *md, dcn_scratch *s, const klinear *L, s
  * the rows then only read their own coordinates. */
 static void lin_x0(const dcn_model *m, dcn_scratch *s, const plan *p, const klinear *L, float *y, size_t ldy,
                    kepi e) {
-    if (!p->n_ctx) {
+    /* An INT8 layer quantizes whole rows (one scale each): splitting them
+     * would make a row's score depend on what else shares its batch. */
+    if (!p->n_ctx || L->wq) {
         e.bias = L->bias;
         gemm(m, s, p->n_rows, s->x0, s->ldd, L, &p->all, 1, y, ldy, &e);
         return;

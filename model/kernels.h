@@ -13,6 +13,9 @@
  *   x0 ⊙ (acc + b) + x_l.
  * - Each instruction set lives in its own file with its own flags; the scalar
  *   set is always built and is the oracle in tests. Kernels allocate nothing.
+ * - Weights may be packed 16-bit (KW_BF16/KW_F16: widened as read) and may
+ *   carry an INT8 copy (kern_quantize): a GEMM over all of a layer's inputs
+ *   then runs in INT8 on the sets that have the kernel (AVX2, scalar).
  */
 #ifndef DCN_KERNELS_H
 #define DCN_KERNELS_H

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -354,6 +355,42 @@ class RankTest(unittest.TestCase):
         self.assertIn('dcnserve_request_phase_seconds_count{phase="inference"}', text)
         self.assertIn('dcnserve_model_info{name="tiny",version="7"', text)
         self.assertIn("dcnserve_batch_rows_bucket", text)
+
+    def test_int8_and_small_batch_threads(self):
+        # --int8: the model's dense layers in INT8; scores close to float
+        # (the tiny random model's raw dense inputs make it coarse: 0.1),
+        # different somewhere, and said in /v1/model. A team of 3 threads
+        # splits every layer of small batches (DCN_TEAM_MIN_BYTES=0).
+        rows = random_rows(40, random.Random(11))
+        req = {"candidates": [{"id": i, "features": r} for i, r in enumerate(rows)]}
+        st, _, base = self.srv.rank(req)
+        self.assertEqual(st, 200, base)
+        st, _, data = self.srv.request("GET", "/v1/model")
+        self.assertEqual(json.loads(data)["dense_precision"], "as stored")
+        env = dict(os.environ, DCN_TEAM_MIN_BYTES="0")
+        srv = Server(self.model, "--int8", "--small-batch-threads", "3", "--drain-delay-ms", "0", env=env).start()
+        try:
+            st, _, data = srv.request("GET", "/v1/model")
+            info = json.loads(data)
+            self.assertEqual((st, info["dense_precision"]), (200, "int8"))
+            self.assertGreater(info["dense_bytes"], 0)
+            st, _, out = srv.rank(req)
+            self.assertEqual(st, 200, out)
+            want = {c["id"]: c["score"] for c in base["ranked"]}
+            got = {c["id"]: c["score"] for c in out["ranked"]}
+            self.assertEqual(set(got), set(want))
+            self.assertLess(max(abs(got[i] - want[i]) for i in got), 0.1)
+            self.assertTrue(any(got[i] != want[i] for i in got))
+            for i in range(3):  # one candidate at a time: the team's case
+                st, _, one = srv.rank({"candidates": [{"id": i, "features": rows[i]}]})
+                self.assertEqual(st, 200, one)
+                self.assertAlmostEqual(one["ranked"][0]["score"], got[i], delta=1e-6)
+        finally:
+            srv.stop()
+        p = subprocess.run([DCNSERVE, "--model", self.model, "--small-batch-threads", "257"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("small-batch-threads", p.stderr)
 
     def test_admin_forbidden_with_token(self):
         # loopback is allowed by default; a token makes loopback insufficient

@@ -340,6 +340,21 @@ Test(golden, int8_stays_close_to_float, .timeout = 120) {
             sum += fabsf(s1[r] - s2[r]);
             compared++;
         }
+        /* Under INT8 a row's score does not depend on what shares its
+         * batch: context passed once equals context in every row. */
+        batchbuf sh, bc;
+        build_batch(mq, json_object_get(root, "segments"), SHARE_FORCED, 0, &sh);
+        build_batch(mq, json_object_get(root, "segments"), BROADCAST_FORCED, 0, &bc);
+        dcn_scratch *s3 = dcn_scratch_new(mq, sh.n_rows + 1);
+        float *a = malloc((sh.n_rows + 1) * sizeof *a), *bb = malloc((sh.n_rows + 1) * sizeof *bb);
+        cr_assert_eq(dcn_score(mq, s3, &sh.b, a, NULL), 0, "%s int8 shared", cases[c]);
+        cr_assert_eq(dcn_score(mq, s3, &bc.b, bb, NULL), 0, "%s int8 broadcast", cases[c]);
+        for (size_t r = 0; r < sh.n_rows; r++)
+            cr_expect(fabsf(a[r] - bb[r]) <= 1e-6f * fabsf(bb[r]), "%s row %zu: int8 shared %.9g, broadcast %.9g",
+                      cases[c], r, a[r], bb[r]);
+        free(a), free(bb);
+        dcn_scratch_free(s3);
+        free_batch(&sh), free_batch(&bc);
         free(s1), free(s2);
         dcn_scratch_free(sf), dcn_scratch_free(sq);
         dcn_team_free(tm);
