@@ -116,7 +116,7 @@ static float quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
     return amax / 127.0f;
 }
 
-static void gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy, const kepi *e) {
+void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy, const kepi *e) {
     size_t kq = L->kq, groups = kq / 4, panels = (L->out + KQ_NR - 1) / KQ_NR;
     size_t rows_blk = QBUF / kq < QROWS ? QBUF / kq : QROWS;
     const __m256i ones = _mm256_set1_epi16(1);
@@ -169,7 +169,7 @@ static void gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, floa
 static void gemm_avx2(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y,
                       size_t ldy, const kepi *e) {
     if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
-        gemm_i8(m, x, ldx, L, y, ldy, e);
+        kern_avx2_gemm_i8(m, x, ldx, L, y, ldy, e);
     else
         gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
 }

@@ -34,4 +34,19 @@ typedef __m512 V;
 #define vscale2(p, n) _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)))
 
 #include <string.h>
+
+static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
+                        float *y, size_t ldy, const kepi *e);
+#define KGEMM gemm_avx512
 #include "model/kern_simd.inc"
+
+/* INT8 layers run the AVX2 kernel (an AVX-512 CPU has AVX2): its panels are
+ * 16 outputs wide whatever nr is. AVX-512 BW / VNNI INT8 kernels would be
+ * faster; none is written without such a CPU to test it on. */
+static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
+                        float *y, size_t ldy, const kepi *e) {
+    if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
+        kern_avx2_gemm_i8(m, x, ldx, L, y, ldy, e);
+    else
+        gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
+}

@@ -15,7 +15,8 @@
  *   set is always built and is the oracle in tests. Kernels allocate nothing.
  * - Weights may be packed 16-bit (KW_BF16/KW_F16: widened as read) and may
  *   carry an INT8 copy (kern_quantize): a GEMM over all of a layer's inputs
- *   then runs in INT8 on the sets that have the kernel (AVX2, scalar).
+ *   then runs in INT8 (the AVX2 kernel on AVX2 and AVX-512 sets; the scalar
+ *   set has its reference).
  */
 #ifndef DCN_KERNELS_H
 #define DCN_KERNELS_H
@@ -96,6 +97,10 @@ typedef struct kern_set {
      * hard_tanh, sigmoid). */
     void (*act)(float *x, size_t n, int kind);
 } kern_set;
+
+/* The AVX2 INT8 GEMM over all of L's inputs (L->wq set); the AVX-512 set
+ * uses it too. */
+void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy, const kepi *e);
 
 extern const kern_set kern_scalar;
 extern const kern_set kern_avx2;
