@@ -330,8 +330,8 @@ def fix_noisy(res, a, bench, mdir, timing, ort_ok, limit=0.05):
     a.fix_noisy seconds; keeps each point's less disturbed measurement. The
     machine is shared: load comes in bursts, so a later try often finds a
     quiet moment."""
-    todo = [("engine", p) for p in res["engine"]] + [("ort", p) for p in res["ort"]] + \
-           [("share", p) for p in res["share"]]
+    todo = [("engine", p) for p in res["engine"]] + [("variants", p) for p in res["variants"]] + \
+           [("ort", p) for p in res["ort"]] + [("share", p) for p in res["share"]]
     todo = sorted((x for x in todo if x[1]["foreign_cpu"] > limit), key=lambda x: -x[1]["foreign_cpu"])
     if not todo:
         return
@@ -341,9 +341,10 @@ def fix_noisy(res, a, bench, mdir, timing, ort_ok, limit=0.05):
     for kind, p in todo:
         if time.time() > deadline:
             break
-        if kind == "engine":
+        if kind in ("engine", "variants"):
             new = run_json([bench, "run", "--model", os.path.join(mdir, f"{p['model']}.dcn"),
-                            "--batches", str(p["batch"]), "--threads", str(p["threads"])] + timing)
+                            "--batches", str(p["batch"]), "--threads", str(p["threads"]),
+                            "--widen", str(p.get("widen", 0)), "--int8", str(p.get("int8", 0))] + timing)
         elif kind == "ort":
             if not ort_ok:
                 continue
