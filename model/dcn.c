@@ -128,10 +128,10 @@ typedef struct loader {
     int int8;  /* dcn_open_opts.int8 */
 } loader;
 
-/* How the kernels store a layer packed from tensors of these dtypes: in
- * their own 16 bits when they share one (exact), else float32. */
-static int panel_type(const loader *ld, int dt, int dt2) {
-    if (ld->widen || dt != dt2) return KW_F32;
+/* How the kernels store a layer packed from a tensor of this dtype: in its
+ * own 16 bits (exact), else float32. */
+static int panel_type(const loader *ld, uint32_t dt) {
+    if (ld->widen) return KW_F32;
     return dt == DCN_BF16 ? KW_BF16 : dt == DCN_F16 ? KW_F16 : KW_F32;
 }
 
@@ -371,7 +371,7 @@ static int load_linear(loader *ld, klinear *L, const char *prefix, size_t out, s
     const gg_tensor *tb = need_tensor(ld, bn, WEIGHT_DTYPES, 1, (uint64_t[]){out}, &rc);
     if (!tb) return rc;
     float *w = tensor_f32(ld, tw, wn, &rc), *b = w ? tensor_f32(ld, tb, bn, &rc) : NULL;
-    if (w && b && kern_pack_as(L, w, b, out, in, ld->m->ks->nr, panel_type(ld, tw->dtype, tw->dtype)))
+    if (w && b && kern_pack_as(L, w, b, out, in, ld->m->ks->nr, panel_type(ld, tw->dtype)))
         rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory packing '%s'", wn);
     free(w);
     free(b);
@@ -599,7 +599,7 @@ static int load_cross(loader *ld) {
             snprintf(n1, sizeof n1, "cross.%zu.weight", l);
             const gg_tensor *t = need_tensor(ld, n1, WEIGHT_DTYPES, 2, (uint64_t[]){d, d}, &rc);
             float *w = t ? tensor_f32(ld, t, n1, &rc) : NULL;
-            if (w) rc = pack_slice(ld, &x->a, w, bias, d, d, n1, panel_type(ld, t->dtype, t->dtype));
+            if (w) rc = pack_slice(ld, &x->a, w, bias, d, d, n1, panel_type(ld, t->dtype));
             free(w);
             free(bias);
             if (rc) goto out;
@@ -611,8 +611,8 @@ static int load_cross(loader *ld) {
             const gg_tensor *tv = need_tensor(ld, n1, WEIGHT_DTYPES, 2, (uint64_t[]){r, d}, &rc);
             const gg_tensor *tu = tv ? need_tensor(ld, n2, WEIGHT_DTYPES, 2, (uint64_t[]){d, r}, &rc) : NULL;
             float *v = tu ? tensor_f32(ld, tv, n1, &rc) : NULL, *u = v ? tensor_f32(ld, tu, n2, &rc) : NULL;
-            if (u && !(rc = pack_slice(ld, &x->a, v, NULL, r, d, n1, panel_type(ld, tv->dtype, tv->dtype))))
-                rc = pack_slice(ld, &x->u, u, bias, d, r, n2, panel_type(ld, tu->dtype, tu->dtype));
+            if (u && !(rc = pack_slice(ld, &x->a, v, NULL, r, d, n1, panel_type(ld, tv->dtype))))
+                rc = pack_slice(ld, &x->u, u, bias, d, r, n2, panel_type(ld, tu->dtype));
             free(v);
             free(u);
             free(bias);
@@ -664,9 +664,9 @@ static int load_cross(loader *ld) {
             for (size_t i = 0; i < K; i++)
                 for (size_t n = 0; n < d; n++) memcpy(ucat + n * K * r + i * r, u + (i * d + n) * r, r * sizeof *u);
             /* a holds the gate's rows too: 16-bit only if they are of V's type */
-            int wa = panel_type(ld, (int)tv->dtype, gated ? gdt : (int)tv->dtype);
+            int wa = gated && gdt != (int)tv->dtype ? KW_F32 : panel_type(ld, tv->dtype);
             if ((rc = pack_slice(ld, &x->a, va, vb, rows, d, n1, wa)) ||
-                (rc = pack_slice(ld, &x->u, ucat, bias, d, K * r, n3, panel_type(ld, tu->dtype, tu->dtype))))
+                (rc = pack_slice(ld, &x->u, ucat, bias, d, K * r, n3, panel_type(ld, tu->dtype))))
                 goto mix_done;
             x->c = calloc(K, sizeof *x->c);
             if (!x->c) {
@@ -674,7 +674,7 @@ static int load_cross(loader *ld) {
                 goto mix_done;
             }
             for (size_t i = 0; i < K && !rc; i++)
-                rc = pack_slice(ld, &x->c[i], c + i * r * r, NULL, r, r, n2, panel_type(ld, tc->dtype, tc->dtype));
+                rc = pack_slice(ld, &x->c[i], c + i * r * r, NULL, r, r, n2, panel_type(ld, tc->dtype));
         mix_done:
             if (lgw != gw) free(lgw);
             if (lgb != gb) free(lgb);
@@ -758,6 +758,14 @@ static void model_free(dcn_model *m) {
 static atomic_ulong next_uid = 1;
 
 /* Validates everything that is not a tensor's data, then builds the layers. */
+/* Adds L's INT8 copy (dcn_open_opts.int8) and counts the bytes the kernels
+ * read of it (the INT8 copy's when there is one); -1 when out of memory. */
+static int finish_layer(loader *ld, klinear *L) {
+    if (ld->int8 && kern_quantize(L)) return -1;
+    ld->m->packed_bytes += L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : kern_packed_bytes(L);
+    return 0;
+}
+
 static int build(loader *ld) {
     dcn_model *m = ld->m;
     dcn_info *in = &m->info;
@@ -906,23 +914,17 @@ static int build(loader *ld) {
     if (in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR) o = m->cross[0].a.out_pad;
     if (in->n_deep) o = o > m->deep[0].out_pad ? o : m->deep[0].out_pad;
     m->max_out_pad = o ? o : 1;
-    /* Every packed layer, for the byte count and the INT8 copies. */
-    klinear *all[3 * MAX_LAYERS + MAX_LAYERS * (MAX_EXPERTS + 2)];
-    size_t na = 0;
-    for (size_t j = 0; j < in->n_bottom; j++) all[na++] = &m->bottom[j];
-    for (size_t j = 0; j < in->n_deep; j++) all[na++] = &m->deep[j];
+    /* Every packed layer: its INT8 copy if asked for, and its bytes. */
+    int bad = 0;
+    for (size_t j = 0; j < in->n_bottom; j++) bad |= finish_layer(ld, &m->bottom[j]);
+    for (size_t j = 0; j < in->n_deep; j++) bad |= finish_layer(ld, &m->deep[j]);
     for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR; l++) {
         xlayer *x = &m->cross[l];
-        all[na++] = &x->a;
-        if (x->u.in) all[na++] = &x->u;
-        for (size_t i = 0; x->c && i < in->experts; i++) all[na++] = &x->c[i];
+        bad |= finish_layer(ld, &x->a);
+        if (x->u.in) bad |= finish_layer(ld, &x->u);
+        for (size_t i = 0; x->c && i < in->experts; i++) bad |= finish_layer(ld, &x->c[i]);
     }
-    for (size_t i = 0; i < na; i++) {
-        if (ld->int8 && kern_quantize(all[i]))
-            return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing the dense layers to INT8");
-        m->packed_bytes += all[i]->wq ? all[i]->kq * ((all[i]->out + KQ_NR - 1) / KQ_NR * KQ_NR)
-                                      : kern_packed_bytes(all[i]);
-    }
+    if (bad) return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing the dense layers to INT8");
     in->packed_bytes = m->packed_bytes;
     in->int8 = ld->int8;
     compute_flops(m);
