@@ -107,12 +107,7 @@ static float quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
         __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
         _mm_storel_epi64((__m128i *)(void *)(out + k), _mm_packus_epi16(p, p));
     }
-    for (; k < n; k++) {
-        float q = nearbyintf(x[k] * inv);
-        q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
-        out[k] = (uint8_t)((int)q + 128);
-    }
-    for (; k < kq; k++) out[k] = 128;
+    kern_quant_span(x, k, n, kq, inv, out);
     return amax / 127.0f;
 }
 

@@ -152,14 +152,17 @@ float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
         memset(out, 128, kq);
         return !isfinite(amax) || amax > 0.0f ? amax / 127.0f : 1.0f;
     }
-    float inv = 127.0f / amax;
-    for (size_t k = 0; k < n; k++) {
+    kern_quant_span(x, 0, n, kq, 127.0f / amax, out);
+    return amax / 127.0f;
+}
+
+void kern_quant_span(const float *x, size_t k0, size_t n, size_t kq, float inv, uint8_t *out) {
+    for (size_t k = k0; k < n; k++) {
         float q = nearbyintf(x[k] * inv);
         q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
         out[k] = (uint8_t)((int)q + 128);
     }
-    for (size_t k = n; k < kq; k++) out[k] = 128;
-    return amax / 127.0f;
+    for (size_t k = n > k0 ? n : k0; k < kq; k++) out[k] = 128;
 }
 
 void kern_linear_free(klinear *L) {

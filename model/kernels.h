@@ -132,6 +132,9 @@ int kern_quantize(klinear *L);
  * Returns the scale max|x| / 127 (1 for a zero row). Every kernel set
  * quantizes exactly so. */
 float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out);
+/* Its inner part: inputs [k0, n) with 127 / max|x| = inv, then the padding
+ * up to kq (vector kernels finish their rows with it). */
+void kern_quant_span(const float *x, size_t k0, size_t n, size_t kq, float inv, uint8_t *out);
 
 float kern_bf16_to_f32(uint16_t h);
 uint16_t kern_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
