@@ -126,6 +126,8 @@ typedef struct loader {
     size_t errlen;
     int widen; /* dcn_open_opts.widen_weights */
     int int8;  /* dcn_open_opts.int8 */
+    uint8_t *kv_used; /* (n_kv) INT8 smoothing keys a layer took */
+    size_t smoothed;  /* layers with smoothing factors */
 } loader;
 
 /* How the kernels store a layer packed from a tensor of this dtype: in its
@@ -757,15 +759,80 @@ static void model_free(dcn_model *m) {
 
 static atomic_ulong next_uid = 1;
 
-/* Validates everything that is not a tensor's data, then builds the layers. */
-/* Adds L's INT8 copy (dcn_open_opts.int8) and counts the bytes the kernels
- * read of it (the INT8 copy's when there is one); -1 when out of memory. */
-static int finish_layer(loader *ld, klinear *L) {
-    if (ld->int8 && kern_quantize(L)) return -1;
-    ld->m->packed_bytes += L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : kern_packed_bytes(L);
-    return 0;
+#define SMOOTH_PREFIX "dcnv2.int8.smooth."
+
+/* Finishes a packed layer read from tensor `name`: reads its INT8 smoothing
+ * factors if the file has them (key SMOOTH_PREFIX name, `n_all` floats, the
+ * layer's `L->in` from element `off`: a mix layer's per-expert C takes its
+ * expert's slice), checked whether or not INT8 is asked for; adds the INT8
+ * copy (dcn_open_opts.int8) and counts the bytes the kernels read (the INT8
+ * copy's when there is one). 0 or a negative dcn_err. */
+static int finish_layer(loader *ld, klinear *L, const char *name, size_t n_all, size_t off) {
+    char key[96];
+    int rc = 0;
+    snprintf(key, sizeof key, SMOOTH_PREFIX "%s", name);
+    const gg_kv *kv = kv_array(ld, key, GG_FLOAT32, n_all, 0, &rc);
+    float *sm = NULL;
+    if (rc) return rc;
+    if (kv) {
+        if (!ld->kv_used[kv - ld->m->gg.kvs]) ld->smoothed++; /* a mix layer's C: one key, K layers */
+        ld->kv_used[kv - ld->m->gg.kvs] = 1;
+        if (!(sm = malloc(L->in * sizeof *sm))) return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory");
+        for (size_t k = 0; k < L->in && !rc; k++)
+            if (!(rc = arr_float(ld, kv, off + k, 0, &sm[k])) && !(sm[k] >= 1e-30f && sm[k] <= 1e30f))
+                rc = fail(ld->err, ld->errlen, DCN_EFORMAT,
+                          "metadata '%s'[%zu] = %g: a smoothing factor must lie in [1e-30, 1e30]", key, off + k,
+                          (double)sm[k]);
+    }
+    if (!rc && ld->int8 && kern_quantize(L, sm))
+        rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing '%s' to INT8", name);
+    free(sm);
+    if (!rc) ld->m->packed_bytes += L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : kern_packed_bytes(L);
+    return rc;
 }
 
+/* Finishes every packed layer (finish_layer), then refuses smoothing keys
+ * that name no such layer. */
+static int finish_layers(loader *ld) {
+    dcn_model *m = ld->m;
+    dcn_info *in = &m->info;
+    size_t kr = in->experts * in->rank;
+    char n[64];
+    int rc = 0;
+    if (!(ld->kv_used = calloc(m->gg.n_kv ? m->gg.n_kv : 1, 1))) return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory");
+    for (size_t j = 0; j < in->n_bottom && !rc; j++) {
+        snprintf(n, sizeof n, "bottom.%zu.weight", j);
+        rc = finish_layer(ld, &m->bottom[j], n, m->bottom[j].in, 0);
+    }
+    for (size_t j = 0; j < in->n_deep && !rc; j++) {
+        snprintf(n, sizeof n, "deep.%zu.weight", j);
+        rc = finish_layer(ld, &m->deep[j], n, m->deep[j].in, 0);
+    }
+    for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR && !rc; l++) {
+        xlayer *x = &m->cross[l];
+        /* full: W; lowrank: V then U; mix: [V; gate] (one input, x), then
+         * U_cat and each expert's C (inputs expert-major, K * r of them) */
+        snprintf(n, sizeof n, in->cross_kind == DCN_CROSS_FULL ? "cross.%zu.weight" : "cross.%zu.v", l);
+        rc = finish_layer(ld, &x->a, n, x->a.in, 0);
+        snprintf(n, sizeof n, "cross.%zu.u", l);
+        if (!rc && x->u.in) rc = finish_layer(ld, &x->u, n, x->u.in, 0);
+        snprintf(n, sizeof n, "cross.%zu.c", l);
+        for (size_t i = 0; x->c && i < in->experts && !rc; i++) rc = finish_layer(ld, &x->c[i], n, kr, i * in->rank);
+    }
+    size_t plen = strlen(SMOOTH_PREFIX);
+    for (size_t i = 0; i < m->gg.n_kv && !rc; i++) {
+        const gg_str *k = &m->gg.kvs[i].key;
+        if (!ld->kv_used[i] && k->n >= plen && !memcmp(k->p, SMOOTH_PREFIX, plen))
+            rc = fail(ld->err, ld->errlen, DCN_EFORMAT,
+                      "metadata '%.*s': no layer of this model is quantized from tensor '%.*s'", (int)k->n, k->p,
+                      (int)(k->n - plen), k->p + plen);
+    }
+    free(ld->kv_used);
+    ld->kv_used = NULL;
+    return rc;
+}
+
+/* Validates everything that is not a tensor's data, then builds the layers. */
 static int build(loader *ld) {
     dcn_model *m = ld->m;
     dcn_info *in = &m->info;
@@ -914,19 +981,12 @@ static int build(loader *ld) {
     if (in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR) o = m->cross[0].a.out_pad;
     if (in->n_deep) o = o > m->deep[0].out_pad ? o : m->deep[0].out_pad;
     m->max_out_pad = o ? o : 1;
-    /* Every packed layer: its INT8 copy if asked for, and its bytes. */
-    int bad = 0;
-    for (size_t j = 0; j < in->n_bottom; j++) bad |= finish_layer(ld, &m->bottom[j]);
-    for (size_t j = 0; j < in->n_deep; j++) bad |= finish_layer(ld, &m->deep[j]);
-    for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR; l++) {
-        xlayer *x = &m->cross[l];
-        bad |= finish_layer(ld, &x->a);
-        if (x->u.in) bad |= finish_layer(ld, &x->u);
-        for (size_t i = 0; x->c && i < in->experts; i++) bad |= finish_layer(ld, &x->c[i]);
-    }
-    if (bad) return fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing the dense layers to INT8");
+    /* Every packed layer: its smoothing factors checked, its INT8 copy if
+     * asked for, and its bytes. */
+    if ((rc = finish_layers(ld))) return rc;
     in->packed_bytes = m->packed_bytes;
     in->int8 = ld->int8;
+    in->int8_smoothed = ld->smoothed;
     compute_flops(m);
     return 0;
 }
@@ -937,7 +997,7 @@ int dcn_open(const char *path, const dcn_open_opts *opts, dcn_model **out, char 
     dcn_model *m = calloc(1, sizeof *m);
     if (!m) return fail(err, errlen, DCN_ENOMEM, "out of memory");
     m->ks = kern_get();
-    loader ld = {m, err, errlen, opts ? opts->widen_weights : 0, opts ? opts->int8 : 0};
+    loader ld = {.m = m, .err = err, .errlen = errlen, .widen = opts ? opts->widen_weights : 0, .int8 = opts ? opts->int8 : 0};
     int rc;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

@@ -126,6 +126,8 @@ typedef struct dcn_info {
     size_t packed_bytes;        /* dense weights as the kernels read them: F16
                                    and BF16 tensors stay 16-bit; INT8 1 byte */
     int int8;                   /* opened with dcn_open_opts.int8 */
+    size_t int8_smoothed;       /* weight tensors the file gives INT8 smoothing
+                                   factors for (FORMAT.md §3; used under int8) */
     uint64_t instance_id;       /* unique per dcn_open in this process: tells
                                    models apart even when a freed handle's
                                    address is reused */

@@ -83,31 +83,39 @@ static void gemm_avx2(size_t m, const float *x, size_t ldx, const klinear *L, co
 static _Thread_local uint8_t qbuf[QBUF] __attribute__((aligned(64)));
 static _Thread_local float qscale[QROWS];
 
-/* kern_quant_row, 8 floats at a time: the same products, the same rounding. */
-static float quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
+/* kern_quant_row, 8 floats at a time: the same products, the same rounding
+ * (t = x * sm first when the layer is smoothed, as there). */
+static inline __attribute__((always_inline)) __m256 qload(const float *x, const float *sm, size_t k) {
+    __m256 v = _mm256_loadu_ps(x + k);
+    return sm ? _mm256_mul_ps(v, _mm256_loadu_ps(sm + k)) : v;
+}
+
+static float quant_row(const float *x, const float *sm, size_t n, size_t kq, uint8_t *out) {
     __m256 am = _mm256_setzero_ps(), un = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
     size_t k = 0;
     for (; k + 8 <= n; k += 8) {
-        __m256 v = _mm256_loadu_ps(x + k);
+        __m256 v = qload(x, sm, k);
         am = _mm256_max_ps(am, _mm256_andnot_ps(sign, v));
         un = _mm256_or_ps(un, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     }
     float t[8], amax = 0.0f;
     _mm256_storeu_ps(t, am);
     for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
-    for (size_t j = k; j < n; j++)
-        if (fabsf(x[j]) > amax || x[j] != x[j]) amax = fabsf(x[j]);
-    if (_mm256_movemask_ps(un) || !(amax >= KQ_TINY) || !isfinite(amax)) return kern_quant_row(x, n, kq, out);
+    for (size_t j = k; j < n; j++) {
+        float v = sm ? x[j] * sm[j] : x[j];
+        if (fabsf(v) > amax || v != v) amax = fabsf(v);
+    }
+    if (_mm256_movemask_ps(un) || !(amax >= KQ_TINY) || !isfinite(amax)) return kern_quant_row(x, sm, n, kq, out);
     float inv = 127.0f / amax;
     __m256 vi = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     __m256i off = _mm256_set1_epi32(128);
     for (k = 0; k + 8 <= n; k += 8) {
-        __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 q = _mm256_round_ps(_mm256_mul_ps(qload(x, sm, k), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __m256i u = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi)), off);
         __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
         _mm_storel_epi64((__m128i *)(void *)(out + k), _mm_packus_epi16(p, p));
     }
-    kern_quant_span(x, k, n, kq, inv, out);
+    kern_quant_span(x, sm, k, n, kq, inv, out);
     return amax / 127.0f;
 }
 
@@ -117,7 +125,7 @@ void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, f
     const __m256i ones = _mm256_set1_epi16(1);
     for (size_t r0 = 0; r0 < m; r0 += rows_blk) {
         size_t rb = m - r0 < rows_blk ? m - r0 : rows_blk;
-        for (size_t i = 0; i < rb; i++) qscale[i] = quant_row(x + (r0 + i) * ldx, L->in, kq, qbuf + i * kq);
+        for (size_t i = 0; i < rb; i++) qscale[i] = quant_row(x + (r0 + i) * ldx, L->qsm, L->in, kq, qbuf + i * kq);
         for (size_t p = 0; p < panels; p++) {
             const int8_t *wp = L->wq + p * groups * (KQ_NR * 4);
             size_t n0 = p * KQ_NR, ncols = L->out - n0 < KQ_NR ? L->out - n0 : KQ_NR;

@@ -31,7 +31,7 @@ static void gemm_i8_scalar(size_t m, const float *x, size_t ldx, const klinear *
     static _Thread_local uint8_t qr[KQ_MAX_IN];
     size_t kq = L->kq;
     for (size_t r = 0; r < m; r++) {
-        float sx = kern_quant_row(x + r * ldx, L->in, kq, qr);
+        float sx = kern_quant_row(x + r * ldx, L->qsm, L->in, kq, qr);
         for (size_t n = 0; n < L->out; n++) {
             int32_t acc = 0;
             for (size_t k = 0; k < kq; k++)

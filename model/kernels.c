@@ -105,27 +105,30 @@ float kern_weight(const klinear *L, size_t n, size_t k) {
     }
 }
 
-int kern_quantize(klinear *L) {
+int kern_quantize(klinear *L, const float *smooth) {
     if (L->in > KQ_MAX_IN) return 0;
     size_t op = (L->out + KQ_NR - 1) / KQ_NR * KQ_NR, kq = (L->in + 3) / 4 * 4;
     int8_t *wq = aligned_alloc(64, (op * kq + 63) / 64 * 64);
     float *wsc = aligned_alloc(64, (op * sizeof(float) + 63) / 64 * 64);
     int32_t *wzc = aligned_alloc(64, (op * sizeof(int32_t) + 63) / 64 * 64);
-    if (!wq || !wsc || !wzc) {
-        free(wq), free(wsc), free(wzc);
+    float *qsm = smooth ? malloc(L->in * sizeof *qsm) : NULL;
+    if (!wq || !wsc || !wzc || (smooth && !qsm)) {
+        free(wq), free(wsc), free(wzc), free(qsm);
         return -1;
     }
     memset(wq, 0, op * kq);
+    for (size_t k = 0; smooth && k < L->in; k++) qsm[k] = 1.0f / smooth[k];
+#define SW(n, k) (smooth ? kern_weight(L, n, k) * smooth[k] : kern_weight(L, n, k))
     for (size_t n = 0; n < op; n++) {
         float amax = 0.0f;
         for (size_t k = 0; n < L->out && k < L->in; k++) {
-            float a = fabsf(kern_weight(L, n, k));
+            float a = fabsf(SW(n, k));
             amax = a > amax ? a : amax;
         }
         float s = amax > 0.0f ? amax / (float)KQ_WMAX : 1.0f, inv = (float)KQ_WMAX / (amax > 0.0f ? amax : (float)KQ_WMAX);
         int32_t sum = 0;
         for (size_t k = 0; n < L->out && k < L->in; k++) {
-            long q = lrintf(kern_weight(L, n, k) * inv);
+            long q = lrintf(SW(n, k) * inv);
             q = q > KQ_WMAX ? KQ_WMAX : q < -KQ_WMAX ? -KQ_WMAX : q;
             /* panel n / 16, group k / 4, output n % 16, input k % 4 */
             wq[((n / KQ_NR) * (kq / 4) + k / 4) * (KQ_NR * 4) + (n % KQ_NR) * 4 + k % 4] = (int8_t)q;
@@ -134,15 +137,16 @@ int kern_quantize(klinear *L) {
         wsc[n] = s;
         wzc[n] = 128 * sum;
     }
-    free(L->wq), free(L->wsc), free(L->wzc);
-    L->wq = wq, L->wsc = wsc, L->wzc = wzc, L->kq = kq;
+#undef SW
+    free(L->wq), free(L->wsc), free(L->wzc), free(L->qsm);
+    L->wq = wq, L->wsc = wsc, L->wzc = wzc, L->kq = kq, L->qsm = qsm;
     return 0;
 }
 
-float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
+float kern_quant_row(const float *x, const float *sm, size_t n, size_t kq, uint8_t *out) {
     float amax = 0.0f;
     for (size_t k = 0; k < n; k++) {
-        float a = fabsf(x[k]);
+        float a = fabsf(sm ? x[k] * sm[k] : x[k]);
         if (a > amax || a != a) amax = a; /* a NaN stays */
     }
     /* Zero rows, rows too small for 127 / max|x| to be finite (treated as
@@ -152,13 +156,13 @@ float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out) {
         memset(out, 128, kq);
         return !isfinite(amax) || amax > 0.0f ? amax / 127.0f : 1.0f;
     }
-    kern_quant_span(x, 0, n, kq, 127.0f / amax, out);
+    kern_quant_span(x, sm, 0, n, kq, 127.0f / amax, out);
     return amax / 127.0f;
 }
 
-void kern_quant_span(const float *x, size_t k0, size_t n, size_t kq, float inv, uint8_t *out) {
+void kern_quant_span(const float *x, const float *sm, size_t k0, size_t n, size_t kq, float inv, uint8_t *out) {
     for (size_t k = k0; k < n; k++) {
-        float q = nearbyintf(x[k] * inv);
+        float q = nearbyintf((sm ? x[k] * sm[k] : x[k]) * inv);
         q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
         out[k] = (uint8_t)((int)q + 128);
     }
@@ -171,6 +175,7 @@ void kern_linear_free(klinear *L) {
     free(L->wq);
     free(L->wsc);
     free(L->wzc);
+    free(L->qsm);
     free(L->bias);
     memset(L, 0, sizeof *L);
 }

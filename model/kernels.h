@@ -49,6 +49,11 @@ typedef struct klinear {
     float *wsc;         /* (round_up(out, 16)) */
     int32_t *wzc;       /* (round_up(out, 16)) */
     size_t kq;          /* in rounded up to 4 */
+    /* INT8 smoothing (kern_quantize), or NULL: input k is quantized as
+     * x[k] * qsm[k], qsm[k] = 1 / s[k], and column k of the weights was
+     * multiplied by s[k] before quantizing, so the product is unchanged in
+     * exact arithmetic while each side's range is evened out. */
+    float *qsm;         /* (in) */
 } klinear;
 
 /* INT8 without VNNI: activations as uint8 (zero point 128) times weights
@@ -125,16 +130,18 @@ void kern_linear_free(klinear *L);
 
 float kern_f16_to_f32(uint16_t h);
 /* Adds L's INT8 copy from its weights (per-output scale: the largest
- * |weight| maps to KQ_WMAX). 0, or -1 when out of memory. */
-int kern_quantize(klinear *L);
-/* Quantizes a row of n floats for the INT8 GEMM: q = round(x * 127 / max|x|)
- * (nearest even), stored as q + 128; bytes n..kq-1 get 128 (a zero).
- * Returns the scale max|x| / 127 (1 for a zero row). Every kernel set
- * quantizes exactly so. */
-float kern_quant_row(const float *x, size_t n, size_t kq, uint8_t *out);
-/* Its inner part: inputs [k0, n) with 127 / max|x| = inv, then the padding
+ * |weight| maps to KQ_WMAX). smooth: NULL, or L->in positive factors s[k]
+ * (SmoothQuant): the weights quantized are W[n][k] * s[k] and the inputs
+ * x[k] / s[k] (L->qsm). 0, or -1 when out of memory. */
+int kern_quantize(klinear *L, const float *smooth);
+/* Quantizes a row of n floats for the INT8 GEMM: with t[k] = x[k] * sm[k]
+ * (x[k] when sm is NULL), q = round(t * 127 / max|t|) (nearest even),
+ * stored as q + 128; bytes n..kq-1 get 128 (a zero). Returns the scale
+ * max|t| / 127 (1 for a zero row). Every kernel set quantizes exactly so. */
+float kern_quant_row(const float *x, const float *sm, size_t n, size_t kq, uint8_t *out);
+/* Its inner part: inputs [k0, n) with 127 / max|t| = inv, then the padding
  * up to kq (vector kernels finish their rows with it). */
-void kern_quant_span(const float *x, size_t k0, size_t n, size_t kq, float inv, uint8_t *out);
+void kern_quant_span(const float *x, const float *sm, size_t k0, size_t n, size_t kq, float inv, uint8_t *out);
 
 float kern_bf16_to_f32(uint16_t h);
 uint16_t kern_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */

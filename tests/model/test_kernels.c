@@ -146,22 +146,25 @@ Test(kernels, gemm_16bit_panels, .timeout = 120) {
  * same integer sums, same dequantization; only the epilogue's rounding may
  * differ), and the INT8 result stays within the quantization error of the
  * float one: half a step of each weight (max|w_n| / 63) and of each input
- * (max|x_r| / 127). Partial ranges fall back to float. */
-static void check_gemm_i8(const kern_set *ks, size_t m, size_t out, size_t in, int kind) {
+ * (max|x_r| / 127), both taken after smoothing (t = x / s, w' = w s) when
+ * `smooth`: then some inputs are outliers (x 40 times larger) and s evens
+ * them out. Partial ranges fall back to float. */
+static void check_gemm_i8(const kern_set *ks, size_t m, size_t out, size_t in, int kind, int smooth) {
     size_t ldx = in + 1, ldy = out + 3;
     float *w = malloc(out * in * sizeof *w), *b = malloc(out * sizeof *b), *x = malloc(m * ldx * sizeof *x);
-    float *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl);
+    float *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl), *sm = malloc(in * sizeof *sm);
     float *yq = calloc(m * ldy, sizeof *yq), *ys = calloc(m * ldy, sizeof *ys), *yf = calloc(m * ldy, sizeof *yf);
     for (size_t i = 0; i < out * in; i++) w[i] = frand();
     for (size_t i = 0; i < out; i++) b[i] = frand();
-    for (size_t i = 0; i < m * ldx; i++) x[i] = frand() * (float)(1 + i % 3);
+    for (size_t i = 0; i < m * ldx; i++) x[i] = frand() * (float)(1 + i % 3) * (smooth && i % ldx % 7 == 3 ? 40.0f : 1.0f);
+    for (size_t k = 0; k < in; k++) sm[k] = k % 7 == 3 ? 6.0f + frand() : 0.8f + 0.3f * frand();
     if (m > 1) memset(x + ldx, 0, in * sizeof *x); /* a zero row */
     for (size_t i = 0; i < m * ldy; i++) x0[i] = frand(), xl[i] = frand();
     klinear Ls, Lk;
     cr_assert_eq(kern_pack(&Ls, w, b, out, in, kern_scalar.nr), 0);
     cr_assert_eq(kern_pack(&Lk, w, b, out, in, ks->nr), 0);
-    cr_assert_eq(kern_quantize(&Ls), 0);
-    cr_assert_eq(kern_quantize(&Lk), 0);
+    cr_assert_eq(kern_quantize(&Ls, smooth ? sm : NULL), 0);
+    cr_assert_eq(kern_quantize(&Lk, smooth ? sm : NULL), 0);
     krange all = {0, (uint32_t)in};
     kepi e = {.kind = kind, .bias = Lk.bias, .x0 = x0, .ldx0 = ldy, .xl = xl, .ldxl = ldy};
     ks->gemm(m, x, ldx, &Lk, &all, 1, yq, ldy, &e);
@@ -170,15 +173,21 @@ static void check_gemm_i8(const kern_set *ks, size_t m, size_t out, size_t in, i
     cr_assert_eq(kern_pack(&Lf, w, b, out, in, kern_scalar.nr), 0);
     kern_scalar.gemm(m, x, ldx, &Lf, &all, 1, yf, ldy, &e);
     for (size_t r = 0; r < m; r++) {
-        float xm = 0.0f;
-        for (size_t k = 0; k < in; k++) xm = fabsf(x[r * ldx + k]) > xm ? fabsf(x[r * ldx + k]) : xm;
+        double xm = 0.0; /* max |t|, t = x / s */
+        for (size_t k = 0; k < in; k++) {
+            double t = fabs(x[r * ldx + k]) / (smooth ? sm[k] : 1.0);
+            xm = t > xm ? t : xm;
+        }
         for (size_t n = 0; n < out; n++) {
-            float wm = 0.0f;
-            double s = 0.0, q = 0.0;
-            for (size_t k = 0; k < in; k++) wm = fabsf(w[n * in + k]) > wm ? fabsf(w[n * in + k]) : wm;
+            double wm = 0.0, s = 0.0, q = 0.0; /* max |w'|, w' = w s */
             for (size_t k = 0; k < in; k++) {
+                double a = fabs(w[n * in + k]) * (smooth ? sm[k] : 1.0);
+                wm = a > wm ? a : wm;
+            }
+            for (size_t k = 0; k < in; k++) {
+                double sk = smooth ? sm[k] : 1.0, t = fabs(x[r * ldx + k]) / sk, a = fabs(w[n * in + k]) * sk;
                 s += fabs(x[r * ldx + k] * w[n * in + k]);
-                q += fabs(x[r * ldx + k]) * wm / 126.0 + fabs(w[n * in + k]) * xm / 254.0 + wm * xm / (126.0 * 254.0);
+                q += t * wm / 126.0 + a * xm / 254.0 + wm * xm / (126.0 * 254.0) + 1e-6 * t * a;
             }
             double f = kind == KEPI_CROSS ? fabs(x0[r * ldy + n]) : 1.0;
             double gs = ys[r * ldy + n], gq = yq[r * ldy + n], gf = yf[r * ldy + n];
@@ -192,9 +201,24 @@ static void check_gemm_i8(const kern_set *ks, size_t m, size_t out, size_t in, i
     krange half = {0, (uint32_t)(in / 2)};
     ks->gemm(m, x, ldx, &Lk, &half, 1, yq, ldy, &e);
     kern_scalar.gemm(m, x, ldx, &Lf, &half, 1, yf, ldy, &e);
-    for (size_t i = 0; i < m * ldy; i++) cr_assert(fabsf(yq[i] - yf[i]) <= 1e-4f, "%s partial range at %zu", ks->name, i);
+    for (size_t i = 0; i < m * ldy; i++) /* outliers: sums 40 times larger */
+        cr_assert(fabsf(yq[i] - yf[i]) <= (smooth ? 4e-3f : 1e-4f), "%s partial range at %zu", ks->name, i);
+    /* Factors of 1 change nothing, bit for bit. */
+    if (smooth) {
+        for (size_t k = 0; k < in; k++) sm[k] = 1.0f;
+        klinear L1;
+        cr_assert_eq(kern_pack(&L1, w, b, out, in, ks->nr), 0);
+        cr_assert_eq(kern_quantize(&L1, sm), 0);
+        cr_assert_eq(kern_quantize(&Lk, NULL), 0);
+        e.bias = Lk.bias;
+        ks->gemm(m, x, ldx, &Lk, &all, 1, yq, ldy, &e);
+        e.bias = L1.bias;
+        ks->gemm(m, x, ldx, &L1, &all, 1, ys, ldy, &e);
+        cr_assert(!memcmp(yq, ys, m * ldy * sizeof *yq), "%s smoothing by ones changed a result", ks->name);
+        kern_linear_free(&L1);
+    }
     kern_linear_free(&Ls), kern_linear_free(&Lk), kern_linear_free(&Lf);
-    free(w), free(b), free(x), free(x0), free(xl), free(yq), free(ys), free(yf);
+    free(w), free(b), free(x), free(x0), free(xl), free(sm), free(yq), free(ys), free(yf);
 }
 
 Test(kernels, gemm_int8, .timeout = 120) {
@@ -203,26 +227,32 @@ Test(kernels, gemm_int8, .timeout = 120) {
     static const size_t rows[] = {1, 2, 3, 4, 5, 7, 17, 40};
     for (size_t s = 0; s < n; s++)
         for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-            check_gemm_i8(sets[s], rows[i], 33, 70, KEPI_RELU);
-            check_gemm_i8(sets[s], rows[i], 16, 5, KEPI_BIAS);
-            check_gemm_i8(sets[s], rows[i], 45, 300, KEPI_CROSS);
+            for (int sm = 0; sm < 2; sm++) {
+                check_gemm_i8(sets[s], rows[i], 33, 70, KEPI_RELU, sm);
+                check_gemm_i8(sets[s], rows[i], 16, 5, KEPI_BIAS, sm);
+                check_gemm_i8(sets[s], rows[i], 45, 300, KEPI_CROSS, sm);
+            }
         }
     /* quantized rows: nearest even, clamped, padded with zeros (128) */
     uint8_t q[8];
     float xr[5] = {1.0f, -1.0f, 0.5f, 0.25f, 0.0f};
-    cr_assert_eq(kern_quant_row(xr, 5, 8, q), 1.0f / 127.0f);
+    cr_assert_eq(kern_quant_row(xr, NULL, 5, 8, q), 1.0f / 127.0f);
     cr_assert(q[0] == 255 && q[1] == 1 && q[2] == 192 && q[3] == 160 && q[4] == 128 && q[5] == 128 && q[7] == 128);
     float z[3] = {0, 0, 0};
-    cr_assert_eq(kern_quant_row(z, 3, 4, q), 1.0f);
+    cr_assert_eq(kern_quant_row(z, NULL, 3, 4, q), 1.0f);
     cr_assert(q[0] == 128 && q[3] == 128);
     /* subnormal rows (127 / max|x| would overflow; found by fuzz_score) and
      * non-finite ones: zeros, finite or non-finite scale */
     float sub[3] = {1e-40f, 0.0f, -2e-40f};
-    cr_assert(kern_quant_row(sub, 3, 4, q) < 1e-40f && q[0] == 128 && q[2] == 128);
+    cr_assert(kern_quant_row(sub, NULL, 3, 4, q) < 1e-40f && q[0] == 128 && q[2] == 128);
     float bad[3] = {1.0f, NAN, 2.0f};
-    cr_assert(isnan(kern_quant_row(bad, 3, 4, q)) && q[0] == 128 && q[1] == 128);
+    cr_assert(isnan(kern_quant_row(bad, NULL, 3, 4, q)) && q[0] == 128 && q[1] == 128);
     float inf[2] = {INFINITY, 1.0f};
-    cr_assert(isinf(kern_quant_row(inf, 2, 4, q)) && q[1] == 128);
+    cr_assert(isinf(kern_quant_row(inf, NULL, 2, 4, q)) && q[1] == 128);
+    /* smoothed: t = x * sm is what is quantized */
+    float sm[5] = {0.5f, 2.0f, 1.0f, 4.0f, 1.0f};
+    cr_assert_eq(kern_quant_row(xr, sm, 5, 8, q), 2.0f / 127.0f); /* t = 0.5, -2, 0.5, 1, 0 */
+    cr_assert(q[0] == 160 && q[1] == 1 && q[2] == 160 && q[3] == 192 && q[4] == 128 && q[7] == 128);
 }
 
 Test(kernels, embedding_rows_match_scalar) {

@@ -56,6 +56,11 @@ typedef struct mut {
     int64_t t_offset;             /* -1: laid out normally */
     int vocab_unsorted, vocab_bad_row, nan_weight;
     int bad_crc;                  /* store a wrong dcnv2.checksum.crc32 */
+    int smooth;                   /* INT8 smoothing factors for every layer */
+    const char *smooth_key;       /* this one's: */
+    int smooth_n_delta;           /*   elements added (negative: dropped) */
+    float smooth_v0;              /*   element 0, if not 0 */
+    const char *smooth_extra;     /* a key for this tensor too (12 factors) */
 } mut;
 
 typedef struct tens {
@@ -176,6 +181,27 @@ static void build(const mut *m, buf *out) {
     kv_str(m, "dcnv2.combine", "stacked");
     if (m->dup_key) kv_u32(&(mut){0}, m->dup_key, 1);
     if (m->bad_crc) kv_u32(m, "dcnv2.checksum.crc32", 0x12345678);
+    if (m->smooth) {
+        /* tensor, inputs of the layer quantized from it */
+        static const struct {
+            const char *t;
+            size_t n;
+        } sk[] = {{"bottom.0.weight", D_DENSE}, {"cross.0.v", D}, {"cross.0.c", K * R}, {"cross.0.u", K * R},
+                  {"cross.1.v", D}, {"cross.1.c", K * R}, {"cross.1.u", K * R}, {"deep.0.weight", D}};
+        for (size_t i = 0; i < sizeof sk / sizeof sk[0] + (m->smooth_extra != NULL); i++) {
+            const char *t = i < sizeof sk / sizeof sk[0] ? sk[i].t : m->smooth_extra;
+            size_t n = i < sizeof sk / sizeof sk[0] ? sk[i].n : 12;
+            float v[64];
+            char key[96];
+            snprintf(key, sizeof key, "dcnv2.int8.smooth.%s", t);
+            for (size_t k = 0; k < 64; k++) v[k] = 0.5f + (float)((k * 7 + i) % 5) * 0.75f;
+            if (m->smooth_key && !strcmp(m->smooth_key, t)) {
+                n = (size_t)((int)n + m->smooth_n_delta);
+                if (m->smooth_v0 != 0.0f) v[0] = m->smooth_v0;
+            }
+            kv_arr_f32(m, key, n, v);
+        }
+    }
 
     /* Tensor data. */
     for (int i = 0; i < 64; i++)
@@ -407,6 +433,14 @@ static bad_case cases[] = {
     {"vocab keys not increasing", M(.vocab_unsorted = 1), DCN_EFORMAT, "vocab.0.keys"},
     {"vocab row in the OOV range", M(.vocab_bad_row = 1), DCN_EFORMAT, "vocab.0.rows"},
     {"NaN weight", M(.nan_weight = 1), DCN_EFORMAT, "non-finite"},
+    {"smoothing factors one short", M(.smooth = 1, .smooth_key = "cross.1.c", .smooth_n_delta = -1), DCN_EFORMAT, "dcnv2.int8.smooth.cross.1.c"},
+    {"negative smoothing factor", M(.smooth = 1, .smooth_key = "deep.0.weight", .smooth_v0 = -1.0f), DCN_EFORMAT, "dcnv2.int8.smooth.deep.0.weight"},
+    {"tiny smoothing factor", M(.smooth = 1, .smooth_key = "cross.0.v", .smooth_v0 = 1e-35f), DCN_EFORMAT, "smoothing factor"},
+    {"NaN smoothing factor", M(.smooth = 1, .smooth_key = "cross.0.u", .smooth_v0 = NAN), DCN_EFORMAT, "dcnv2.int8.smooth.cross.0.u"},
+    {"huge smoothing factor", M(.smooth = 1, .smooth_key = "bottom.0.weight", .smooth_v0 = 1e31f), DCN_EFORMAT, "smoothing factor"},
+    {"smoothing a float-only layer", M(.smooth = 1, .smooth_extra = "logit.weight"), DCN_EFORMAT, "dcnv2.int8.smooth.logit.weight"},
+    {"smoothing no tensor", M(.smooth = 1, .smooth_extra = "cross.7.v"), DCN_EFORMAT, "no layer"},
+    {"smoothing factors as a number", M(.smooth = 1, .replace_key = "dcnv2.int8.smooth.cross.0.v", .rep_type = 4, .rep = {1}, .rep_len = 4), DCN_EFORMAT, "dcnv2.int8.smooth.cross.0.v"},
 };
 
 Test(loader, hostile_files_are_refused) {
@@ -421,6 +455,38 @@ Test(loader, hostile_files_are_refused) {
         cr_expect(strstr(err, cases[i].needle) != NULL, "%s: message '%s' does not name '%s'", cases[i].what, err,
                   cases[i].needle);
         free(b.p);
+    }
+}
+
+/* INT8 smoothing factors (FORMAT.md §3) change nothing in float, are
+ * counted, and are used under INT8: the scores move, within quantization
+ * error of float. */
+Test(loader, int8_smoothing_factors) {
+    buf b;
+    float dense[2 * D_DENSE] = {1, 2, -3, 40}, sc[4][2];
+    uint32_t o0[3] = {0, 1, 2}, o1[3] = {0, 2, 3};
+    int64_t i0[2] = {3, 1}, i1[3] = {1, 4, 2};
+    const uint32_t *offs[2] = {o0, o1};
+    const int64_t *ids[2] = {i0, i1};
+    dcn_batch bt = {.n_rows = 2, .dense = dense, .offsets = offs, .ids = ids};
+    for (int v = 0; v < 4; v++) { /* plain float, smoothed float, plain INT8, smoothed INT8 */
+        build(&(mut){.t_dtype = -1, .t_offset = -1, .smooth = v % 2}, &b);
+        write_file(b.p, b.n);
+        char err[256];
+        dcn_model *m;
+        dcn_open_opts o = {.int8 = v >= 2};
+        cr_assert_eq(dcn_open(path, &o, &m, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(dcn_model_info(m)->int8_smoothed, v % 2 ? 8u : 0u);
+        dcn_scratch *s = dcn_scratch_new(m, 2);
+        cr_assert_eq(dcn_score(m, s, &bt, sc[v], NULL), 0);
+        dcn_scratch_free(s);
+        dcn_release(m);
+        free(b.p);
+    }
+    for (int r = 0; r < 2; r++) {
+        cr_assert_eq(sc[0][r], sc[1][r], "float scores must ignore the smoothing factors");
+        cr_assert_neq(sc[2][r], sc[3][r], "INT8 row %d: the smoothing factors were not used", r);
+        cr_assert(fabsf(sc[3][r] - sc[0][r]) < 0.02f, "smoothed INT8 %g vs float %g", sc[3][r], sc[0][r]);
     }
 }
 
