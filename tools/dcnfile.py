@@ -139,6 +139,11 @@ class DcnFormatError(ValueError):
     """A file or a metadata/tensor set that breaks FORMAT.md."""
 
 
+def _type_names(meta):
+    """key -> type name of Typed values, arrays as 'array/<elem>'."""
+    return {k: v.type + ("/" + v.elem if v.type == "array" else "") for k, v in meta.items()}
+
+
 def _typed(key, v):
     """Returns v as a Typed value, inferring its type from the key's spec type
     or from a str/bool; raises TypeError when the type is ambiguous."""
@@ -350,7 +355,7 @@ def write_dcn(path, metadata, tensors, checksum=True, validate=True):
 
     if validate and meta.get("general.architecture", string("")).value == "dcnv2":
         plain = {k: v.value for k, v in meta.items()}
-        validate_metadata(plain, {k: v.type for k, v in meta.items()})
+        validate_metadata(plain, _type_names(meta))
         shapes = {n: (tuple(s), d) for n, s, d, _ in infos}
         _check_tensor_set(plain, shapes, {n: np.asarray(tensors[n][0]) for n in tensors
                                           if n.startswith("vocab.")})
@@ -792,6 +797,49 @@ def validate_metadata(meta, types=None):
         raise DcnFormatError(f"dcnv2.combine: {comb!r}")
     if comb == "cross_only" and deep:
         raise DcnFormatError("dcnv2.combine cross_only needs an empty dcnv2.deep.sizes")
+    targets = smooth_targets(meta)
+    for k, v in meta.items():
+        if not k.startswith(SMOOTH_PREFIX):
+            continue
+        name = k[len(SMOOTH_PREFIX):]
+        if name not in targets:
+            raise DcnFormatError(f"{k}: no layer of this model is quantized from tensor {name!r}")
+        if types and types.get(k) not in ("array/f32", "array/f64"):
+            raise DcnFormatError(f"{k}: type {types.get(k)}, must be an ARRAY of FLOAT32")
+        if len(v) != targets[name]:
+            raise DcnFormatError(f"{k}: {len(v)} elements, expected {targets[name]}")
+        for i, f in enumerate(v):
+            if not (isinstance(f, (int, float)) and 1e-30 <= f <= 1e30):
+                raise DcnFormatError(f"{k}[{i}] = {f!r}: a smoothing factor must lie in [1e-30, 1e30]")
+
+
+# INT8 smoothing factors (FORMAT.md §3): one key per tensor a dense layer is
+# quantized from, holding a factor per input of that layer.
+SMOOTH_PREFIX = "dcnv2.int8.smooth."
+
+
+def smooth_targets(meta):
+    """Tensor name -> number of smoothing factors its key must hold: the
+    inputs of the layer quantized from it (mix: V and the gate share x, of d
+    inputs; C and U take the experts' projections, K x r, expert-major)."""
+    out = {}
+    for j, _ in enumerate(meta.get("dcnv2.bottom.sizes", [])):
+        out[f"bottom.{j}.weight"] = ([meta["dcnv2.dense.count"]] + list(meta["dcnv2.bottom.sizes"]))[j]
+    d = x0_dim(meta)
+    kind, L = meta["dcnv2.cross.kind"], meta["dcnv2.cross.layers"]
+    for l in range(L):
+        if kind == "full":
+            out[f"cross.{l}.weight"] = d
+        elif kind == "lowrank":
+            out[f"cross.{l}.v"], out[f"cross.{l}.u"] = d, meta["dcnv2.cross.rank"]
+        elif kind == "mix":
+            kr = meta["dcnv2.cross.rank"] * meta["dcnv2.cross.experts"]
+            out[f"cross.{l}.v"], out[f"cross.{l}.c"], out[f"cross.{l}.u"] = d, kr, kr
+    h = d
+    for j, w in enumerate(meta["dcnv2.deep.sizes"]):
+        out[f"deep.{j}.weight"] = h
+        h = w
+    return out
 
 
 def x0_dim(meta):
@@ -994,7 +1042,7 @@ def build_model_file(path, spec, weights, checksum=True):
     optional). Returns (metadata, {name: (array, dtype)}) as written."""
     meta = spec_metadata(spec)
     plain = {k: v.value for k, v in meta.items()}
-    validate_metadata(plain, {k: v.type for k, v in meta.items()})
+    validate_metadata(plain, _type_names(meta))
     terms = {}
     vocab = {}
     for i, f in enumerate(spec.get("sparse", [])):
