@@ -14,7 +14,8 @@ the activations to the weights, where it is quantized per output instead:
 
     s_k = max|x_k|^alpha / max_n |W[n, k]|^(1 - alpha)
 
-max|x_k| over the calibration rows, scored by the PyTorch reference of the
+max|x_k| over the calibration rows (an input they never fire takes the
+layer's median, as does a column of zero weights), scored by the PyTorch reference of the
 file (tools/dcn_torch.py, which the engine matches to float rounding), for
 every layer the engine quantizes: bottom and deep MLP layers, cross W, low-
 rank V and U, mix V (with its gate: they read the same x), C and U (inputs
@@ -117,21 +118,30 @@ def weight_max(module, name):
     return np.concatenate([np.abs(w[i]).max(0) for i in range(K)])
 
 
+def _typical(v):
+    """v with zeros (an input the calibration rows never fired, a column of
+    zero weights) replaced by the median of the others, so such an input is
+    left about as it is rather than blown up, and tiny values floored at
+    1e-6 of the largest."""
+    nz = v[v > 0]
+    if not len(nz):
+        return np.ones_like(v)
+    return np.maximum(np.where(v > 0, v, np.median(nz)), 1e-6 * nz.max())
+
+
 def factors(amax, wmax, alpha):
-    """SmoothQuant's s_k, with zero maxima floored at 1e-6 of the largest
-    (an input that never fires, a column of zeros), normalised to a
-    geometric mean of 1 and clamped to [1e-6, 1e6]."""
-    a = np.maximum(amax, 1e-6 * max(amax.max(), 1e-30))
-    w = np.maximum(wmax, 1e-6 * max(wmax.max(), 1e-30))
+    """SmoothQuant's s_k on _typical maxima, normalised to a geometric mean
+    of 1 and clamped to [1e-6, 1e6]."""
+    a, w = _typical(amax), _typical(wmax)
     s = a ** alpha / w ** (1.0 - alpha)
     s = s / np.exp(np.log(s).mean())
     return np.clip(s, 1e-6, 1e6).astype(np.float32)
 
 
 def spread(v):
-    """max / median: how far the largest coordinate sticks out."""
-    med = float(np.median(v))
-    return float(v.max()) / med if med > 0 else float("inf")
+    """max / median of the non-zero: how far the largest sticks out."""
+    nz = v[v > 0]
+    return float(nz.max() / np.median(nz)) if len(nz) else 0.0
 
 
 def calibrate(path, rows, alpha, out, note=None, log=sys.stdout):
