@@ -8,7 +8,9 @@
  * consistent with the info, names found again, ids mapped into the table,
  * a checksum verified or refused, and a small batch (missing features, the
  * first and last table rows) scored without touching memory outside the
- * mapping. Seeds: every file of tests/golden (one per architecture variant).
+ * mapping; then the same under INT8 (dcn_open_opts.int8, with the file's
+ * smoothing factors). Seeds: every file of tests/golden (one per
+ * architecture variant), and some with INT8 smoothing factors.
  */
 #include <math.h>
 #include <sys/mman.h>
@@ -161,5 +163,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     dcn_model *again = dcn_retain(m);
     dcn_release(m);
     dcn_release(again);
+    /* The same file under INT8 (with its smoothing factors, if any): it
+     * opened in float, so it must open here too, and score. */
+    dcn_open_opts o = {.int8 = 1};
+    rc = dcn_open(memfd_path, &o, &m, err, sizeof err);
+    FZ_CHECK(rc == 0 || rc == DCN_ENOMEM, "opened in float, refused under INT8: %s", err);
+    if (rc == 0) {
+        FZ_CHECK(dcn_model_info(m)->int8, "INT8 not reported");
+        check_score(m);
+        dcn_release(m);
+    }
     return 0;
 }
