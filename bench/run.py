@@ -19,7 +19,8 @@ Steps (each one's output goes to bench/out/, which git ignores):
      with them widened to float32 at load (`--widen 1`); every FP32 model
      again with INT8 dense layers (`--int8 1`); and what each costs on the
      real Criteo rows with the bundled trained model (tools/export.py --eval
-     for BF16, bench/precision_eval.py through dcnserve for INT8);
+     for BF16, bench/precision_eval.py through dcnserve for INT8, without
+     and with calibration by tools/calibrate.py);
   7. context sharing: `dcn-bench share` (a request of 100 candidates whose
      context is about half of x0) on a stacked and a parallel model, and the
      others;
@@ -302,13 +303,26 @@ def precision_bf16(py, out):
             "command": shown, "summary": "; ".join(lines) + "."}
 
 
-def precision_int8(py, dcnserve):
+def precision_int8(py, dcnserve, out=None):
     """The cost of --int8 on real data: the bundled trained model served by
-    dcnserve in float and in INT8, the same Criteo rows posted to both."""
-    cmd = [py, os.path.join(HERE, "precision_eval.py"), "--dcnserve", dcnserve,
-           "--model", os.path.join(ROOT, "model", "default", "criteo-dcn.dcn"), "--flags=--int8"]
-    shown = "bench/precision_eval.py --dcnserve build/release/dcnserve --model model/default/criteo-dcn.dcn --flags=--int8"
+    dcnserve in float and in INT8, the same Criteo rows posted to both. With
+    out, the model calibrated first (tools/calibrate.py on the unlabeled
+    Criteo rows, other rows than those scored)."""
+    model = os.path.join(ROOT, "model", "default", "criteo-dcn.dcn")
     what = "INT8 on real data (the bundled trained model served by dcnserve with and without --int8)"
+    shown = "bench/precision_eval.py --dcnserve build/release/dcnserve --model model/default/criteo-dcn.dcn --flags=--int8"
+    if out:
+        cal = os.path.join(out, "criteo-dcn-calibrated.dcn")
+        ccmd = [py, os.path.join(ROOT, "tools", "calibrate.py"), model, "--rows",
+                os.path.join(ROOT, "data", "criteo_test_1999_unlabeled.csv"), "--out", cal]
+        what = ("INT8 calibrated from data (the bundled model calibrated on the 1,999 unlabeled Criteo rows, "
+                "served with and without --int8)")
+        shown = ("tools/calibrate.py model/default/criteo-dcn.dcn --rows data/criteo_test_1999_unlabeled.csv "
+                 "--out F; bench/precision_eval.py --dcnserve build/release/dcnserve --model F --flags=--int8")
+        if subprocess.run(ccmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT).returncode != 0:
+            return {"what": what, "command": shown, "summary": "failed: tools/calibrate.py"}
+        model = cal
+    cmd = [py, os.path.join(HERE, "precision_eval.py"), "--dcnserve", dcnserve, "--model", model, "--flags=--int8"]
     if not os.access(dcnserve, os.X_OK):
         return {"what": what, "command": shown, "summary": f"not run: {dcnserve} is not built (make all)"}
     got = run_json(cmd)
@@ -470,6 +484,7 @@ def main():
     if not a.no_int8:
         log("INT8 on real data (bench/precision_eval.py)")
         res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve")))
+        res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve"), out))
     for k in share_keys:
         log(f"context sharing: {k}")
         res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),
