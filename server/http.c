@@ -1064,7 +1064,7 @@ int srv_run(const srv_config *cfg)
     if (!(s->q = batch_new(&bo)) || uv_async_init(&s->loop, &s->done_async, on_done) != 0) goto fail;
     async_ok = 1;
     s->done_async.data = s;
-    if (!(s->pool = pool_new(s->q, workers, score_batch, score_state_free, &s->sctx, pool_notify, s))) {
+    if (!(s->pool = pool_new(s->q, workers, score_batch, NULL, score_state_free, &s->sctx, pool_notify, s))) {
         log_msg(LOG_ERROR, "cannot start the worker threads", NULL);
         goto fail;
     }

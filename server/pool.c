@@ -20,6 +20,7 @@ typedef struct worker {
 struct pool {
     batch_queue *q;
     pool_score_fn score;
+    pool_after_fn after;
     pool_free_fn free_state;
     pool_notify_fn notify;
     void *ctx, *notify_ctx;
@@ -56,20 +57,22 @@ static void *worker_main(void *arg)
             b->end_ns = batch_now_ns();
         }
         push_done(p, b);
+        if (p->after) p->after(p->ctx, &w->state); /* b is the loop's now */
     }
     if (p->free_state && w->state) p->free_state(p->ctx, w->state);
     w->state = NULL;
     return NULL;
 }
 
-pool *pool_new(batch_queue *q, size_t n_workers, pool_score_fn score, pool_free_fn free_state,
-               void *ctx, pool_notify_fn notify, void *notify_ctx)
+pool *pool_new(batch_queue *q, size_t n_workers, pool_score_fn score, pool_after_fn after,
+               pool_free_fn free_state, void *ctx, pool_notify_fn notify, void *notify_ctx)
 {
     if (!n_workers) return NULL;
     pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->q = q;
     p->score = score;
+    p->after = after;
     p->free_state = free_state;
     p->notify = notify;
     p->ctx = ctx;

@@ -5,6 +5,10 @@
  * - n dedicated threads, each with one private state pointer (the server
  *   keeps its dcn_scratch there), created lazily by the score callback and
  *   released by the free callback when the thread exits.
+ * - After each batch or task it hands back, a worker calls the optional
+ *   after callback with its state before it waits for the next one: work
+ *   that must not delay an answer goes there. It may delay the worker's
+ *   next batch instead.
  * - Completion: a worker appends the finished batch to the done-list under a
  *   mutex, then calls notify (the server's uv_async_send, which coalesces);
  *   the loop thread detaches the whole list with pool_take_done. Workers never
@@ -26,15 +30,17 @@
  * w->status). */
 typedef int (*pool_score_fn)(void *ctx, void **state, batch_work *w);
 typedef void (*pool_free_fn)(void *ctx, void *state);
+/* Called on the worker after each hand-back (see DESIGN), with its state. */
+typedef void (*pool_after_fn)(void *ctx, void **state);
 typedef void (*pool_notify_fn)(void *ctx);
 
 typedef struct pool pool;
 
-/* Starts n_workers threads on queue q; score and free_state get score_ctx,
- * notify gets notify_ctx. Returns NULL on failure (no thread
- * left running). */
-pool *pool_new(batch_queue *q, size_t n_workers, pool_score_fn score, pool_free_fn free_state,
-               void *score_ctx, pool_notify_fn notify, void *notify_ctx);
+/* Starts n_workers threads on queue q; score, after (or NULL) and
+ * free_state get score_ctx, notify gets notify_ctx. Returns NULL on failure
+ * (no thread left running). */
+pool *pool_new(batch_queue *q, size_t n_workers, pool_score_fn score, pool_after_fn after,
+               pool_free_fn free_state, void *score_ctx, pool_notify_fn notify, void *notify_ctx);
 
 /* Detaches the done-list, oldest first; NULL if empty. Free each with
  * batch_free after use. */

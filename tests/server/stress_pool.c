@@ -207,7 +207,7 @@ int main(void)
                      .workers = N_WORKERS};
     batch_queue *q = batch_new(&bo);
     score_ctx sc = {.max_batch_rows = MAX_BATCH, .team_helpers = 2};
-    pool *p = pool_new(q, N_WORKERS, score_batch, score_state_free, &sc, notify, NULL);
+    pool *p = pool_new(q, N_WORKERS, score_batch, NULL, score_state_free, &sc, notify, NULL);
     CHECK(q && p, "cannot start the pool");
 
     size_t completed = 0, swaps = 0;

@@ -1,7 +1,8 @@
 /* test_pool.c — the worker pool: every row of every job is scored exactly
  * once by some worker, results come back on the done-list with a notify,
- * per-worker state is created once and freed at exit, expiry travels the
- * same list. Uses a scoring callback instead of the engine. */
+ * per-worker state is created once and freed at exit, the after callback
+ * runs once per batch handed back, expiry travels the same list. Uses a
+ * scoring callback instead of the engine. */
 #include <criterion/criterion.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -13,7 +14,7 @@ typedef struct {
     float *scores;              /* (n) */
 } target;
 
-static atomic_int states_made, states_freed, notified;
+static atomic_int states_made, states_freed, notified, afters;
 static int KEY;
 
 /* Writes 1 + row index into each row's score; counts per-row writes. */
@@ -37,13 +38,20 @@ static void fake_free(void *ctx, void *state)
     atomic_fetch_add(&states_freed, 1);
 }
 
+/* Counts hand-backs; the worker's state is the one fake_score made. */
+static void fake_after(void *ctx, void **state)
+{
+    cr_assert_not_null(*state);
+    atomic_fetch_add(&afters, 1);
+}
+
 static void on_notify(void *ctx) { atomic_fetch_add(&notified, 1); }
 
 Test(pool, scores_every_row_once)
 {
     batch_opts o = {.max_batch_rows = 16, .max_queue_rows = 1 << 20, .split_min_rows = 8, .workers = 3};
     batch_queue *q = batch_new(&o);
-    pool *p = pool_new(q, 3, fake_score, fake_free, NULL, on_notify, NULL);
+    pool *p = pool_new(q, 3, fake_score, fake_after, fake_free, NULL, on_notify, NULL);
     cr_assert_not_null(p);
     cr_assert_eq(pool_workers(p), 3);
     enum { NJ = 100 };
@@ -71,6 +79,7 @@ Test(pool, scores_every_row_once)
         batch_free(w); /* detached: the pool no longer owns it */
     }
     cr_assert_eq(back, rows);
+    cr_assert_eq((size_t)atomic_load(&afters), batches);
     cr_assert_geq(atomic_load(&notified), 1);
     for (int i = 0; i < NJ; i++) {
         for (uint32_t k = 0; k < jobs[i].n_rows; k++) cr_assert_eq(tg[i].scores[k], 1.0f + (float)k, "job %d row %u", i, k);
@@ -89,7 +98,7 @@ Test(pool, reports_scorer_errors_and_expiry)
     batch_job late = {.req = &t2, .key = &KEY, .n_rows = 4, .deadline_ns = 1};
     /* push the expired job first, before any worker runs, and expire it from "the loop" */
     cr_assert_eq(batch_push(q, &late, batch_now_ns()), 0);
-    pool *p = pool_new(q, 1, fake_score, fake_free, &fail_ctx, on_notify, NULL);
+    pool *p = pool_new(q, 1, fake_score, NULL, fake_free, &fail_ctx, on_notify, NULL);
     size_t expired = pool_expire(p, batch_now_ns());
     batch_job ok = {.req = &t1, .key = &KEY, .n_rows = 4};
     cr_assert_eq(batch_push(q, &ok, batch_now_ns()), 0);
