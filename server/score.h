@@ -1,5 +1,6 @@
 /* score.h — the pool's scoring callback: turns a batch of request slices
- * into one dcn_batch and runs dcn_score.
+ * into one dcn_batch and runs dcn_score; and the stash of worker states
+ * prepared ahead, so that no request pays for building one.
  *
  * DESIGN
  * - Runs on worker threads. Reads the requests (immutable once queued),
@@ -9,12 +10,49 @@
  *   any request in the batch gives it; then each segment (request slice)
  *   contributes its context value once. Otherwise every row gets the
  *   candidate's value where given and its request's context value elsewhere.
- * - A worker's state (scratch and staging buffers) is rebuilt when a batch
- *   comes with another model than the last one (after a reload).
+ * - A worker's state (scratch and staging buffers, for one model) is
+ *   replaced when a batch comes with another model than the last one (the
+ *   first batch after start or after a reload).
+ * - Prepared states: building a state costs allocation, first-touch page
+ *   faults (the scratch is pre-faulted on purpose) and, for big models,
+ *   thread creation: about 1.5 ms on the default model against ~0.1 ms for
+ *   a batch. score_prepare builds them off the request path (the server
+ *   calls it at start-up before it listens, and on the reload's background
+ *   thread after the new model loaded and before it is swapped in) into the
+ *   ctx's stash, one per worker. A worker that needs a state for a model
+ *   takes one from the stash under the stash's mutex and builds one itself
+ *   only if none is left for that model (counted: built_on_request). A
+ *   worker whose state matches the batch's model takes no lock.
+ * - Traffic across a reload: a request decoded against the old model may
+ *   be scored after its worker took the new model's state. The worker then
+ *   builds an old-model state on the request path (the only case left,
+ *   counted) and gives the new one back to the stash for its next batch,
+ *   so the other workers still find theirs.
+ * - The stash holds states for one model only: a prepare replaces it and
+ *   frees the states left from the model before (a worker that never got a
+ *   batch leaves its one behind); score_stash_destroy frees what is left at
+ *   shutdown. So states for a model nobody serves any more live until the
+ *   next reload at most.
+ * - Memory: from a reload's prepare until each worker's first batch on the
+ *   new model, the workers' old states and the prepared new ones exist
+ *   together: the scratch memory briefly doubles, as the model mapping
+ *   does (old and new model are both mapped until the old one's last
+ *   request is answered). A worker frees its old state in score_after,
+ *   once the batch that took the new one is back (pool.h): freeing a
+ *   scratch and joining a team cost up to ~2 ms on a big model, which would
+ *   otherwise fall on that batch.
  * - Batches of a few rows on a model with heavy layers are bound by the
  *   bytes of weights they stream: each worker's scratch then has a dcn_team
  *   of team_helpers threads that share those layers by columns (made with
- *   the state, only for such models; they sleep otherwise).
+ *   the state, only for such models; they sleep otherwise). A prepared
+ *   state's team is created by the preparing thread and used by the worker
+ *   that takes it: the stash's mutex orders the hand-over.
+ * - Ownership: the stash owns its states until a worker takes one; then the
+ *   worker's pool slot owns it until it is replaced (freed by score_after,
+ *   or at once before a build on the request path, or given back to the
+ *   stash if it is for the stash's model) or the worker exits
+ *   (score_state_free). The score_ctx (and its stash) belongs to whoever
+ *   made the pool and outlives it.
  */
 #ifndef SRV_SCORE_H
 #define SRV_SCORE_H
@@ -29,15 +67,42 @@ typedef struct score_target {
     float *logits;              /* (rq->n_cands) */
 } score_target;
 
+typedef struct score_stash score_stash;
+
 typedef struct score_ctx {
     size_t max_batch_rows;
     size_t team_helpers;        /* per worker, for batches of a few rows (dcn_team); 0: none */
+    score_stash *stash;         /* prepared states (score_stash_init); NULL: every
+                                   state is built by the worker that needs it */
 } score_ctx;
+
+/* How many states were made, since score_stash_init. */
+typedef struct score_stats {
+    uint64_t prepared;          /* by score_prepare */
+    uint64_t built_on_request;  /* by a worker, none being prepared for its model */
+} score_stats;
 
 /* pool_score_fn: ctx is a score_ctx, w->key the dcn_model. Returns 0 or a
  * negative dcn_err / RK_ENOMEM. */
 int score_batch(void *ctx, void **state, batch_work *w);
+/* pool_after_fn: frees the state that score_batch replaced with a prepared
+ * one, once the batch is back on the done-list. */
+void score_after(void *ctx, void **state);
 /* pool_free_fn */
 void score_state_free(void *ctx, void *state);
+
+/* Gives c an empty stash; before the pool starts (c->stash is read by the
+ * workers without a lock). Returns 0 or RK_ENOMEM. */
+int score_stash_init(score_ctx *c);
+/* Frees the stash and every state left in it; after the pool is stopped. */
+void score_stash_destroy(score_ctx *c);
+/* Builds n states for model m (any thread; m referenced by the caller
+ * meanwhile) and makes them the stash, freeing whatever it held (states of
+ * the model before, left by workers that had no batch since). Returns 0,
+ * or RK_ENOMEM / RK_EINTERNAL (no stash) with the stash unchanged and
+ * nothing left allocated. */
+int score_prepare(score_ctx *c, const dcn_model *m, size_t n);
+/* The stash's counters (zeros without a stash); any thread. */
+score_stats score_get_stats(score_ctx *c);
 
 #endif

@@ -17,6 +17,12 @@
  * Each worker's scratch has a dcn_team of 2 helpers (DCN_TEAM_MIN_BYTES=0
  * makes every layer heavy enough), so batches of up to 5 rows also run
  * their layers split by columns across 3 threads.
+ * Worker states are prepared ahead as the server does (score.h): for the
+ * first model before the pool starts, and at each reload on another thread
+ * (the server's reload thread) while the workers score, before the swap;
+ * so the stash is handed between a preparing thread and the workers, and
+ * teams made on one thread are used on another. Before that, check_stash
+ * walks the stash's cases one step at a time on one thread.
  * Exits 0 on success, 1 with a message otherwise.
  */
 #include <math.h>
@@ -122,6 +128,20 @@ static void put_features(rk_buf *b, const dcn_model *m, unsigned *seed, int ctx)
     rk_buf_puts(b, "}");
 }
 
+typedef struct prep {
+    score_ctx *c;
+    const dcn_model *m;
+    int rc;
+} prep;
+
+/* The reload thread's part: score_prepare for the new model. */
+static void *prepare_main(void *arg)
+{
+    prep *pr = arg;
+    pr->rc = score_prepare(pr->c, pr->m, N_WORKERS);
+    return NULL;
+}
+
 /* Decodes a random request against m; exits on any failure. */
 static rk_request *random_request(const dcn_model *m, unsigned *seed)
 {
@@ -158,6 +178,69 @@ static void score_alone(req *r)
     memcpy(r->want, r->t.scores, n * sizeof(float));
     memset(r->t.scores, 0, n * sizeof(float));
     score_state_free(&c, state);
+}
+
+/* Scores all of r in one batch with ctx c and the state *state. */
+static void score_whole(score_ctx *c, void **state, req *r)
+{
+    size_t n = r->t.rq->n_cands;
+    batch_seg seg = {.job = &r->job, .row0 = 0, .n_rows = (uint32_t)n};
+    batch_work w = {.key = r->model, .n_rows = n, .n_segs = 1, .segs = &seg};
+    CHECK(score_batch(c, state, &w) == 0, "score_batch");
+}
+
+#define CHECK_STATS(c, p, b)                                                                  \
+    do {                                                                                      \
+        score_stats st_ = score_get_stats(c);                                                 \
+        CHECK(st_.prepared == (p) && st_.built_on_request == (b), "stats %llu, %llu: want %d, %d", \
+              (unsigned long long)st_.prepared, (unsigned long long)st_.built_on_request, (p), (b)); \
+    } while (0)
+
+/* The stash step by step, on this thread: prepared states are taken, not
+ * built; a batch of the old model after a reload builds one (counted) and
+ * gives the new model's state back, which the next batch takes again. */
+static void check_stash(void)
+{
+    char err[256];
+    dcn_model *m[2];
+    req r[2];
+    unsigned seed = 3;
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 2; i++) {
+        CHECK(dcn_open(MODEL_PATH, NULL, &m[i], err, sizeof err) == 0, "%s (run from the repository root)", err);
+        r[i].model = m[i];
+        r[i].t.rq = random_request(m[i], &seed);
+        size_t n = r[i].t.rq->n_cands;
+        r[i].t.scores = calloc(n, sizeof(float));
+        r[i].t.logits = calloc(n, sizeof(float));
+        CHECK(r[i].t.scores && r[i].t.logits, "out of memory");
+        r[i].job = (batch_job){.req = &r[i].t, .key = m[i], .n_rows = (uint32_t)n};
+    }
+    score_ctx c = {.max_batch_rows = 128};
+    void *state = NULL;
+    CHECK(score_stash_init(&c) == 0 && score_prepare(&c, m[0], 1) == 0, "score_prepare");
+    score_whole(&c, &state, &r[0]); /* takes the prepared state */
+    CHECK_STATS(&c, 1, 0);
+    CHECK(score_prepare(&c, m[1], 1) == 0, "score_prepare");
+    score_whole(&c, &state, &r[1]); /* the reload: takes model 1's */
+    score_after(&c, &state);        /* frees model 0's */
+    CHECK_STATS(&c, 2, 0);
+    score_whole(&c, &state, &r[0]); /* model 0 after the reload: built here */
+    CHECK_STATS(&c, 2, 1);
+    score_whole(&c, &state, &r[1]); /* model 1's state was given back: taken again */
+    CHECK_STATS(&c, 2, 1);
+    CHECK(score_prepare(&c, m[1], 2) == 0, "score_prepare"); /* frees nothing taken */
+    score_whole(&c, &state, &r[1]);
+    CHECK_STATS(&c, 4, 1);
+    score_after(&c, &state);
+    score_state_free(&c, state);
+    score_stash_destroy(&c); /* the two prepared last, never taken */
+    for (int i = 0; i < 2; i++) {
+        rk_request_free((rk_request *)r[i].t.rq);
+        free(r[i].t.scores);
+        free(r[i].t.logits);
+        dcn_release(m[i]);
+    }
 }
 
 /* Accounts the done-list; returns the number of requests completed. */
@@ -198,6 +281,7 @@ int main(void)
     /* Every worker's scratch gets a team of 2 helpers, used on every layer
      * of its batches of up to 5 rows: 3 + 6 threads. */
     setenv("DCN_TEAM_MIN_BYTES", "0", 0);
+    check_stash();
     CHECK(dcn_open(MODEL_PATH, NULL, &cur, err, sizeof err) == 0, "%s (run from the repository root)", err);
     unsigned seed = 7;
     req *reqs = calloc(N_REQ, sizeof *reqs);
@@ -207,7 +291,8 @@ int main(void)
                      .workers = N_WORKERS};
     batch_queue *q = batch_new(&bo);
     score_ctx sc = {.max_batch_rows = MAX_BATCH, .team_helpers = 2};
-    pool *p = pool_new(q, N_WORKERS, score_batch, NULL, score_state_free, &sc, notify, NULL);
+    CHECK(score_stash_init(&sc) == 0 && score_prepare(&sc, cur, N_WORKERS) == 0, "cannot prepare states");
+    pool *p = pool_new(q, N_WORKERS, score_batch, score_after, score_state_free, &sc, notify, NULL);
     CHECK(q && p, "cannot start the pool");
 
     size_t completed = 0, swaps = 0;
@@ -216,6 +301,12 @@ int main(void)
             /* reload: a new model object; queued requests keep the old one */
             dcn_model *nm;
             CHECK(dcn_open(MODEL_PATH, NULL, &nm, err, sizeof err) == 0, "%s", err);
+            prep pr = {.c = &sc, .m = nm};
+            pthread_t th;
+            CHECK(pthread_create(&th, NULL, prepare_main, &pr) == 0, "pthread_create");
+            completed += drain(p); /* the workers score meanwhile */
+            pthread_join(th, NULL);
+            CHECK(pr.rc == 0, "score_prepare: %d", pr.rc);
             dcn_release(cur);
             cur = nm;
             swaps++;
@@ -247,6 +338,9 @@ int main(void)
     completed += drain(p);
     pool_free(p);
     batch_destroy(q);
+    score_stats st = score_get_stats(&sc);
+    CHECK(st.prepared == N_WORKERS * (swaps + 1), "%llu states prepared", (unsigned long long)st.prepared);
+    score_stash_destroy(&sc);
     size_t rows = 0;
     for (int i = 0; i < N_REQ; i++) {
         CHECK(reqs[i].done, "request %d never completed", i);
@@ -258,7 +352,8 @@ int main(void)
     }
     free(reqs);
     dcn_release(cur);
-    printf("stress_pool: %d requests, %zu rows, %zu model swaps, %d workers: every score equals the request "
-           "scored alone\n", N_REQ, rows, swaps, N_WORKERS);
+    printf("stress_pool: %d requests, %zu rows, %zu model swaps, %d workers (%llu states prepared, %llu built "
+           "for a batch): every score equals the request scored alone\n", N_REQ, rows, swaps, N_WORKERS,
+           (unsigned long long)st.prepared, (unsigned long long)st.built_on_request);
     return 0;
 }
