@@ -4,10 +4,18 @@
  *
  * DESIGN
  * - Everything in this file runs on the loop thread except reload_work
- *   (libuv threadpool: opens the new file), decode_task and the pool
- *   callbacks declared in score.h (worker threads). The only objects shared
- *   with workers are the batch queue, the done-list (both locked) and
+ *   (libuv threadpool: opens the new file and prepares the workers' states
+ *   for it), decode_task and the pool callbacks declared in score.h (worker
+ *   threads). The only objects shared with workers are the batch queue, the
+ *   done-list, the scorer's stash of prepared states (each locked) and
  *   queued requests, which nobody writes while their rows are out.
+ * - Worker states: one per worker is built for the model before it serves
+ *   (score_prepare): at start-up before the listener opens, on a reload in
+ *   reload_work after the new model passed its test score and before
+ *   reload_after swaps it in. A reload that fails prepares nothing (or frees
+ *   what it prepared); one whose states cannot all be built fails, the old
+ *   model serving on. The stash lives in sctx from before the workers start
+ *   until after they are joined.
  * - Decoding: a body of at least decode_offload_bytes is decoded on a worker
  *   (a batch task) so a large body does not stall every other connection;
  *   the request is suspended meanwhile and the loop does not touch its
@@ -115,7 +123,8 @@ struct srv {
     struct MHD_Daemon *d;
     batch_queue *q;
     pool *pool;
-    score_ctx sctx;
+    score_ctx sctx;             /* its stash: states prepared for the workers */
+    size_t workers;
     rk_limits lim;
     dcn_model *model;
     double model_loaded_unix, start_unix;
@@ -607,6 +616,9 @@ static enum MHD_Result send_metrics(srv *s, srv_req *r)
         .model_loaded_unix_s = s->model_loaded_unix,
         .start_unix_s = s->start_unix,
     };
+    score_stats st = score_get_stats(&s->sctx);
+    g.states_prepared = st.prepared;
+    g.states_built_on_request = st.built_on_request;
     rk_buf b = {0};
     met_render(&s->met, &g, &b);
     return send_buf(r, 200, &b, "text/plain; version=0.0.4; charset=utf-8", NULL);
@@ -656,12 +668,21 @@ static int load_model(const srv_config *c, dcn_model **out, char *err, size_t er
     return rc;
 }
 
+/* Loads the new model and prepares one worker state per worker for it;
+ * on the libuv threadpool. On failure nothing is left: no model, no state. */
 static void reload_work(uv_work_t *w)
 {
     srv *s = w->data;
     s->reload_new = NULL;
     s->reload_err[0] = 0;
     s->reload_rc = load_model(s->cfg, &s->reload_new, s->reload_err, sizeof s->reload_err);
+    if (s->reload_rc < 0) return;
+    if (score_prepare(&s->sctx, s->reload_new, s->workers) < 0) {
+        snprintf(s->reload_err, sizeof s->reload_err, "out of memory for the workers' states");
+        s->reload_rc = DCN_ENOMEM;
+        dcn_release(s->reload_new);
+        s->reload_new = NULL;
+    }
 }
 
 static void reload_after(uv_work_t *w, int status)
@@ -1052,6 +1073,7 @@ int srv_run(const srv_config *cfg)
     s->model_loaded_unix = unix_now();
 
     size_t workers = cfg->workers ? cfg->workers : pool_default_workers();
+    s->workers = workers;
     s->lim = (rk_limits){.max_candidates = cfg->max_candidates, .strict = !cfg->lenient};
     s->sctx.max_batch_rows = cfg->max_batch_rows;
     size_t sbt = cfg->small_batch_threads ? cfg->small_batch_threads : workers;
@@ -1064,7 +1086,12 @@ int srv_run(const srv_config *cfg)
     if (!(s->q = batch_new(&bo)) || uv_async_init(&s->loop, &s->done_async, on_done) != 0) goto fail;
     async_ok = 1;
     s->done_async.data = s;
-    if (!(s->pool = pool_new(s->q, workers, score_batch, NULL, score_state_free, &s->sctx, pool_notify, s))) {
+    /* every worker's state for the first model, before any request can come */
+    if (score_stash_init(&s->sctx) < 0 || score_prepare(&s->sctx, s->model, workers) < 0) {
+        log_msg(LOG_ERROR, "out of memory for the workers' states", "\"workers\":%zu", workers);
+        goto fail;
+    }
+    if (!(s->pool = pool_new(s->q, workers, score_batch, score_after, score_state_free, &s->sctx, pool_notify, s))) {
         log_msg(LOG_ERROR, "cannot start the worker threads", NULL);
         goto fail;
     }
@@ -1132,6 +1159,7 @@ int srv_run(const srv_config *cfg)
     }
     uv_loop_close(&s->loop);
     pool_free(s->pool);
+    score_stash_destroy(&s->sctx); /* after the workers are joined (and the last reload ran) */
     batch_destroy(s->q);
     dcn_release(s->model);
     free(s);
@@ -1140,6 +1168,7 @@ int srv_run(const srv_config *cfg)
 fail:
     if (s->d) MHD_stop_daemon(s->d);
     pool_free(s->pool); /* joins the workers: nothing signals done_async after this */
+    score_stash_destroy(&s->sctx);
     batch_destroy(s->q);
     if (loop_ok) {
         if (async_ok) uv_close((uv_handle_t *)&s->done_async, on_close_noop);

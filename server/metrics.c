@@ -1,6 +1,7 @@
 /* metrics.c — metric storage and Prometheus text rendering (see metrics.h).
  *
- * DESIGN: plain counters touched by the loop thread only. Statuses map to a
+ * DESIGN: plain counters touched by the loop thread only (the worker-state
+ * counters come in met_gauges, read by the caller). Statuses map to a
  * fixed index table; an unexpected status lands in the "other" slot.
  */
 #include <stdio.h>
@@ -136,6 +137,13 @@ void met_render(const met_set *m, const met_gauges *g, rk_buf *b)
     put_head(b, "dcnserve_reloads_total", "counter", "Model reloads, by result.");
     rk_buf_printf(b, "dcnserve_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)m->reloads_ok);
     rk_buf_printf(b, "dcnserve_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)m->reloads_failed);
+    put_head(b, "dcnserve_worker_states_prepared_total", "counter",
+             "Worker states (scratch memory, staging buffers, helper threads) built ahead, at start-up and on reload.");
+    rk_buf_printf(b, "dcnserve_worker_states_prepared_total %llu\n", (unsigned long long)g->states_prepared);
+    put_head(b, "dcnserve_worker_states_built_on_request_total", "counter",
+             "Worker states a worker had to build for a batch, none being prepared for its model.");
+    rk_buf_printf(b, "dcnserve_worker_states_built_on_request_total %llu\n",
+                  (unsigned long long)g->states_built_on_request);
 
     put_head(b, "dcnserve_request_duration_seconds", "histogram",
              "Ranking requests, from the first byte handled to the answer queued.");

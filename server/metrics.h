@@ -3,7 +3,10 @@
  *
  * DESIGN: every update happens on the event-loop thread (workers report
  * their timings inside the batches they hand back), so there is no locking
- * and no atomics; /metrics is rendered on the same thread. Histogram buckets
+ * and no atomics; /metrics is rendered on the same thread. Values kept
+ * elsewhere (gauges, and the worker-state counters that the scorer keeps
+ * under its stash lock, score.h) are read by the caller at render time and
+ * passed in met_gauges. Histogram buckets
  * are fixed at compile time: seconds from 25 µs to 10 s, and powers of two
  * for row counts.
  */
@@ -48,7 +51,7 @@ typedef struct met_set {
     met_hist request_candidates;
 } met_set;
 
-/* Values read at render time. */
+/* Values read at render time (the last two are counters). */
 typedef struct met_gauges {
     uint64_t inflight_requests;
     uint64_t queue_rows;
@@ -58,6 +61,8 @@ typedef struct met_gauges {
     uint32_t model_crc32;
     double model_loaded_unix_s;
     double start_unix_s;
+    uint64_t states_prepared;           /* worker states built ahead (score_prepare) */
+    uint64_t states_built_on_request;   /* ... and by a worker for a batch */
 } met_gauges;
 
 void met_init(met_set *m);

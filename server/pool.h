@@ -3,16 +3,20 @@
  *
  * DESIGN
  * - n dedicated threads, each with one private state pointer (the server
- *   keeps its dcn_scratch there), created lazily by the score callback and
- *   released by the free callback when the thread exits.
+ *   keeps its dcn_scratch there), filled by the score callback (the
+ *   server's takes a state prepared ahead for the batch's model from its
+ *   stash, score.h, and builds one only if none is left) and released by
+ *   the free callback when the thread exits.
  * - After each batch or task it hands back, a worker calls the optional
  *   after callback with its state before it waits for the next one: work
- *   that must not delay an answer goes there. It may delay the worker's
- *   next batch instead.
+ *   that must not delay an answer goes there (the server frees the state
+ *   a reload replaced). It may delay the worker's next batch instead.
  * - Completion: a worker appends the finished batch to the done-list under a
  *   mutex, then calls notify (the server's uv_async_send, which coalesces);
  *   the loop thread detaches the whole list with pool_take_done. Workers never
- *   touch anything but their batch and their state.
+ *   touch anything but their batch and their state (and, inside the score
+ *   callback, the scorer's stash under its own lock, only when the state
+ *   does not match the batch's model: never on the hot path).
  * - Expired rows found by the loop's timer (pool_expire) travel the same
  *   done-list, so the loop has one place where rows come back. So do tasks
  *   (batch_push_task): a worker runs the task, then hands its batch_work

@@ -8,7 +8,12 @@
  *   encoding. Worker threads (pool.h) score, and decode the bodies of at
  *   least --decode-offload-bytes (a batch task), so a huge body does not
  *   stall the loop. A reload opens and warms
- *   the new file on libuv's threadpool (file work), then swaps on the loop.
+ *   the new file on libuv's threadpool (file work) and builds there one
+ *   worker state per worker for it (score.h: scratch memory, staging
+ *   buffers, helper threads), then swaps on the loop; the start-up model's
+ *   states are built before the listener opens. So no request pays for a
+ *   worker state, after start or after a reload (but for a request decoded
+ *   against the old model and scored after its worker switched: score.h).
  * - A /rank request: read the body (bounded), decode it against the current
  *   model (taking a reference), push it to the batcher, suspend the
  *   connection; its rows come back through the pool's done-list and a

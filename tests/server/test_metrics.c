@@ -21,7 +21,8 @@ Test(metrics, histogram_buckets_are_cumulative)
     met_count_rejection(&m, RK_EBUSY);
     m.candidates_scored = 42;
     met_gauges g = {.inflight_requests = 3, .queue_rows = 7, .workers = 2, .ready = 1,
-                    .model_name = "m\"x", .model_version = "1", .model_crc32 = 0xabc};
+                    .model_name = "m\"x", .model_version = "1", .model_crc32 = 0xabc,
+                    .states_prepared = 4, .states_built_on_request = 1};
     rk_buf b = {0};
     met_render(&m, &g, &b);
     const char *t = b.data;
@@ -40,6 +41,8 @@ Test(metrics, histogram_buckets_are_cumulative)
     cr_assert(strstr(t, "dcnserve_candidates_scored_total 42\n"));
     cr_assert(strstr(t, "dcnserve_request_phase_seconds_count{phase=\"encode\"} 0\n"));
     cr_assert(strstr(t, "dcnserve_inflight_requests 3\n"));
+    cr_assert(strstr(t, "# TYPE dcnserve_worker_states_prepared_total counter\ndcnserve_worker_states_prepared_total 4\n"));
+    cr_assert(strstr(t, "dcnserve_worker_states_built_on_request_total 1\n"));
     cr_assert(strstr(t, "dcnserve_model_info{name=\"m\\\"x\",version=\"1\",crc32=\"00000abc\"} 1\n"));
     cr_assert(strstr(t, "# TYPE dcnserve_batch_rows histogram\n"));
     free(b.data);
