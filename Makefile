@@ -149,7 +149,9 @@ tsan-unit: $(TSAN_TESTS:tests/%.c=$(BUILD)/tests/%) $(DCNSERVE)
 	  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $$t; done
 	TSAN_OPTIONS="second_deadlock_stack=1" DCNSERVE=$(DCNSERVE) $(PYTHON) tests/run_py.py $(TSAN_PYTESTS)
 
+# ONNX Runtime's INT8 graph is written with the onnx package (bench only).
 bench: deps $(BENCH)
+	@$(MAKE) --no-print-directory deps DEPS_PKGS=python3-onnx
 	$(PYTHON) bench/run.py --bench $(BENCH) $(BENCH_ARGS)
 
 # Load benchmark of the server (figures, not tests): wrk + deploy/load/rank.lua

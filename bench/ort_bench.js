@@ -9,7 +9,8 @@
 // - Before timing, the session scores the check rows of <key>.check.json and
 //   the largest |logit difference| against PyTorch and against the engine is
 //   reported (a session whose logits are off by more than 1e-3 from torch is
-//   an error: the export is broken, the figures would mean nothing).
+//   an error: the export is broken, the figures would mean nothing; an INT8
+//   graph of quantize_onnx.py states its own, looser bound).
 // - Inputs: a pool of random rows (dense ~ N(0, 1), ids uniform over each
 //   vocabulary), batch i takes the pool's next slice, so table rows are not
 //   reused from batch to batch; the input tensors are views made outside the
@@ -171,7 +172,8 @@ async function main() {
       });
       const createS = now() - t0;
       const p = await parity(session, c);
-      if (!(p.torch < 1e-3)) throw new Error(`${key}: ORT logits differ from torch by ${p.torch}`);
+      const tol = c.max_logit_diff || 1e-3; // INT8 graphs (quantize_onnx.py) carry their own
+      if (!(p.torch < tol)) throw new Error(`${key}: ORT logits differ from torch by ${p.torch}`);
       console.log(JSON.stringify({
         kind: 'parity', engine: 'onnxruntime', key, threads: T, rows: c.dense.length,
         max_abs_logit_vs_torch: p.torch, max_abs_logit_vs_engine: p.engine, session_create_s: +createS.toFixed(2),

@@ -17,7 +17,9 @@ Steps (each one's output goes to bench/out/, which git ignores):
      engine's;
   6b. reduced precision: dlrmv2-bf16 (dense weights stored BF16) also run
      with them widened to float32 at load (`--widen 1`); every FP32 model
-     again with INT8 dense layers (`--int8 1`); and what each costs on the
+     again with INT8 dense layers (`--int8 1`), and ONNX Runtime on its own
+     INT8 graph of each (quantize_onnx.py: what its quantize_dynamic makes,
+     DynamicQuantizeMatMul with 7-bit weights); and what each costs on the
      real Criteo rows with the bundled trained model (tools/export.py --eval
      for BF16, bench/precision_eval.py through dcnserve for INT8, without
      and with calibration by tools/calibrate.py);
@@ -206,15 +208,17 @@ def stream_for(peaks, threads):
 
 def precision_table(res):
     """Our reduced-precision runs against our FP32 and ONNX Runtime's FP32:
-    BF16 weights (16-bit panels, and widened at load), INT8 dense layers;
-    batch 1 also against its weight-streaming floor."""
+    BF16 weights (16-bit panels, and widened at load), INT8 dense layers
+    (also against ONNX Runtime's INT8 graph of quantize_onnx.py); batch 1
+    also against its weight-streaming floor."""
     ours = {(p["model"], p["batch"], p["threads"], p.get("widen", 0), p.get("int8", 0)): p
             for p in res["engine"] + res["variants"]}
     ort = {(p["key"], p["batch"], p["threads"]): p for p in res["ort"]}
     bw1 = stream_for(res["peak"], 1)
     lines = [
-        "| model | dense weights | MB | batch | T | p50 ms | floor ms | samples/s | x our FP32 | x ORT FP32 | GOP/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | dense weights | MB | batch | T | p50 ms | floor ms | samples/s | x our FP32 | x ORT FP32 "
+        "| x ORT INT8 | GOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = lambda kv: (TABLE_MODELS.index(kv[0][0]) if kv[0][0] in TABLE_MODELS else 99,
                         kv[0][3] + 2 * kv[0][4], kv[0][2], kv[0][1])
@@ -227,11 +231,13 @@ def precision_table(res):
         # one row cannot be split by rows: batch 1 streams the weights on one thread
         floor = p["packed_bytes"] / (bw1 * 1e9) * 1e3 if bw1 and p.get("packed_bytes") and b == 1 and t == 1 else None
         base, o = ours.get((fp32, b, t, 0, 0)), ort.get((fp32, b, t))
+        oq = ort.get((fp32 + "-int8", b, t)) if q else None
         lines.append(
             f"| {model} | {kind} | {mb:.0f} | {b} | {t} | {p['lat_ms_median']:.3f} | {fmt(floor, '.3f')} | "
             f"{fmt_int(p['samples_per_s'])} | "
             f"{fmt(p['samples_per_s'] / base['samples_per_s'] if base else None, '.2f')} | "
-            f"{fmt(p['samples_per_s'] / o['samples_per_s'] if o else None, '.2f')} | {p['gflops']:.1f} |")
+            f"{fmt(p['samples_per_s'] / o['samples_per_s'] if o else None, '.2f')} | "
+            f"{fmt(p['samples_per_s'] / oq['samples_per_s'] if oq else None, '.2f')} | {p['gflops']:.1f} |")
     out = "\n".join(lines)
     for pr in res.get("precision", []):
         out += f"\n\n{pr['what']} (`{pr['command']}`): {pr['summary']}"
@@ -446,6 +452,16 @@ def main():
             print(f"  {e['key']}: {'exported' if e['exported'] else 'cached'}, engine vs torch "
                   f"max |logit diff| {e.get('max_abs_engine_vs_torch_logit', float('nan')):.1e}",
                   file=sys.stderr)
+    # ONNX Runtime's own INT8 (quantize_dynamic's graph), beside our --int8
+    ort_int8 = []
+    if ort_ok and ort_keys and not a.no_int8:
+        log("ONNX Runtime INT8 graphs (quantize_onnx.py)")
+        p = subprocess.run([py, os.path.join(HERE, "quantize_onnx.py"), "--models", mdir,
+                            "--keys", ",".join(ort_keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if p.returncode == 0:
+            ort_int8 = ort_keys
+        else:
+            print(f"run.py: ONNX Runtime INT8 skipped: {p.stderr.strip()[-300:]}", file=sys.stderr)
 
     # model by model, ours then ORT's, so that both see similar machine noise;
     # with --repeat N the whole sweep N times, each point keeping its best
@@ -470,6 +486,14 @@ def main():
                 log(f"ONNX Runtime: {k}")
                 got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
                                 "--keys", k, "--batches", a.batches, "--threads", a.threads]
+                               + timing, cwd=HERE)
+                res["ort"] += [g for g in got if g["kind"] == "point"]
+                if rep_i == 0:
+                    res["parity"] += [g for g in got if g["kind"] == "parity"]
+            if k in ort_int8:
+                log(f"ONNX Runtime INT8: {k}")
+                got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
+                                "--keys", f"{k}-int8", "--batches", a.batches, "--threads", a.threads]
                                + timing, cwd=HERE)
                 res["ort"] += [g for g in got if g["kind"] == "point"]
                 if rep_i == 0:
