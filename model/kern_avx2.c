@@ -80,6 +80,9 @@ static void gemm_avx2(size_t m, const float *x, size_t ldx, const klinear *L, co
  * the float epilogue of the other kernels (store_tile). */
 #define QROWS 16
 #define QBUF (128u << 10)
+#ifndef QPF
+#define QPF 8192 /* bytes ahead in the weights the first tile of a row block prefetches */
+#endif
 static _Thread_local uint8_t qbuf[QBUF] __attribute__((aligned(64)));
 static _Thread_local float qscale[QROWS];
 
@@ -140,6 +143,11 @@ void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, f
                         c30 = c00, c31 = c00;
                 const int8_t *w = wp;
                 for (size_t g = 0; g < groups; g++, w += KQ_NR * 4) {
+                    /* The first tile of a row block streams the panels
+                     * (the others find them in cache): one stream the
+                     * hardware prefetcher trails at this pace, asked for
+                     * QPF bytes ahead, as the float few-rows tiles do. */
+                    if (t == 0) __builtin_prefetch(w + QPF, 0, 3);
                     __m256i w0 = _mm256_load_si256((const __m256i *)(const void *)w);
                     __m256i w1 = _mm256_load_si256((const __m256i *)(const void *)(w + 32));
                     int32_t v;
