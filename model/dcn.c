@@ -127,7 +127,7 @@ typedef struct loader {
     int widen; /* dcn_open_opts.widen_weights */
     int int8;  /* dcn_open_opts.int8 */
     uint8_t *kv_used; /* (n_kv) INT8 smoothing keys a layer took */
-    size_t smoothed;  /* layers with smoothing factors */
+    size_t smoothed;  /* smoothing keys taken (tensors; a mix C's serves K layers) */
 } loader;
 
 /* How the kernels store a layer packed from a tensor of this dtype: in its

@@ -115,18 +115,19 @@ def weight_max(module, name):
     """max_n |W[n, k]| per input k of the layers the engine quantizes from
     tensor `name`: mix V with its gate's rows (the same x), mix C per expert
     on its expert's r inputs, mix U as U_cat (inputs expert-major)."""
-    sd = {k: v.detach().double().numpy() for k, v in module.state_dict().items()}
+    sd = module.state_dict()                          # views; only the tensors used are copied
+    arr = lambda k: np.abs(sd[k].detach().double().numpy())
     if not name.startswith("cross.") or name.endswith(".weight"):
-        return np.abs(sd[name]).max(0)
+        return arr(name).max(0)
     l, part = name.split(".")[1], name.split(".")[2]
-    w = np.abs(sd[f"cross.{l}.{part}"])
+    w = arr(f"cross.{l}.{part}")
     if w.ndim == 2:                                   # lowrank v [r, d], u [d, r]
         return w.max(0)
     if part == "v":                                   # [K, r, d], and the gate [K, d]
         m = w.reshape(-1, w.shape[2]).max(0)
         for g in (f"cross.{l}.gate.weight", "cross.gate.weight"):
             if g in sd:
-                m = np.maximum(m, np.abs(sd[g]).max(0))
+                m = np.maximum(m, arr(g).max(0))
         return m
     return np.concatenate([w[i].max(0) for i in range(w.shape[0])])  # c [K, r, r], u [K, d, r]
 
