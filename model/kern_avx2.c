@@ -21,7 +21,12 @@ typedef __m256 V;
 #define vload_bf16(p) \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
 #define vload_i8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))))
-#define KC 256
+/* K blocks of 512 and row blocks of 48: the Criteo models' layers (429
+ * inputs) run in one K block, so no partial sums go through y, and the
+ * packed rows (48 x 512 floats) stay in L2 beside the weight stream
+ * (bench/README.md, "What each change bought"). */
+#define KC 512
+#define MC (MR * 8)
 #define vmin(a, b) _mm256_min_ps((a), (b))
 #define vmul(a, b) _mm256_mul_ps((a), (b))
 #define vsub(a, b) _mm256_sub_ps((a), (b))
