@@ -1269,7 +1269,7 @@ dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows) {
     size_t floats = max_rows * (4 * s->ldd + 2 * s->ldh + s->ldk + round_up(K, LD_ALIGN) + LD_ALIGN + 2 * s->ldn + s->ldo);
     size_t nrg = in->n_dense + in->n_sparse + 1;
     size_t bytes = floats * sizeof(float) + 2 * nrg * sizeof(krange) + (max_rows + 2) * sizeof(uint32_t) + 64;
-    s->mem = aligned_alloc(64, round_up(bytes, 64));
+    s->mem = kern_alloc(bytes);
     if (!s->mem) {
         free(s);
         return NULL;

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const kern_set *chosen;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
@@ -54,6 +55,19 @@ const kern_set *kern_get(void) {
     return chosen;
 }
 
+void *kern_alloc(size_t n) {
+    const size_t huge = (size_t)2 << 20;
+    n = (n + 63) / 64 * 64;
+    if (n < huge) return aligned_alloc(64, n ? n : 64);
+    void *p = NULL;
+    if (posix_memalign(&p, huge, n)) return NULL;
+    /* Whole huge pages only: the tail (under 2 MiB) stays in small pages,
+     * so no memory is committed past n. A kernel without transparent huge
+     * pages refuses the advice, which changes nothing else. */
+    (void)madvise(p, n / huge * huge, MADV_HUGEPAGE);
+    return p;
+}
+
 int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr, int wt) {
     memset(L, 0, sizeof *L);
     size_t out_pad = (out + nr - 1) / nr * nr;
@@ -61,9 +75,9 @@ int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size
     size_t wbytes = (out_pad * in * es + 63) / 64 * 64;
     size_t bbytes = out_pad * sizeof(float);
     if (wt == KW_F32)
-        L->wp = aligned_alloc(64, wbytes ? wbytes : 64);
+        L->wp = kern_alloc(wbytes);
     else
-        L->wh = aligned_alloc(64, wbytes ? wbytes : 64);
+        L->wh = kern_alloc(wbytes);
     L->bias = aligned_alloc(64, (bbytes + 63) / 64 * 64);
     if ((!L->wp && !L->wh) || !L->bias) {
         kern_linear_free(L);
@@ -108,7 +122,7 @@ float kern_weight(const klinear *L, size_t n, size_t k) {
 int kern_quantize(klinear *L, const float *smooth) {
     if (L->in > KQ_MAX_IN) return 0;
     size_t op = (L->out + KQ_NR - 1) / KQ_NR * KQ_NR, kq = (L->in + 3) / 4 * 4;
-    int8_t *wq = aligned_alloc(64, (op * kq + 63) / 64 * 64);
+    int8_t *wq = kern_alloc(op * kq);
     float *wsc = aligned_alloc(64, (op * sizeof(float) + 63) / 64 * 64);
     int32_t *wzc = aligned_alloc(64, (op * sizeof(int32_t) + 63) / 64 * 64);
     float *qsm = smooth ? malloc(L->in * sizeof *qsm) : NULL;
