@@ -8,7 +8,9 @@
  *   in the mapping; dense weights are packed for the kernel set (kernels.h):
  *   float32, or 16-bit when the file stores them so, plus an INT8 copy with
  *   dcn_open_opts.int8 (PRECISION.md). The handle is immutable afterwards and shared
- *   through an atomic reference count; the last dcn_release unmaps.
+ *   through an atomic reference count; the last dcn_release unmaps. Packed
+ *   weights and scratch buffers of 2 MiB or more sit in transparent huge
+ *   pages where the system allows (kern_alloc): they are streamed.
  * - dcn_score runs on the caller's thread with the caller's scratch: it
  *   validates the batch, builds x0 (dense transforms, optional bottom MLP,
  *   pooled embeddings), then runs the cross network, the deep network and

@@ -3,9 +3,11 @@
  * 65, 1023), split input ranges (request-context sharing) and row counts that
  * leave partial tiles; weights stored as BF16 / F16 panels equal the same
  * weights stored as float32; embedding-row conversions on odd lengths and
- * unaligned pointers; float <-> half conversions, exhaustively. */
+ * unaligned pointers; float <-> half conversions, exhaustively; large
+ * buffers (kern_alloc) on huge-page boundaries and advised into them. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -377,4 +379,56 @@ Test(kernels, half_conversions) {
     cr_assert_eq(kern_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
     cr_assert_eq(kern_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);
     cr_assert_eq(kern_f32_to_bf16(3.4e38f), 0x7f80);
+}
+
+/* The system's transparent-huge-page mode: 1 when it honours madvise. */
+static int thp_advisable(void) {
+    char buf[128] = {0};
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, "[madvise]") || strstr(buf, "[always]");
+}
+
+/* THPeligible of the mapping holding p in /proc/self/smaps, or -1. */
+static int thp_eligible(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int in = 0, out = -1;
+    uintptr_t a = (uintptr_t)p;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = a >= lo && a < hi;
+            continue;
+        }
+        if (in && sscanf(line, "THPeligible: %d", &out) == 1) break;
+    }
+    fclose(f);
+    return out;
+}
+
+/* kern_alloc: 64-byte aligned below 2 MiB; from 2 MiB, 2 MiB aligned and
+ * advised into huge pages (the mapping is eligible where the system allows
+ * it); the memory is whole and is freed with free(). */
+Test(kernels, alloc_large_buffers_in_huge_pages) {
+    size_t small = 1000, big = (5u << 20) + 100;
+    unsigned char *s = kern_alloc(small), *b = kern_alloc(big);
+    cr_assert(s && b);
+    cr_assert_eq((uintptr_t)s % 64, 0);
+    cr_assert_eq((uintptr_t)b % (2u << 20), 0, "a large buffer starts on a huge-page boundary");
+    memset(s, 1, small);
+    memset(b, 1, big);
+    cr_assert_eq(b[big - 1], 1);
+    int el = thp_eligible(b);
+    if (!thp_advisable())
+        cr_log_warn("transparent huge pages disabled here: only alignment checked");
+    else if (el < 0)
+        cr_log_warn("no THPeligible line in smaps: only alignment checked");
+    else
+        cr_assert_eq(el, 1, "the large buffer's mapping is eligible for huge pages");
+    free(s), free(b);
 }
