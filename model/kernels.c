@@ -72,13 +72,11 @@ int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size
     memset(L, 0, sizeof *L);
     size_t out_pad = (out + nr - 1) / nr * nr;
     size_t es = wt == KW_F32 ? sizeof(float) : sizeof(uint16_t);
-    size_t wbytes = (out_pad * in * es + 63) / 64 * 64;
-    size_t bbytes = out_pad * sizeof(float);
     if (wt == KW_F32)
-        L->wp = kern_alloc(wbytes);
+        L->wp = kern_alloc(out_pad * in * es);
     else
-        L->wh = kern_alloc(wbytes);
-    L->bias = aligned_alloc(64, (bbytes + 63) / 64 * 64);
+        L->wh = kern_alloc(out_pad * in * es);
+    L->bias = kern_alloc(out_pad * sizeof(float));
     if ((!L->wp && !L->wh) || !L->bias) {
         kern_linear_free(L);
         return -1;
@@ -123,8 +121,8 @@ int kern_quantize(klinear *L, const float *smooth) {
     if (L->in > KQ_MAX_IN) return 0;
     size_t op = (L->out + KQ_NR - 1) / KQ_NR * KQ_NR, kq = (L->in + 3) / 4 * 4;
     int8_t *wq = kern_alloc(op * kq);
-    float *wsc = aligned_alloc(64, (op * sizeof(float) + 63) / 64 * 64);
-    int32_t *wzc = aligned_alloc(64, (op * sizeof(int32_t) + 63) / 64 * 64);
+    float *wsc = kern_alloc(op * sizeof(float));
+    int32_t *wzc = kern_alloc(op * sizeof(int32_t));
     float *qsm = smooth ? malloc(L->in * sizeof *qsm) : NULL;
     if (!wq || !wsc || !wzc || (smooth && !qsm)) {
         free(wq), free(wsc), free(wzc), free(qsm);

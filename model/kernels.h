@@ -122,11 +122,12 @@ int kern_pack(klinear *L, const float *w, const float *bias, size_t out, size_t 
 /* The same, stored as wt (KW_*). Values of w must be exact in wt (they were
  * read from a tensor of that type): packing rounds nothing then. */
 int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr, int wt);
-/* Memory for the large buffers the kernels stream (packed weights, the
- * engine's scratch): 64-byte aligned; from 2 MiB up, 2 MiB aligned and
- * advised into transparent huge pages, since a stream over 4 KiB pages pays
- * a TLB miss (a two-level walk under a hypervisor) every 4 KiB and the
- * hardware prefetchers stop at each page's end. Freed with free(). */
+/* Memory for the kernels' buffers (packed weights, biases, scales, the
+ * engine's scratch): 64-byte aligned, rounded up to 64 bytes; from 2 MiB
+ * up, 2 MiB aligned and advised into transparent huge pages, since a
+ * stream over 4 KiB pages pays a TLB miss (a two-level walk under a
+ * hypervisor) every 4 KiB and the hardware prefetchers stop at each page's
+ * end. Freed with free(). */
 void *kern_alloc(size_t n);
 /* Bytes of the packed weights. */
 size_t kern_packed_bytes(const klinear *L);
