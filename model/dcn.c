@@ -103,6 +103,7 @@ struct dcn_model {
     size_t max_h;           /* widest hidden activation (MLPs, r, K*r + K) */
     size_t max_out_pad;     /* widest padded output of a layer that reads x0 */
     size_t packed_bytes;    /* all packed dense weights */
+    size_t huge_bytes;      /* of all dense weights held, those in huge-page buffers */
     uint8_t *used;          /* per tensor, during open */
 };
 
@@ -789,7 +790,11 @@ static int finish_layer(loader *ld, klinear *L, const char *name, size_t n_all, 
     if (!rc && ld->int8 && kern_quantize(L, sm))
         rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing '%s' to INT8", name);
     free(sm);
-    if (!rc) ld->m->packed_bytes += L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : kern_packed_bytes(L);
+    if (!rc) {
+        size_t qb = L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR);
+        ld->m->packed_bytes += L->wq ? qb : kern_packed_bytes(L);
+        ld->m->huge_bytes += kern_huge_bytes(kern_packed_bytes(L)) + (L->wq ? kern_huge_bytes(qb) : 0);
+    }
     return rc;
 }
 
@@ -987,6 +992,7 @@ static int build(loader *ld) {
      * asked for, and its bytes. */
     if ((rc = finish_layers(ld))) return rc;
     in->packed_bytes = m->packed_bytes;
+    in->huge_bytes = m->huge_bytes;
     in->int8 = ld->int8;
     in->int8_smoothed = ld->smoothed;
     compute_flops(m);
@@ -1717,3 +1723,8 @@ int dcn_score(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, float *sco
 }
 
 const char *dcn_kernels_name(void) { return kern_get()->name; }
+
+const char *dcn_huge_pages(void) {
+    static const char *const names[] = {"unknown", "always", "madvise", "never"};
+    return names[kern_thp_host()];
+}

@@ -125,6 +125,10 @@ typedef struct dcn_info {
     double flops_per_row;       /* multiply-adds x 2 of one unshared row */
     size_t packed_bytes;        /* dense weights as the kernels read them: F16
                                    and BF16 tensors stay 16-bit; INT8 1 byte */
+    size_t huge_bytes;          /* of the dense weights held (INT8 copies
+                                   included), those asked into transparent
+                                   huge pages: buffers of 2 MiB and more
+                                   (see dcn_huge_pages) */
     int int8;                   /* opened with dcn_open_opts.int8 */
     size_t int8_smoothed;       /* weight tensors the file gives INT8 smoothing
                                    factors for (FORMAT.md §3; used under int8) */
@@ -224,6 +228,12 @@ int dcn_score(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, float *sco
  * the first dcn_open, from the CPU; DCN_KERNELS=scalar|avx2|avx512 in the
  * environment forces one (an unsupported choice falls back to detection). */
 const char *dcn_kernels_name(void);
+
+/* The host's transparent huge page setting ("always", "madvise", "never",
+ * or "unknown" where there is none to read): the engine asks for huge
+ * pages for its buffers of 2 MiB and more (dcn_info.huge_bytes), and only
+ * "always" and "madvise" grant them. */
+const char *dcn_huge_pages(void);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #include <cpuid.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -56,16 +57,40 @@ const kern_set *kern_get(void) {
 }
 
 void *kern_alloc(size_t n) {
-    const size_t huge = (size_t)2 << 20;
     n = (n + 63) / 64 * 64;
-    if (n < huge) return aligned_alloc(64, n ? n : 64);
+    if (n < KERN_HUGE) return aligned_alloc(64, n ? n : 64);
     void *p = NULL;
-    if (posix_memalign(&p, huge, n)) return NULL;
+    if (posix_memalign(&p, KERN_HUGE, n)) return NULL;
     /* Whole huge pages only: the tail (under 2 MiB) stays in small pages,
      * so no memory is committed past n. A kernel without transparent huge
      * pages refuses the advice, which changes nothing else. */
-    (void)madvise(p, n / huge * huge, MADV_HUGEPAGE);
+    (void)madvise(p, kern_huge_bytes(n), MADV_HUGEPAGE);
     return p;
+}
+
+size_t kern_huge_bytes(size_t n) {
+    n = (n + 63) / 64 * 64;
+    return n < KERN_HUGE ? 0 : n / KERN_HUGE * KERN_HUGE;
+}
+
+/* The file reads like "always [madvise] never": the word in brackets is
+ * the setting. */
+int kern_thp_mode(const char *path) {
+    char buf[128];
+    FILE *f = fopen(path, "r");
+    if (!f) return KTHP_UNKNOWN;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    static const char *const names[] = {"[always]", "[madvise]", "[never]"};
+    for (int i = 0; i < 3; i++)
+        if (strstr(buf, names[i])) return KTHP_ALWAYS + i;
+    return KTHP_UNKNOWN;
+}
+
+int kern_thp_host(void) {
+    const char *path = getenv("DCN_THP_FILE"); /* tests: a file to read instead */
+    return kern_thp_mode(path && *path ? path : "/sys/kernel/mm/transparent_hugepage/enabled");
 }
 
 int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size_t in, size_t nr, int wt) {

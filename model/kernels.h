@@ -129,6 +129,19 @@ int kern_pack_as(klinear *L, const float *w, const float *bias, size_t out, size
  * hypervisor) every 4 KiB and the hardware prefetchers stop at each page's
  * end. Freed with free(). */
 void *kern_alloc(size_t n);
+#define KERN_HUGE ((size_t)2 << 20)
+/* Bytes of a buffer of n bytes that kern_alloc advises into huge pages:
+ * its whole 2 MiB pages, when it reaches 2 MiB. */
+size_t kern_huge_bytes(size_t n);
+/* The host's transparent huge page setting, which decides whether that
+ * advice is taken: KTHP_ALWAYS and KTHP_MADVISE take it, KTHP_NEVER
+ * refuses it, KTHP_UNKNOWN when path cannot be read or names none (no
+ * such file: not Linux, or a kernel without transparent huge pages).
+ * kern_thp_mode reads the text at path; kern_thp_host reads the
+ * kernel's own setting, or the file DCN_THP_FILE names (tests). */
+enum { KTHP_UNKNOWN, KTHP_ALWAYS, KTHP_MADVISE, KTHP_NEVER };
+int kern_thp_mode(const char *path);
+int kern_thp_host(void);
 /* Bytes of the packed weights. */
 size_t kern_packed_bytes(const klinear *L);
 /* Weight (n, k) of a packed layer as float32 (tests, the scalar oracle). */

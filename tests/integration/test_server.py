@@ -6,7 +6,8 @@ process and the HTTP helpers are tests/lib/dcnproc.py's.
 Covers: POST /rank against an independent reference (tests/ref/dcn_ref.py)
 and the golden cases when present, top_k and stable ties, context vs
 per-candidate features, every error status, health/model/metrics endpoints,
-concurrent clients. Reload and drain live in test_lifecycle.py.
+concurrent clients, the huge-page report and warning. Reload and drain live
+in test_lifecycle.py.
 """
 import json
 import math
@@ -467,6 +468,70 @@ class BusyTest(unittest.TestCase):
                 self.assertIn('dcnserve_rejections_total{reason="queue_full"} 2', data.decode())
             finally:
                 srv.stop()
+
+
+@unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+class HugePagesTest(unittest.TestCase):
+    """Dense layers of 2 MiB and more are asked into transparent huge pages;
+    /v1/model says how many bytes and what the host's setting is, and the
+    server warns at start-up and reload when the setting refuses them."""
+
+    WIDE = 40000  # first deep layer's outputs: 14 x 40,000 floats packed, 2.24 MB
+
+    def test_huge_page_bytes_and_setting(self):
+        import numpy as np
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = dict(TINY_SPEC, name="wide", version="1", deep=[self.WIDE, 16])
+            plain = {k: v.value for k, v in dcnfile.spec_metadata(spec).items()}
+            rng = np.random.default_rng(3)
+            weights = {n: rng.normal(0, 0.01, shape).astype(np.float32)
+                       for n, (shape, _) in dcnfile.expected_tensors(plain).items()
+                       if not n.startswith("vocab.") and not n.endswith(".scale")}
+            wide = os.path.join(tmp, "wide.dcn")
+            dcnfile.build_model_file(wide, spec, weights)
+            tiny = make_model(os.path.join(tmp, "tiny.dcn"))
+            never = os.path.join(tmp, "thp-never")
+            with open(never, "w") as f:
+                f.write("always madvise [never]\n")
+            warning = "transparent huge pages are off on this host"
+
+            # The host's own setting, reported as the kernel gives it.
+            host = "unknown"
+            try:
+                with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+                    host = next((w[1:-1] for w in f.read().split() if w.startswith("[")), "unknown")
+            except OSError:
+                pass
+            for model, env in ((wide, {}), (tiny, {}), (wide, {"DCN_THP_FILE": never}),
+                               (tiny, {"DCN_THP_FILE": never})):
+                srv = Server(model, "--drain-delay-ms", "0", env=env).start()
+                try:
+                    st, _, data = srv.request("GET", "/v1/model")
+                    info = json.loads(data)
+                    self.assertEqual(st, 200, data)
+                    setting = "never" if env else host
+                    self.assertEqual(info["huge_pages"], setting)
+                    # Whole 2 MiB pages of each layer of 2 MiB or more, its
+                    # tail in small pages: 14 -> 40,000 holds one (2.24
+                    # MB); 40,000 -> 16, padded to a panel of nr outputs,
+                    # one (2.56 MB) or two (5.12 MB). The tiny model has
+                    # none, nor has the logit (a plain vector).
+                    nr = 32 if info["kernels"] == "avx512" else 16
+                    want = (1 + self.WIDE * nr * 4 // (2 << 20)) * (2 << 20) if model == wide else 0
+                    self.assertEqual(info["huge_page_bytes"], want)
+                    st, _, out = srv.rank({"candidates": [{"id": 1, "features": {"I1": 3}}]})
+                    self.assertEqual(st, 200, out)
+                    # The warning only where a refused setting meets large layers,
+                    # at start-up and again at each reload.
+                    if model == wide and setting == "never":
+                        st, _, data = srv.request("POST", "/admin/reload")
+                        self.assertEqual(st, 200, data)
+                    text = srv.output()
+                    self.assertIn('"huge_pages":"%s"' % setting, text)  # the listening line
+                    expect = 2 if model == wide and setting == "never" else 0
+                    self.assertEqual(text.count(warning), expect, text)
+                finally:
+                    srv.stop()
 
 
 if __name__ == "__main__":

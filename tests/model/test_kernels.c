@@ -4,12 +4,14 @@
  * leave partial tiles; weights stored as BF16 / F16 panels equal the same
  * weights stored as float32; embedding-row conversions on odd lengths and
  * unaligned pointers; float <-> half conversions, exhaustively; large
- * buffers (kern_alloc) on huge-page boundaries and advised into them. */
+ * buffers (kern_alloc) on huge-page boundaries and advised into them; the
+ * host's huge-page setting as read. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/kernels.h"
 
@@ -383,13 +385,8 @@ Test(kernels, half_conversions) {
 
 /* The system's transparent-huge-page mode: 1 when it honours madvise. */
 static int thp_advisable(void) {
-    char buf[128] = {0};
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, "[madvise]") || strstr(buf, "[always]");
+    int mode = kern_thp_host();
+    return mode == KTHP_ALWAYS || mode == KTHP_MADVISE;
 }
 
 /* THPeligible of the mapping holding p in /proc/self/smaps, or -1. */
@@ -431,4 +428,50 @@ Test(kernels, alloc_large_buffers_in_huge_pages) {
     else
         cr_assert_eq(el, 1, "the large buffer's mapping is eligible for huge pages");
     free(s), free(b);
+}
+
+/* Writes text to a fresh temporary file; returns its path (static). */
+static const char *thp_file(const char *text) {
+    static char path[32];
+    strcpy(path, "/tmp/dcn-thp-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    cr_assert(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+Test(kernels, huge_page_bytes_and_host_setting) {
+    /* what kern_alloc advises: whole 2 MiB pages of buffers from 2 MiB up,
+     * the size rounded to 64 bytes first as the allocation is */
+    cr_assert_eq(kern_huge_bytes(0), 0);
+    cr_assert_eq(kern_huge_bytes(KERN_HUGE - 65), 0);
+    cr_assert_eq(kern_huge_bytes(KERN_HUGE - 1), KERN_HUGE);
+    cr_assert_eq(kern_huge_bytes(KERN_HUGE), KERN_HUGE);
+    cr_assert_eq(kern_huge_bytes(3 * KERN_HUGE - 1), 3 * KERN_HUGE);
+    cr_assert_eq(kern_huge_bytes(3 * KERN_HUGE + 100), 3 * KERN_HUGE);
+    /* the setting is the bracketed word, as the kernel writes it */
+    static const struct {
+        const char *text;
+        int mode;
+    } cases[] = {
+        {"always [madvise] never\n", KTHP_MADVISE},
+        {"[always] madvise never\n", KTHP_ALWAYS},
+        {"always madvise [never]\n", KTHP_NEVER},
+        {"always madvise never\n", KTHP_UNKNOWN},
+        {"", KTHP_UNKNOWN},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = thp_file(cases[i].text);
+        cr_assert_eq(kern_thp_mode(path), cases[i].mode, "%s", cases[i].text);
+        setenv("DCN_THP_FILE", path, 1); /* what the host setting reads in tests */
+        cr_assert_eq(kern_thp_host(), cases[i].mode, "%s", cases[i].text);
+        unlink(path);
+    }
+    cr_assert_eq(kern_thp_mode("/nonexistent/dcn-thp"), KTHP_UNKNOWN);
+    setenv("DCN_THP_FILE", "/nonexistent/dcn-thp", 1);
+    cr_assert_eq(kern_thp_host(), KTHP_UNKNOWN);
+    unsetenv("DCN_THP_FILE");
 }
