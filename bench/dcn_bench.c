@@ -34,6 +34,7 @@
  *   scores beyond float rounding (both reported).
  */
 #include "model/dcn.h"
+#include "model/kernels.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -42,7 +43,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -440,12 +440,9 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
     }
     if (kind == PROBE_STREAM)
         for (size_t i = 0; i < n; i++) {
-            /* in transparent huge pages, as the engine's packed weights
-             * are (kern_alloc): the same TLB and prefetch behaviour */
-            void *buf = NULL;
-            if (posix_memalign(&buf, 2u << 20, STREAM_BYTES) == 0)
-                (void)madvise(buf, STREAM_BYTES, MADV_HUGEPAGE);
-            a[i].buf = buf;
+            /* allocated as the engine's packed weights are, in
+             * transparent huge pages: the same TLB and prefetch behaviour */
+            a[i].buf = kern_alloc(STREAM_BYTES);
             if (!a[i].buf) {
                 for (size_t j = 0; j < i; j++) free(a[j].buf);
                 free(a), free(th);

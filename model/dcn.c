@@ -791,9 +791,9 @@ static int finish_layer(loader *ld, klinear *L, const char *name, size_t n_all, 
         rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing '%s' to INT8", name);
     free(sm);
     if (!rc) {
-        size_t qb = L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR);
-        ld->m->packed_bytes += L->wq ? qb : kern_packed_bytes(L);
-        ld->m->huge_bytes += kern_huge_bytes(kern_packed_bytes(L)) + (L->wq ? kern_huge_bytes(qb) : 0);
+        size_t pb = kern_packed_bytes(L), qb = L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : 0;
+        ld->m->packed_bytes += L->wq ? qb : pb;
+        ld->m->huge_bytes += kern_huge_bytes(pb) + kern_huge_bytes(qb);
     }
     return rc;
 }
