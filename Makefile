@@ -33,7 +33,7 @@ LDLIBS   += -lm -lpthread
 
 # Debian packages the build and the tests need (checked with dpkg).
 DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
-             libcriterion-dev python3 python3-numpy python3-torch wrk curl
+             libcriterion-dev libsimde-dev python3 python3-numpy python3-torch wrk curl
 
 # ---------------------------------------------------------------- library
 MODEL_SRC := model/dcn.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
@@ -76,7 +76,20 @@ STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/server/stre
 TSAN_TESTS := $(wildcard tests/server/stress_*.c)
 TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http.
 
-$(BUILD)/tests/model/%: $(BUILD)/tests/model/%.o $(LIBDCN)
+# Emulated kernel sets (test binaries only): each SIMD file whose
+# instructions not every x86-64 CPU has is compiled a second time against
+# SIMDe (tests/lib/simde_x86.h), so the kernel and parity tests run its code
+# on any machine with AVX2 (kernels.h: kern_available). AVX2 + FMA, which
+# every machine of this project has, keeps SIMDe's 512-bit FMA fused (two
+# 256-bit halves), as the real instruction is: unfused, the emulated set
+# would round differently from the one it stands in for.
+EMU_SRC := model/kern_avx512.c
+EMU_OBJ := $(EMU_SRC:model/%.c=$(BUILD)/tests/emu/%.o)
+$(BUILD)/tests/emu/%.o: model/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -DKERN_EMULATED -include tests/lib/simde_x86.h -c -o $@ $<
+
+$(BUILD)/tests/model/%: $(BUILD)/tests/model/%.o $(EMU_OBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion -ljansson $(LDLIBS)
 $(BUILD)/tests/proto/%: $(BUILD)/tests/proto/%.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
@@ -121,11 +134,12 @@ run: deps all
 	$(DCNSERVE) --model $(MODEL) --port $(PORT)
 
 # The golden parity test runs once more on the scalar kernels (the oracle),
-# and once with small row chunks.
+# once on the AVX-512 set (native, or emulated where the CPU lacks it: the
+# kernel tests print which), and once with small row chunks.
 unit: $(TEST_BIN) $(STRESS_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done; \
-	echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=scalar)"; \
-	DCN_KERNELS=scalar $(BUILD)/tests/model/test_golden --jobs 2; \
+	for k in scalar avx512; do echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=$$k)"; \
+	  DCN_KERNELS=$$k $(BUILD)/tests/model/test_golden --jobs 2; done; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_CHUNK_ROWS=7: chunk edges inside segments)"; \
 	DCN_CHUNK_ROWS=7 $(BUILD)/tests/model/test_golden --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: layers split by columns)"; \

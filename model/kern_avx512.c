@@ -1,15 +1,23 @@
 /* kern_avx512.c — the kernels for AVX-512 F/BW/VL/DQ (16 floats a vector),
  * compiled with the AVX-512 flags and used only when the CPU has them. The
- * code is kern_simd.inc, shared with the AVX2 set and tested through it;
- * on CPUs with AVX-512 the kernel tests cover this set as well. */
+ * code is kern_simd.inc, shared with the AVX2 set and tested through it.
+ * Test binaries also hold this file compiled against SIMDe
+ * (KERN_EMULATED, tests/lib/simde_x86.h) as kern_avx512_emu, which the
+ * kernel and parity tests run on CPUs without AVX-512. */
 #include "model/kernels.h"
 
+#ifndef KERN_EMULATED
 #include <immintrin.h>
+#endif
 
 typedef __m512 V;
 #define VW 16
 #define MR 12
+#ifdef KERN_EMULATED
+#define KSET kern_avx512_emu
+#else
 #define KSET kern_avx512
+#endif
 #define SET_NAME "avx512"
 #define vzero() _mm512_setzero_ps()
 #define vload(p) _mm512_loadu_ps(p)

@@ -37,14 +37,19 @@ size_t kern_available(const kern_set **out, size_t max) {
     size_t n = 0;
     if (n < max) out[n++] = &kern_scalar;
     if (n < max && cpu_has_avx2()) out[n++] = &kern_avx2;
-    if (n < max && cpu_has_avx512()) out[n++] = &kern_avx512;
+    if (n < max && cpu_has_avx512())
+        out[n++] = &kern_avx512;
+    else if (n < max && &kern_avx512_emu && cpu_has_avx2())
+        out[n++] = &kern_avx512_emu;
     return n;
 }
 
 static void choose(void) {
     const kern_set *sets[3];
     size_t n = kern_available(sets, 3);
-    chosen = sets[n - 1];
+    chosen = sets[0];
+    for (size_t i = 1; i < n; i++) /* the widest native set; emulated ones only by name */
+        if (!sets[i]->emulated) chosen = sets[i];
     const char *force = getenv("DCN_KERNELS");
     if (force)
         for (size_t i = 0; i < n; i++)

@@ -88,6 +88,7 @@ typedef struct kepi {
 
 typedef struct kern_set {
     const char *name;
+    int emulated;       /* compiled against SIMDe for tests (KERN_EMULATED) */
     size_t nr;          /* panel width */
     /* y(m, out) = epilogue(x(m, in)[ranges] · Wᵀ[ranges]); x rows are ldx
      * apart, y rows ldy apart. */
@@ -110,10 +111,15 @@ void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, f
 extern const kern_set kern_scalar;
 extern const kern_set kern_avx2;
 extern const kern_set kern_avx512;
+/* The AVX-512 set compiled against SIMDe (tests/lib/simde_x86.h): linked
+ * into test binaries only (weak here: NULL address elsewhere). */
+extern const kern_set kern_avx512_emu __attribute__((weak));
 
 /* The set chosen for this process (first call decides; thread-safe). */
 const kern_set *kern_get(void);
-/* All sets this CPU can run, scalar first; returns how many. */
+/* All sets this CPU can run, scalar first; returns how many. In test
+ * binaries an emulated set stands in for each native set the CPU lacks
+ * (same name, `emulated` set), so every set's code is tested anywhere. */
 size_t kern_available(const kern_set **out, size_t max);
 
 /* Packs W (out, in), given as float32 row-major, into L for panel width nr.

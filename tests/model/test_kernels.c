@@ -109,6 +109,22 @@ Test(kernels, scalar_is_always_available) {
     cr_assert_not_null(kern_get());
 }
 
+/* Says which sets the tests below run and how (the output of `make unit`
+ * shows it): natively, or emulated through SIMDe where this CPU lacks the
+ * instructions. Every set is there, one way or the other. */
+Test(kernels, every_set_runs_native_or_emulated) {
+    const kern_set *sets[3];
+    size_t n = kern_available(sets, 3);
+    char line[256];
+    int at = snprintf(line, sizeof line, "kernel sets tested:");
+    for (size_t s = 0; s < n; s++)
+        at += snprintf(line + at, sizeof line - (size_t)at, " %s (%s)", sets[s]->name,
+                       sets[s]->emulated ? "emulated, SIMDe" : "native");
+    fprintf(stderr, "%s; serving set: %s\n", line, kern_get()->name);
+    cr_assert_eq(n, 3, "expected scalar, avx2 and avx512 (native or emulated): %s", line);
+    cr_assert(!kern_get()->emulated || getenv("DCN_KERNELS"), "an emulated set is chosen only by name");
+}
+
 Test(kernels, gemm_matches_scalar_on_awkward_sizes, .timeout = 120) {
     const kern_set *sets[3];
     size_t n = kern_available(sets, 3);
