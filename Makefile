@@ -36,7 +36,7 @@ DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-
              libcriterion-dev libsimde-dev python3 python3-numpy python3-torch wrk curl
 
 # ---------------------------------------------------------------- library
-MODEL_SRC := model/dcn.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
+MODEL_SRC := model/dcn.c model/load.c model/idmap.c model/forward.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
              model/kern_avx2.c model/kern_avx512.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 LIBDCN    := $(BUILD)/libdcn.a

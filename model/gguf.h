@@ -1,7 +1,7 @@
 /* gguf.h — internal: a distrustful parser of the GGUF v3 container (the
  * subset FORMAT.md §1 specifies). It validates structure only — counts,
  * lengths, types, offsets, alignment, overlap — against the buffer size; what
- * the keys and tensors mean is dcn.c's business.
+ * the keys and tensors mean is the loader's business (load.c).
  *
  * DESIGN: gg_parse reads a caller-owned buffer (the file mapping) and builds
  * two arrays (kvs, tensors) that point into it; nothing is copied. The buffer
@@ -73,7 +73,7 @@ typedef struct gg_file {
 } gg_file;
 
 /* Writes a printf-style message into err (if any) and returns code: the one
- * error path of the loader (gguf.c and dcn.c). */
+ * error path of the loader (gguf.c, load.c and dcn.c). */
 int dcn__fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Parses the container in base[0..size). Returns 0, or DCN_EFORMAT /
