@@ -122,11 +122,14 @@ EMU_STATIC simde__m512 emu_mm512_cvtph_ps(simde__m256i a) {
     return simde__m512_from_private(r);
 }
 
-/* float to bfloat16, round to nearest even, NaN kept quiet (vcvtne*ps2bf16). */
+/* float to bfloat16 as vcvtne*ps2bf16 does, which ignores MXCSR: round to
+ * nearest even, NaN kept quiet, denormal inputs read as zero (a denormal
+ * float's bf16 neighbours are denormal too, flushed to zero alike). */
 EMU_STATIC uint16_t emu_float_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(u >> 16 | 0x40);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)(u >> 16 & 0x8000);
     return (uint16_t)((u + 0x7fffu + (u >> 16 & 1)) >> 16);
 }
 
