@@ -33,7 +33,7 @@ LDLIBS   += -lm -lpthread
 
 # Debian packages the build and the tests need (checked with dpkg).
 DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
-             libcriterion-dev libsimde-dev python3 python3-numpy python3-torch wrk curl
+             libcriterion-dev libsimde-dev python3 python3-numpy python3-torch python3-jsonschema wrk curl
 
 # ---------------------------------------------------------------- library
 MODEL_SRC := model/dcn.c model/load.c model/idmap.c model/forward.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
