@@ -13,6 +13,11 @@
  *   one CSR array over (candidate, feature) pairs, row-major, grown as
  *   decoded. The request_id and candidate ids are kept as jansson values
  *   (referenced) for the answer.
+ * - Error messages quote the body (jansson's excerpt near the fault, keys)
+ *   and the model (feature names). Every message is valid UTF-8 and cut
+ *   only between characters (fail, utf8_prefix): a byte that starts no
+ *   valid character is written as U+FFFD, so the answer that carries the
+ *   message is JSON and the log that may quote it stays readable.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -43,15 +48,57 @@ const char *rk_strerror(int err)
     }
 }
 
-/* Writes a formatted message into err (if any) and returns code. */
+/* Longest quote of a name (a key, a feature) in a message, in bytes. */
+#define QUOTE_BYTES 64
+
+/* How many bytes of s, at most max_bytes, hold whole characters: the
+ * precision that quotes s with "%.*s" without cutting a character. */
+static int utf8_prefix(const char *s, size_t max_bytes)
+{
+    size_t o = 0, n = strnlen(s, max_bytes + 4);
+    while (o < n) {
+        size_t k = rk_utf8_char(s + o, n - o);
+        if (!k) k = 1; /* not UTF-8: counted as a byte, replaced by copy_utf8 */
+        if (o + k > max_bytes) break;
+        o += k;
+    }
+    return (int)o;
+}
+
+/* Copies the string src into dst (dstlen >= 1 bytes, always terminated)
+ * whole character by whole character: valid UTF-8 passes, each other byte
+ * becomes U+FFFD, and the first character that does not fit ends the copy.
+ * So a message is valid UTF-8 whatever it quotes (jansson's excerpt of a
+ * body can end inside a character, or hold bytes that are not UTF-8). */
+static void copy_utf8(char *dst, size_t dstlen, const char *src)
+{
+    static const char replacement[] = "\xef\xbf\xbd";
+    size_t o = 0, n = strlen(src);
+    for (size_t i = 0; i < n;) {
+        size_t k = rk_utf8_char(src + i, n - i);
+        const char *c = k ? src + i : replacement;
+        size_t clen = k ? k : sizeof replacement - 1;
+        if (o + clen >= dstlen) break;
+        memcpy(dst + o, c, clen);
+        o += clen;
+        i += k ? k : 1;
+    }
+    dst[o] = 0;
+}
+
+/* Writes a formatted message into err (if any), valid UTF-8 and cut only
+ * between characters (at most 1023 bytes), and returns code. */
 __attribute__((format(printf, 4, 5)))
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
 {
     if (err && errlen) {
+        char text[1024];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
+        int n = vsnprintf(text, sizeof text, fmt, ap);
         va_end(ap);
+        if (n < 0) text[0] = 0;
+        copy_utf8(err, errlen, text);
     }
     return code;
 }
@@ -200,7 +247,7 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
         if (strcmp(key, "request_id") && strcmp(key, "context") && strcmp(key, "candidates") &&
             strcmp(key, "top_k") && strcmp(key, "deadline_ms") && strcmp(key, "return") &&
             strcmp(key, "strict")) {
-            rc = fail(err, errlen, RK_ESCHEMA, "unknown field \"%.64s\"", key);
+            rc = fail(err, errlen, RK_ESCHEMA, "unknown field \"%.*s\"", utf8_prefix(key, QUOTE_BYTES), key);
             goto fail;
         }
     }
@@ -242,7 +289,8 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
         }
         json_object_foreach(v, key, o) {
             if (strcmp(key, "logits") || !json_is_boolean(o)) {
-                rc = fail(err, errlen, RK_ESCHEMA, "return.%.64s: unknown option or not a boolean", key);
+                rc = fail(err, errlen, RK_ESCHEMA, "return.%.*s: unknown option or not a boolean",
+                          utf8_prefix(key, QUOTE_BYTES), key);
                 goto fail;
             }
             rq->want_logits = json_is_true(o);
@@ -299,7 +347,8 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
             }
             json_object_foreach(cand, key, v) {
                 if (strcmp(key, "id") && strcmp(key, "features")) {
-                    rc = fail(err, errlen, RK_ESCHEMA, "candidates[%zu]: unknown field \"%.64s\"", c, key);
+                    rc = fail(err, errlen, RK_ESCHEMA, "candidates[%zu]: unknown field \"%.*s\"", c,
+                              utf8_prefix(key, QUOTE_BYTES), key);
                     goto fail_slot;
                 }
             }
@@ -320,8 +369,9 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
             json_object_foreach(feats, key, v) {
                 size_t idx, klen = strlen(key);
                 int kind = dcn_find_feature(m, key, klen, &idx);
-                if (pass == 0) snprintf(where, sizeof where, "context.%.64s", key);
-                else snprintf(where, sizeof where, "candidates[%zu].features.%.64s", c, key);
+                if (pass == 0) snprintf(where, sizeof where, "context.%.*s", utf8_prefix(key, QUOTE_BYTES), key);
+                else snprintf(where, sizeof where, "candidates[%zu].features.%.*s", c,
+                              utf8_prefix(key, QUOTE_BYTES), key);
                 if (kind == DCN_FEATURE_DENSE) {
                     float *dst = pass == 0 ? &rq->ctx_dense[idx] : &rq->dense[c * nd + idx];
                     if ((rc = decode_dense(v, dst, where, err, errlen)) < 0) goto fail_slot;
@@ -333,8 +383,8 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
                     slot[idx] = v;
                 } else if (strict) {
                     rc = fail(err, errlen, RK_EFEATURE,
-                              "%s: the model has no feature \"%.64s\" (send \"strict\": false to ignore unknown names)",
-                              where, key);
+                              "%s: the model has no feature \"%.*s\" (send \"strict\": false to ignore unknown names)",
+                              where, utf8_prefix(key, QUOTE_BYTES), key);
                     goto fail_slot;
                 }
             }
@@ -347,8 +397,10 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
                 rq->sp_off[c * ns + f] = (uint32_t)ids.n;
             }
             if (!slot[f]) continue;
-            if (pass == 0) snprintf(where, sizeof where, "context.%.64s", dcn_sparse(m, f)->name);
-            else snprintf(where, sizeof where, "candidates[%zu].features.%.64s", c, dcn_sparse(m, f)->name);
+            const char *fname = dcn_sparse(m, f)->name;
+            if (pass == 0) snprintf(where, sizeof where, "context.%.*s", utf8_prefix(fname, QUOTE_BYTES), fname);
+            else snprintf(where, sizeof where, "candidates[%zu].features.%.*s", c,
+                          utf8_prefix(fname, QUOTE_BYTES), fname);
             if ((rc = decode_sparse(m, f, slot[f], &ids, where, err, errlen)) < 0) goto fail_slot;
             if (ids.n > UINT32_MAX) {
                 rc = fail(err, errlen, RK_ETOOMANY, "too many ids in one request");

@@ -4,6 +4,11 @@
  * DESIGN: answers are written straight into a growable buffer rather than
  * built as a jansson tree: a 1,000-candidate answer is one pass, no per-item
  * allocation. Scores are printed with %.9g, enough to round-trip a float32.
+ * Strings of an answer come from the decoder, which accepted only valid
+ * UTF-8, and pass as they are; an error's message may quote anything (a
+ * body's bytes, a model file, a library), so its bytes are checked and any
+ * that starts no valid UTF-8 character is replaced: an error answer is
+ * always JSON a strict parser takes.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -189,6 +194,70 @@ void rk_encode_tail(rk_buf *b, const rk_latency *lat)
                   (unsigned long long)lat->encode_us);
 }
 
+size_t rk_utf8_char(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (!n) return 0;
+    if (u[0] < 0x80) return 1;
+    /* Unicode's table of well-formed sequences: the lead byte fixes the
+     * length and the range of the second byte (which excludes overlong
+     * forms, surrogates and code points past U+10FFFF); later bytes are
+     * plain continuation bytes */
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (u[0] >= 0xc2 && u[0] <= 0xdf) {
+        len = 2;
+    } else if (u[0] >= 0xe0 && u[0] <= 0xef) {
+        len = 3;
+        if (u[0] == 0xe0) lo = 0xa0;
+        if (u[0] == 0xed) hi = 0x9f;
+    } else if (u[0] >= 0xf0 && u[0] <= 0xf4) {
+        len = 4;
+        if (u[0] == 0xf0) lo = 0x90;
+        if (u[0] == 0xf4) hi = 0x8f;
+    } else {
+        return 0;
+    }
+    if (n < len || u[1] < lo || u[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((u[i] & 0xc0) != 0x80) return 0;
+    return len;
+}
+
+/* Writes s as a JSON string, like rk_buf_json_str, for text whose bytes are
+ * not known to be UTF-8: whole valid characters pass, every other byte
+ * becomes \ufffd, so what is written is always valid UTF-8. */
+static void json_str_lossy(rk_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    rk_buf_put(b, "\"", 1);
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i, k;
+        for (;;) {
+            if (j == n) break;
+            unsigned char c = (unsigned char)s[j];
+            if (c < 0x20 || c == '"' || c == '\\') break;
+            if (!(k = rk_utf8_char(s + j, n - j))) break;
+            j += k;
+        }
+        if (j > i) rk_buf_put(b, s + i, j - i);
+        if (j == n) break;
+        unsigned char c = (unsigned char)s[j];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            rk_buf_put(b, e, 2);
+        } else if (c < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            rk_buf_put(b, e, 6);
+        } else {
+            rk_buf_put(b, "\\ufffd", 6);
+        }
+        i = j + 1;
+    }
+    rk_buf_put(b, "\"", 1);
+}
+
 void rk_encode_error(rk_buf *b, int err, const char *message)
 {
     if (!message || !*message) message = rk_strerror(err);
@@ -196,6 +265,7 @@ void rk_encode_error(rk_buf *b, int err, const char *message)
     const char *name = rk_err_name(err);
     rk_buf_json_str(b, name, strlen(name));
     rk_buf_puts(b, ",\"message\":");
-    rk_buf_json_str(b, message, strlen(message));
+    /* messages quote request bodies, model files and library text */
+    json_str_lossy(b, message, strlen(message));
     rk_buf_puts(b, "}}");
 }

@@ -142,6 +142,12 @@ void rk_buf_puts(rk_buf *b, const char *s);
 void rk_buf_printf(rk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void rk_buf_json_str(rk_buf *b, const char *s, size_t n); /* quoted, escaped */
 
+/* Length in bytes (1 to 4) of the UTF-8 character at s, of which n bytes
+ * are readable; 0 if s does not start a whole, valid one (RFC 3629: no
+ * continuation byte first, no overlong form, no surrogate, nothing past
+ * U+10FFFF, no sequence cut short by n). */
+size_t rk_utf8_char(const char *s, size_t n);
+
 /* Per-request timings reported in the answer, microseconds. */
 typedef struct rk_latency {
     uint64_t total_us, parse_us, queue_us, inference_us, encode_us;
@@ -156,7 +162,9 @@ void rk_encode_head(rk_buf *b, const rk_request *rq, const char *model_name,
 void rk_encode_tail(rk_buf *b, const rk_latency *lat);
 
 /* Encodes {"error": {"code": ..., "message": ...}} (message defaults to
- * rk_strerror(err) when NULL or empty). */
+ * rk_strerror(err) when NULL or empty). The body is valid UTF-8 JSON
+ * whatever the message holds: a byte that starts no whole, valid UTF-8
+ * character is written as \ufffd (U+FFFD, the replacement character). */
 void rk_encode_error(rk_buf *b, int err, const char *message);
 
 #endif

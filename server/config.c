@@ -1,5 +1,15 @@
-/* config.c — option table, environment and flag parsing (see config.h). */
+/* config.c — option table, environment and flag parsing (see config.h).
+ *
+ * DESIGN: everything here runs on the main thread before the server starts.
+ * An option's variable is derived from its flag (env_name) for --help, the
+ * environment and the unknown-variable check alike, so the three cannot
+ * disagree. Which source set each option is kept as two bit masks in the
+ * config (a flag clears the bit its variable set), so the start-up line can
+ * say what the environment changed.
+ */
+#include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,12 +86,36 @@ bad:
     return -1;
 }
 
-/* DCNSERVE_MAX_BATCH_ROWS for "max-batch-rows". */
+_Static_assert(N_OPTS <= 64, "srv_config's from_env and from_flags hold one bit per option");
+
+#define ENV_PREFIX "DCNSERVE_"
+
+const char *cfg_option_flag(size_t i) { return i < N_OPTS ? opts[i].flag : NULL; }
+
+int cfg_env_name(const char *flag, char *out, size_t n)
+{
+    size_t o = strlen(ENV_PREFIX);
+    if (n <= o + strlen(flag)) goto fail;
+    memcpy(out, ENV_PREFIX, o);
+    /* letters upper-cased, digits kept ("int8": DCNSERVE_INT8), '-' as '_' */
+    for (; *flag; flag++) {
+        unsigned char c = (unsigned char)*flag;
+        if (c == '-') out[o++] = '_';
+        else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) out[o++] = (char)toupper(c);
+        else goto fail;
+    }
+    out[o] = 0;
+    return 0;
+fail:
+    if (n) out[0] = 0;
+    return -1;
+}
+
+/* The option table's flags fit (checked by the unit test), so this only
+ * shortens the calls. */
 static void env_name(const char *flag, char *out, size_t n)
 {
-    size_t o = (size_t)snprintf(out, n, "DCNSERVE_");
-    for (; *flag && o + 1 < n; flag++) out[o++] = *flag == '-' ? '_' : (char)(*flag & ~0x20);
-    out[o] = 0;
+    if (cfg_env_name(flag, out, n) < 0) out[0] = 0;
 }
 
 static void usage(void)
@@ -89,7 +123,8 @@ static void usage(void)
     char env[64];
     printf("usage: dcnserve --model FILE [options]\n\n"
            "Serves POST /rank with a DCN-V2 model. Every option may also be set by the\n"
-           "environment variable shown; flags win. Booleans: --flag, --no-flag, --flag=0|1.\n\n");
+           "environment variable shown; flags win. A DCNSERVE_* variable that names no\n"
+           "option is ignored with a warning. Booleans: --flag, --no-flag, --flag=0|1.\n\n");
     for (size_t i = 0; i < N_OPTS; i++) {
         env_name(opts[i].flag, env, sizeof env);
         printf("  --%-20s %s\n  %-22s [%s, default %s]\n", opts[i].flag, opts[i].help, "", env,
@@ -108,6 +143,7 @@ int cfg_parse(srv_config *c, int argc, char **argv)
         env_name(opts[i].flag, env, sizeof env);
         const char *v = getenv(env);
         if (v && set(c, &opts[i], v, env) < 0) return -1;
+        if (v) c->from_env |= 1ull << i;
     }
     for (int a = 1; a < argc; a++) {
         const char *arg = argv[a];
@@ -145,6 +181,8 @@ int cfg_parse(srv_config *c, int argc, char **argv)
             return -1;
         }
         if (set(c, o, v, "flag") < 0) return -1;
+        c->from_flags |= 1ull << (o - opts);
+        c->from_env &= ~(1ull << (o - opts));
     }
     if (!c->model_path || !*c->model_path) {
         fprintf(stderr, "dcnserve: --model FILE is required (see --help)\n");
@@ -161,4 +199,117 @@ int cfg_parse(srv_config *c, int argc, char **argv)
     }
     if (c->max_candidates > c->max_queue_rows) c->max_candidates = c->max_queue_rows;
     return 0;
+}
+
+/* Edit distance between a and b, ignoring case (Levenshtein: insertions,
+ * deletions and substitutions of one character each); names longer than
+ * 63 bytes count as far from everything. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[64];
+    if (la >= 64 || lb >= 64) return (size_t)-1;
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t sub = diag + (toupper((unsigned char)a[i - 1]) != toupper((unsigned char)b[j - 1]));
+            size_t best = up + 1 < row[j - 1] + 1 ? up + 1 : row[j - 1] + 1;
+            row[j] = sub < best ? sub : best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+size_t cfg_warn_unknown_env(char *const *envp)
+{
+    size_t unknown = 0, plen = strlen(ENV_PREFIX);
+    char name[128], env[64], best_env[64], esc[800];
+    for (; envp && *envp; envp++) {
+        const char *e = *envp, *eq = strchr(e, '=');
+        size_t nlen = eq ? (size_t)(eq - e) : strlen(e);
+        if (nlen <= plen - 1 || strncmp(e, ENV_PREFIX, plen)) continue;
+        if (nlen >= sizeof name) nlen = sizeof name - 1; /* a longer name matches no option either */
+        memcpy(name, e, nlen);
+        name[nlen] = 0;
+        size_t best = (size_t)-1;
+        int known = 0;
+        for (size_t i = 0; i < N_OPTS && !known; i++) {
+            env_name(opts[i].flag, env, sizeof env);
+            if (!strcmp(env, name)) known = 1;
+            size_t d = edit_distance(name + plen, env + plen);
+            if (d < best) {
+                best = d;
+                memcpy(best_env, env, sizeof env);
+            }
+        }
+        if (known) continue;
+        unknown++;
+        /* close: at most 2 edits, or a third of the name (INT for INT8,
+         * WORKER for WORKERS, MAX_BODY_BYTE for MAX_BODY_BYTES) */
+        size_t limit = (strlen(best_env) - plen) / 3;
+        if (limit < 2) limit = 2;
+        if (best <= limit)
+            log_msg(LOG_WARN, "unknown DCNSERVE_ variable ignored: it names no option (dcnserve --help)",
+                    "\"variable\":\"%s\",\"did_you_mean\":\"%s\"", log_esc(name, esc, sizeof esc), best_env);
+        else
+            log_msg(LOG_WARN, "unknown DCNSERVE_ variable ignored: it names no option (dcnserve --help)",
+                    "\"variable\":\"%s\"", log_esc(name, esc, sizeof esc));
+    }
+    return unknown;
+}
+
+/* Appends to out (n bytes, o used) what fmt formats; returns the new o, or
+ * n when out is full. */
+__attribute__((format(printf, 4, 5)))
+static size_t put(char *out, size_t n, size_t o, const char *fmt, ...)
+{
+    if (o >= n) return n;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(out + o, n - o, fmt, ap);
+    va_end(ap);
+    return k < 0 || (size_t)k >= n - o ? n : o + (size_t)k;
+}
+
+int cfg_json(const srv_config *c, char *out, size_t n)
+{
+    char esc[1100];
+    size_t o = put(out, n, 0, "\"options\":{");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const opt *op = &opts[i];
+        const char *p = (const char *)c + op->off;
+        o = put(out, n, o, "%s\"%s\":", i ? "," : "", op->flag);
+        if (op->type == T_U64) {
+            o = put(out, n, o, "%llu", (unsigned long long)*(const uint64_t *)p);
+        } else if (op->type == T_BOOL) {
+            o = put(out, n, o, "%s", *(const int *)p ? "true" : "false");
+        } else {
+            const char *v = *(const char *const *)p;
+            /* the admin token is a secret: only whether one is set */
+            if (!strcmp(op->flag, "admin-token")) v = v && *v ? "(set)" : "";
+            o = put(out, n, o, "\"%s\"", log_esc(v ? v : "", esc, sizeof esc));
+        }
+    }
+    o = put(out, n, o, "}");
+    for (int src = 0; src < 2; src++) {
+        uint64_t mask = src ? c->from_flags : c->from_env;
+        o = put(out, n, o, ",\"%s\":[", src ? "from_flags" : "from_env");
+        for (size_t i = 0, k = 0; i < N_OPTS; i++)
+            if (mask >> i & 1) o = put(out, n, o, "%s\"%s\"", k++ ? "," : "", opts[i].flag);
+        o = put(out, n, o, "]");
+    }
+    return o < n ? (int)o : -1;
+}
+
+void cfg_log(const srv_config *c)
+{
+    char fields[3072];
+    if (cfg_json(c, fields, sizeof fields) < 0) {
+        log_msg(LOG_WARN, "configuration too long to log", NULL);
+        return;
+    }
+    log_msg(LOG_INFO, "configuration", "%s", fields);
 }

@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proto/rk.h"
 #include "server/log.h"
 
 static log_level threshold = LOG_INFO;
@@ -24,11 +25,15 @@ const char *log_esc(const char *s, char *buf, unsigned long size)
 {
     size_t o = 0;
     if (!size) return buf;
-    for (; s && *s && o + 7 < size; s++) {
+    /* room for the longest piece (6 bytes) and the NUL at each step */
+    while (s && *s && o + 7 < size) {
         unsigned char c = (unsigned char)*s;
+        size_t k = c < 0x80 ? 1 : rk_utf8_char(s, strnlen(s, 4));
         if (c == '"' || c == '\\') { buf[o++] = '\\'; buf[o++] = (char)c; }
         else if (c < 0x20) o += (size_t)snprintf(buf + o, size - o, "\\u%04x", c);
-        else buf[o++] = (char)c;
+        else if (!k) { memcpy(buf + o, "\\ufffd", 6); o += 6; k = 1; } /* not UTF-8 (environment, file names) */
+        else { memcpy(buf + o, s, k); o += k; }
+        s += k;
     }
     buf[o] = 0;
     return buf;
@@ -37,7 +42,7 @@ const char *log_esc(const char *s, char *buf, unsigned long size)
 void log_msg(log_level l, const char *msg, const char *fields_fmt, ...)
 {
     if (l < threshold) return;
-    char line[2048], esc[512];
+    char line[4096], esc[512]; /* the configuration line is the longest: about 1 to 2.5 KiB */
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -20,7 +20,9 @@ int log_enabled(log_level l);
 void log_msg(log_level l, const char *msg, const char *fields_fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Escapes s for use inside a JSON string into buf; returns buf. */
+/* Escapes s for use inside a JSON string into buf (size bytes, always
+ * terminated; a longer s is cut between characters); a byte that starts no
+ * valid UTF-8 character is written as \ufffd. Returns buf. */
 const char *log_esc(const char *s, char *buf, unsigned long size);
 
 #endif

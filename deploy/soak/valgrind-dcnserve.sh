@@ -11,6 +11,8 @@
 # is build/release/dcnserve (-O2 -g), or DCNSERVE_REAL. Under valgrind the
 # CPU reports no AVX-512, so the AVX2 or scalar kernels run.
 root=$(cd "$(dirname "$0")/../.." && pwd)
+real=${DCNSERVE_REAL:-$root/build/release/dcnserve}
+unset DCNSERVE_REAL # names no server option: dcnserve would warn about it
 exec valgrind --tool=memcheck --error-exitcode=99 --leak-check=full \
     --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
-    --num-callers=30 "${DCNSERVE_REAL:-$root/build/release/dcnserve}" "$@"
+    --num-callers=30 "$real" "$@"

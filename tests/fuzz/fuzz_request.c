@@ -12,6 +12,11 @@
  * must accept (the decoder hands over only table rows and counts within
  * max_ids); then ranking and the encoder, whose output must parse as JSON
  * and hold min(top_k, n) candidates.
+ * Every refusal's message must be valid UTF-8 (jansson makes a string of
+ * it) and its error answer (rk_encode_error) must parse as JSON and carry
+ * the message unchanged; the input itself, as an error message, must give
+ * an answer that parses too (issue 15: a message quoting a character cut in
+ * half made an answer no parser took).
  * Where proto/rk.h has two decoders (RK_DECODE_FALLBACK defined), the body
  * is also decoded by each: the fast one must either hand the body back
  * (RK_DECODE_FALLBACK, nothing stored) or build exactly the request the
@@ -104,6 +109,40 @@ static void score_and_encode(int mi, const rk_request *rq)
     free(order);
 }
 
+/* Checks the error answer for code rc and message msg: JSON a strict
+ * parser takes, with that code; want (may be NULL) is the message expected
+ * back. */
+static void check_error_answer(int rc, const char *msg, const char *want)
+{
+    rk_buf out = {0};
+    rk_encode_error(&out, rc, msg);
+    if (out.oom) {
+        free(out.data);
+        return;
+    }
+    json_error_t jerr;
+    json_t *doc = json_loadb(out.data, out.len, 0, &jerr);
+    FZ_CHECK(doc, "the error answer is not JSON (%s): %.300s", jerr.text, out.data);
+    json_t *e = json_object_get(doc, "error");
+    FZ_CHECK(json_is_string(json_object_get(e, "message")), "the error answer has no message");
+    FZ_CHECK(!strcmp(json_string_value(json_object_get(e, "code")), rk_err_name(rc)), "the error answer's code");
+    if (want)
+        FZ_CHECK(!strcmp(json_string_value(json_object_get(e, "message")), want),
+                 "the error answer changed a valid message: %.200s", want);
+    json_decref(doc);
+    free(out.data);
+}
+
+/* Checks a refusal's message: valid UTF-8 (json_string refuses anything
+ * else), carried unchanged by its error answer. */
+static void check_refusal_message(int rc, const char *err)
+{
+    json_t *s = json_string(err);
+    FZ_CHECK(s, "the message is not valid UTF-8: %.200s", err);
+    json_decref(s);
+    check_error_answer(rc, err, err);
+}
+
 #ifdef RK_DECODE_FALLBACK
 /* Same bits, NaN equal to NaN (a missing dense value). */
 static int same_floats(const float *a, const float *b, size_t n, const uint8_t *given)
@@ -156,6 +195,16 @@ static void differential(const dcn_model *m, const uint8_t *data, size_t size, c
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!models[0]) LLVMFuzzerInitialize(NULL, NULL);
+    {
+        /* the body's bytes as a message (up to its first NUL) */
+        char msg[512];
+        size_t n = size < sizeof msg - 1 ? size : sizeof msg - 1;
+        memcpy(msg, data, n);
+        msg[n] = 0;
+        json_t *s = json_string(msg);
+        check_error_answer(RK_EJSON, msg, s && msg[0] ? msg : NULL);
+        json_decref(s);
+    }
     for (int mi = 0; mi < N_MODELS; mi++) {
         rk_limits lim = {.max_candidates = MAX_CANDS, .strict = mi != 1};
 #ifdef RK_DECODE_FALLBACK
@@ -168,6 +217,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FZ_CHECK(!rq, "a refused body left a request");
             FZ_CHECK(rc >= RK_ENOMEM && err[0], "rc %d without a message", rc);
             FZ_CHECK(strcmp(rk_err_name(rc), "internal") || rc == RK_EINTERNAL, "unlisted code %d", rc);
+            check_refusal_message(rc, err);
             continue;
         }
         FZ_CHECK(rc == 0 && rq, "success without a request");

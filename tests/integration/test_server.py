@@ -264,6 +264,44 @@ class RankTest(unittest.TestCase):
             out = json.loads(data)
             self.assertEqual((st, out["error"]["code"]), (400, code), body)
 
+    def test_error_answers_are_utf8_json(self):
+        # issue 15: an invalid_json message quotes the body near the fault
+        # and cut U+1F300 in half: the 9-byte body below got an answer no
+        # JSON parser took. Every error answer must be strict UTF-8 JSON,
+        # for characters cut after each byte and for bytes that are not
+        # UTF-8 at all (stray continuation, overlong, surrogate, past
+        # U+10FFFF, 0xFE/0xFF).
+        nine = b'["\\' + "\U0001F300".encode() + b'"]'
+        self.assertEqual(len(nine), 9)
+        bodies = [nine]
+        for ch in ("\u00e9", "\u20ac", "\U0001F300", "\U0010FFFF"):
+            raw = ch.encode()
+            for cut in range(1, len(raw) + 1):
+                for head in (b'["\\', b'["', b'{"', b'{"candidates": [], "', b'{"candidates": [{"id": "\\'):
+                    bodies += [head + raw[:cut], head + raw[:cut] + b'"]']
+        for bad in (b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf", b"\xed\xa0\x80",
+                    b"\xf0\x80\x80\xaf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xfe", b"\xff",
+                    b"\xc3\x28", b"\xe2\x28\xa1"):
+            bodies += [b'["\\' + bad + b'"]', b'["' + bad + b'"]', b'{"' + bad + b'": 1}', bad]
+        # names quoted in messages (64 bytes at most) are cut between characters
+        long_key = "a" + "\u00e9" * 40
+        bodies += [json.dumps({"candidates": [], long_key: 1}, ensure_ascii=False).encode(),
+                   json.dumps({"context": {long_key: 1}, "candidates": []}, ensure_ascii=False).encode()]
+        for body in bodies:
+            st, _, data = self.srv.request("POST", "/rank", body, {"Content-Type": "application/json"})
+            self.assertEqual(st, 400, body)
+            text = data.decode("utf-8")  # strict: raises on any byte that is not UTF-8
+            out = json.loads(text, parse_constant=lambda c: self.fail(f"non-JSON constant {c}"))
+            self.assertIn(out["error"]["code"], ("invalid_json", "invalid_request", "unknown_feature"), body)
+            self.assertIsInstance(out["error"]["message"], str)
+            self.assertNotIn("\ud800", out["error"]["message"])
+        st, _, data = self.srv.request("POST", "/rank", nine, {"Content-Type": "application/json"})
+        msg = json.loads(data.decode("utf-8"))["error"]["message"]
+        self.assertIn("invalid escape", msg)
+        st, _, data = self.srv.request("POST", "/rank", bodies[-2], {"Content-Type": "application/json"})
+        msg = json.loads(data.decode("utf-8"))["error"]["message"]
+        self.assertIn('unknown field "a' + "\u00e9" * 31 + '"', msg)
+
     def test_http_errors(self):
         st, _, data = self.srv.request("GET", "/nope")
         self.assertEqual((st, json.loads(data)["error"]["code"]), (404, "not_found"))

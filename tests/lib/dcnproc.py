@@ -99,9 +99,7 @@ class Server:
         for _ in range(attempts):
             if not self.fixed_port:
                 self.port = free_port()
-            self.proc = subprocess.Popen(
-                [self.binary, "--model", self.model, "--host", HOST, "--port", str(self.port)]
-                + self.args, stdout=self.log, stderr=self.log, env=self.env)
+            self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=self.log, env=self.env)
             if self.wait_ready(timeout):
                 return self
             if self.proc.poll() is None:
@@ -110,6 +108,12 @@ class Server:
                                    + self.output())
         raise RuntimeError(f"dcnserve exited (status {self.proc.returncode}) before it was ready, "
                            f"{attempts} time(s):\n" + self.output())
+
+    def argv(self):
+        """The command line of one attempt, once self.port is chosen: the
+        model, host and port as flags, then self.args. A subclass may pass
+        them another way (tests/integration/test_config.py: variables)."""
+        return [self.binary, "--model", self.model, "--host", HOST, "--port", str(self.port)] + self.args
 
     def wait_ready(self, timeout):
         """Polls READY_PATH until timeout s pass; True once it answers 200,

@@ -435,3 +435,129 @@ Test(request, fast_path_agrees_on_random_mutations)
     cr_assert_gt(accepted, 400, "only %zu bodies took the fast path", accepted);
     cr_assert_gt(mutated_ok, 10, "no mutated body was still valid");
 }
+
+/* ------------------------------------------------------------ messages are UTF-8 */
+
+/* 1 if s is valid UTF-8: jansson refuses to make a string of anything else
+ * (an oracle independent of rk_utf8_char). */
+static int is_utf8(const char *s)
+{
+    json_t *j = json_string(s);
+    json_decref(j);
+    return j != NULL;
+}
+
+/* Decodes body (n bytes) and checks the refusal: code want (0: any), a
+ * message that is valid UTF-8 and holds needle, and an error answer that jansson parses
+ * back to the same message. */
+static void check_refusal(const char *body, size_t n, int want, const char *needle)
+{
+    rk_limits lim = {.max_candidates = 10, .strict = 1};
+    rk_request *rq = (rk_request *)1;
+    char err[256] = "";
+    char *b = exact_copy(body, n);
+    int rc = rk_decode(M, b, n, &lim, &rq, err, sizeof err);
+    free(b);
+    cr_assert(want ? rc == want : rc < 0, "%zu-byte body: got %d (%s)", n, rc, err);
+    cr_assert_null(rq);
+    cr_assert(is_utf8(err), "%zu-byte body: the message is not UTF-8: %s", n, err);
+    cr_assert(strstr(err, needle), "message \"%s\" lacks \"%s\"", err, needle);
+    rk_buf out = {0};
+    rk_encode_error(&out, rc, err);
+    json_error_t je;
+    json_t *o = json_loadb(out.data, out.len, 0, &je);
+    cr_assert_not_null(o, "the error answer is not JSON (%s): %s", je.text, out.data);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(o, "error"), "message")), err);
+    json_decref(o);
+    free(out.data);
+}
+
+/* issue 15: jansson quotes the body near the fault and can end the quote
+ * inside a character ('["\' and U+1F300 gave an answer no parser took) */
+Test(request, invalid_json_message_quotes_whole_characters)
+{
+    static const char nine[] = "[\"\\\xf0\x9f\x8c\x80\"]";
+    cr_assert_eq(sizeof nine - 1, 9);
+    check_refusal(nine, 9, RK_EJSON, "invalid escape");
+    /* 2-, 3- and 4-byte characters cut after each of their bytes, after an
+     * escape, inside a string, as a key, and whole after a bad escape */
+    static const char *chars[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x8c\x80", "\xf4\x8f\xbf\xbf"};
+    static const char *heads[] = {"[\"\\", "[\"", "{\"", "{\"candidates\": [], \"", "[\"ab\\u00", "[1, \"x\", \\"};
+    for (size_t c = 0; c < sizeof chars / sizeof chars[0]; c++)
+        for (size_t cut = 1; cut <= strlen(chars[c]); cut++)
+            for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++)
+                for (int tail = 0; tail < 2; tail++) {
+                    char body[64];
+                    int n = snprintf(body, sizeof body, "%s%.*s%s", heads[h], (int)cut, chars[c], tail ? "\"]" : "");
+                    /* a whole character is valid JSON, of the wrong shape */
+                    int whole = cut == strlen(chars[c]);
+                    check_refusal(body, (size_t)n, whole ? 0 : RK_EJSON, whole ? "" : "invalid JSON");
+                }
+}
+
+/* Bytes that are not UTF-8 at all (stray continuation bytes, overlong forms,
+ * surrogates, past U+10FFFF, 0xFE/0xFF) never reach a message raw. */
+Test(request, invalid_utf8_never_reaches_a_message)
+{
+    static const char *bad[] = {"\x80", "\xbf", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xe0\x9f\xbf",
+                                "\xed\xa0\x80", "\xed\xbf\xbf", "\xf0\x80\x80\xaf", "\xf0\x8f\xbf\xbf",
+                                "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80", "\xfe", "\xff",
+                                "\xc3\x28", "\xe2\x28\xa1", "\xf0\x28\x8c\xbc"};
+    static const char *frames[] = {"[\"\\%s\"]", "[\"%s\"]", "{\"%s\": 1}", "{\"candidates\": [%s]}", "%s",
+                                   "{\"context\": {\"I1\": 1}, \"candidates\": [{\"id\": \"\\%s"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        for (size_t f = 0; f < sizeof frames / sizeof frames[0]; f++) {
+            char body[128];
+            int n = snprintf(body, sizeof body, frames[f], bad[i]);
+            check_refusal(body, (size_t)n, RK_EJSON, "invalid JSON");
+        }
+}
+
+/* Names are quoted up to 64 bytes, cut between characters: keys of two-byte
+ * characters, at even and odd offsets, in every place a key is quoted. */
+Test(request, long_names_are_cut_between_characters)
+{
+    char key[128] = "", body[512], want[80];
+    for (int odd = 0; odd < 2; odd++) {
+        size_t o = 0;
+        if (odd) key[o++] = 'a';
+        for (int i = 0; i < 40; i++) { key[o++] = '\xc3'; key[o++] = '\xa9'; }
+        key[o] = 0;
+        /* the quote: whole characters, as many as fit in 64 bytes */
+        memcpy(want, key, odd ? 63 : 64);
+        want[odd ? 63 : 64] = 0;
+        const char *frames[] = {"{\"candidates\": [], \"%s\": 1}", "{\"candidates\": [{\"id\": 1, \"%s\": 1}]}",
+                                "{\"candidates\": [], \"return\": {\"%s\": true}}",
+                                "{\"context\": {\"%s\": 1}, \"candidates\": []}",
+                                "{\"candidates\": [{\"id\": 1, \"features\": {\"%s\": 1}}]}"};
+        for (size_t f = 0; f < sizeof frames / sizeof frames[0]; f++) {
+            int n = snprintf(body, sizeof body, frames[f], key);
+            check_refusal(body, (size_t)n, f < 3 ? RK_ESCHEMA : RK_EFEATURE, want);
+            char err[256];
+            rk_request *rq;
+            rk_limits lim = {.max_candidates = 10, .strict = 1};
+            rk_decode(M, body, (size_t)n, &lim, &rq, err, sizeof err);
+            cr_assert_null(strstr(err, "\xef\xbf\xbd"), "a character was cut: %s", err);
+        }
+    }
+}
+
+/* A message cut by a small buffer ends between characters, whatever the
+ * buffer's size. */
+Test(request, short_message_buffers_cut_between_characters)
+{
+    static const char body[] = "{\"candidates\": [], \"\xe2\x82\xac\xc3\xa9\xf0\x9f\x8c\x80\xe2\x82\xac\xc3\xa9\": 1}";
+    char full[256];
+    rk_request *rq;
+    rk_limits lim = {.max_candidates = 10, .strict = 1};
+    cr_assert_eq(rk_decode(M, body, sizeof body - 1, &lim, &rq, full, sizeof full), RK_ESCHEMA);
+    for (size_t len = 1; len <= strlen(full) + 1; len++) {
+        char err[256];
+        memset(err, 'x', sizeof err);
+        cr_assert_eq(rk_decode(M, body, sizeof body - 1, &lim, &rq, err, len), RK_ESCHEMA);
+        cr_assert_lt(strlen(err), len);
+        cr_assert(is_utf8(err), "buffer of %zu: %s", len, err);
+        cr_assert_eq(strncmp(err, full, strlen(err)), 0, "buffer of %zu: not a prefix: %s", len, err);
+        cr_assert_gt(strlen(err) + 4, len - 1, "buffer of %zu: cut more than one character: %s", len, err);
+    }
+}

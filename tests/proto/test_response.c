@@ -99,3 +99,84 @@ Test(encode, buffer_grows)
     cr_assert_eq(strlen(b.data), b.len);
     free(b.data);
 }
+
+/* Reference: the length of the UTF-8 character at s (n bytes), decoding the
+ * bits and re-encoding the code point, 0 unless the bytes are exactly its
+ * shortest form and it is a scalar value (not a surrogate, <= U+10FFFF). */
+static size_t ref_utf8_char(const unsigned char *s, size_t n)
+{
+    if (!n) return 0;
+    if (s[0] < 0x80) return 1;
+    size_t len = s[0] >= 0xf0 && s[0] < 0xf8 ? 4 : s[0] >= 0xe0 && s[0] < 0xf0 ? 3 : s[0] >= 0xc0 && s[0] < 0xe0 ? 2 : 0;
+    if (!len || n < len) return 0;
+    uint32_t cp = s[0] & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    size_t shortest = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (shortest != len || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) return 0;
+    return len;
+}
+
+/* Every sequence of up to three bytes, and four-byte ones for every lead and
+ * second byte, against the reference, whole and cut short. */
+Test(utf8, classifies_like_the_reference)
+{
+    unsigned char s[4];
+    static const unsigned char tails[] = {0x00, 0x41, 0x7f, 0x80, 0x9f, 0xa0, 0xbf, 0xc0, 0xff};
+    for (unsigned a = 0; a < 256; a++)
+        for (unsigned b = 0; b < 256; b++)
+            for (unsigned c = 0; c < 256; c++) {
+                s[0] = (unsigned char)a, s[1] = (unsigned char)b, s[2] = (unsigned char)c, s[3] = 0x80;
+                for (size_t n = 0; n <= 4; n++)
+                    if (rk_utf8_char((const char *)s, n) != ref_utf8_char(s, n))
+                        cr_assert_fail("%02x %02x %02x 80, %zu bytes: %zu, reference %zu", a, b, c, n,
+                                rk_utf8_char((const char *)s, n), ref_utf8_char(s, n));
+            }
+    for (unsigned a = 0xf0; a < 256; a++)
+        for (unsigned b = 0; b < 256; b++)
+            for (size_t i = 0; i < sizeof tails; i++)
+                for (size_t j = 0; j < sizeof tails; j++) {
+                    s[0] = (unsigned char)a, s[1] = (unsigned char)b, s[2] = tails[i], s[3] = tails[j];
+                    cr_assert_eq(rk_utf8_char((const char *)s, 4), ref_utf8_char(s, 4), "%02x %02x %02x %02x", a,
+                                 b, tails[i], tails[j]);
+                }
+}
+
+/* An error answer is valid UTF-8 JSON whatever bytes its message holds: valid
+ * characters pass, every other byte becomes U+FFFD (issue 15). */
+Test(encode, error_messages_of_any_bytes_are_json)
+{
+    static const struct { const char *msg, *want; } cases[] = {
+        {"near '\"\\\xf0'", "near '\"\\\xef\xbf\xbd'"},
+        {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x8c\x80 ok", "\xc3\xa9\xe2\x82\xac\xf0\x9f\x8c\x80 ok"},
+        {"cut \xe2\x82", "cut \xef\xbf\xbd\xef\xbf\xbd"},
+        {"overlong \xc0\xaf", "overlong \xef\xbf\xbd\xef\xbf\xbd"},
+        {"surrogate \xed\xa0\x80!", "surrogate \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd!"},
+        {"big \xf4\x90\x80\x80", "big \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+        {"\xff\xfe\"\x01", "\xef\xbf\xbd\xef\xbf\xbd\"\x01"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rk_buf b = {0};
+        rk_encode_error(&b, RK_EJSON, cases[i].msg);
+        json_error_t e;
+        json_t *o = json_loadb(b.data, b.len, 0, &e);
+        cr_assert_not_null(o, "case %zu: %s: %s", i, e.text, b.data);
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(o, "error"), "message")), cases[i].want,
+                         "case %zu", i);
+        json_decref(o);
+        free(b.data);
+    }
+    /* every single byte, and every pair, as a message */
+    for (unsigned a = 1; a < 256; a++)
+        for (unsigned c = 0; c < 256; c++) {
+            char m[3] = {(char)a, (char)c, 0};
+            rk_buf b = {0};
+            rk_encode_error(&b, RK_EJSON, m);
+            json_t *o = json_loadb(b.data, b.len, 0, NULL);
+            cr_assert_not_null(o, "message %02x %02x: %s", a, c, b.data);
+            json_decref(o);
+            free(b.data);
+        }
+}
