@@ -614,6 +614,8 @@ typedef struct team {
     sem_t done;                       /* posted by each worker per batch */
     int stop;
     dcn_team *cols;                   /* or NULL: n - 1 helpers lent to w[0] for small batches */
+    size_t pays_rows;                 /* dcn_team_pays(m, pays_rows, n) = pays, kept out of the */
+    int pays;                         /* timed region (0 rows: not asked yet) */
 } team;
 
 /* Worker thread body: score its slice each time `go` is posted, until stop. */
@@ -714,10 +716,17 @@ typedef struct batch_plan {
     const uint8_t *sparse_mask;       /* (n_sparse): 1 for the shared ones */
 } batch_plan;
 
-/* Whether a batch of `rows` rows runs whole with the column team. */
-static int uses_cols(const team *t, size_t rows)
+/* Whether a batch of `rows` rows runs whole with the column team (asked
+ * once per batch size: planning every layer takes microseconds). */
+static int uses_cols(team *t, size_t rows)
 {
-    return t->cols && dcn_team_pays(t->m, rows, t->n);
+    if (!t->cols)
+        return 0;
+    if (t->pays_rows != rows) {
+        t->pays = dcn_team_pays(t->m, rows, t->n);
+        t->pays_rows = rows;
+    }
+    return t->pays;
 }
 
 /* Splits a batch into min(T, rows) contiguous slices, one per thread; each

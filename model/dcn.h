@@ -20,11 +20,14 @@
  * - A dcn_scratch belongs to one thread and one model; it holds every buffer a
  *   batch of up to max_rows rows needs, so dcn_score allocates nothing and
  *   takes no lock.
- * - A dcn_team (optional) lends a scratch helper threads: a batch of a few
- *   rows on a model whose layers weigh megabytes then has each layer's
- *   outputs split across the threads, so that they share the streaming of
- *   the weights (model/team.c). Larger batches are better split by rows
- *   between threads with their own scratches, as the server does.
+ * - A dcn_team (optional) lends a scratch helper threads: each heavy layer
+ *   of a batch is then split across them, by outputs where the threads
+ *   should share the streaming of the weights (a few rows a thread on a
+ *   model whose layers weigh megabytes), by rows or both otherwise
+ *   (model/team.c, model/forward.c). Batches with rows enough for every
+ *   thread on a model that fits the cache are better split by rows between
+ *   threads with their own scratches, as the server does: dcn_team_pays
+ *   tells the two cases apart.
  * - Request-context sharing: rows are grouped in segments (one per request);
  *   features marked shared take one value per segment. Their embeddings are
  *   looked up once per segment and their share of every layer that reads x0
@@ -234,7 +237,6 @@ size_t dcn_team_min_bytes(void);
  * larger ones on many threads; never a model whose weights all fit a
  * last-level cache. */
 int dcn_team_pays(const dcn_model *m, size_t rows, size_t threads);
-#define DCN_TEAM_MAX_ROWS 5 /* rows the few-rows kernels take whole (the team's first use) */
 
 /* Scores a batch: writes n_rows probabilities into scores and, if logits is
  * not NULL, the logits. Returns 0, or a negative dcn_err (an id out of

@@ -4,7 +4,7 @@
  * pool_expire append, only the loop thread detaches. Threads are joined in
  * pool_stop; after that no thread but the caller touches the pool. `busy`
  * counts the workers between taking a batch and handing it back (atomic:
- * every worker writes it, any may read it through pool_idle_workers, which
+ * every worker writes it, any may read it through pool_spare_workers, which
  * finds its pool in a thread-local the worker set at start).
  */
 #include <sched.h>
@@ -144,12 +144,13 @@ void pool_free(pool *p)
 
 size_t pool_workers(const pool *p) { return p->n; }
 
-size_t pool_idle_workers(void)
+size_t pool_spare_workers(void)
 {
     pool *p = my_pool;
     if (!p) return 0;
     size_t busy = atomic_load_explicit(&p->busy, memory_order_relaxed);
-    return busy < p->n ? p->n - busy : 0;
+    if (!busy) busy = 1; /* the caller itself, counted a moment late */
+    return busy < p->n ? (p->n - busy) / busy : 0;
 }
 
 /* Reads the cgroup v2 quota as a CPU count (rounded up); 0 if unlimited or

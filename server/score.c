@@ -375,9 +375,10 @@ int score_batch(void *ctx, void **state, batch_work *w)
         .offsets = s->offp,
         .ids = s->idp,
     };
-    /* The team's helpers stand in for idle workers only: as many as wait
-     * for work now, so that a loaded server runs one thread a core. */
-    if (s->team) dcn_scratch_set_team_threads(s->scratch, 1 + pool_idle_workers());
+    /* The team's helpers stand in for idle workers only: this worker's
+     * share of those waiting for work now, so that a loaded server runs
+     * about one thread a core. */
+    if (s->team) dcn_scratch_set_team_threads(s->scratch, 1 + pool_spare_workers());
     rc = dcn_score(m, s->scratch, &b, s->scores, s->logits);
     if (rc < 0) return rc;
 

@@ -46,8 +46,9 @@
  *   of team_helpers threads that share those layers by columns, rows or
  *   both, as the engine plans each layer (made with the state, only for
  *   such models; they sleep otherwise). A batch uses only as many of them
- *   as the pool has idle workers (pool_idle_workers): a single request on
- *   an idle server uses every core, a loaded server one thread a core. A prepared
+ *   as its worker's share of the idle workers (pool_spare_workers): a
+ *   single request on an idle server uses every core, a loaded server
+ *   about one thread a core. A prepared
  *   state's team is created by the preparing thread and used by the worker
  *   that takes it: the stash's mutex orders the hand-over.
  * - Ownership: the stash owns its states until a worker takes one; then the
