@@ -72,8 +72,9 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # cannot start under TSan here); `make unit` runs them in every build and
 # `make check` once more under TSan, with the integration tests against a
 # TSan server binary.
-STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/server/stress_*.c))
-TSAN_TESTS := $(wildcard tests/server/stress_*.c)
+STRESS_SRC := $(wildcard tests/model/stress_*.c) $(wildcard tests/server/stress_*.c)
+STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(STRESS_SRC))
+TSAN_TESTS := $(STRESS_SRC)
 TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http.
 
 # Emulated kernel sets (test binaries only): each SIMD file whose
@@ -97,6 +98,8 @@ $(BUILD)/tests/server/%: $(BUILD)/tests/server/%.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion $(SERVER_LIBS) $(LDLIBS)
 $(BUILD)/tests/server/stress_%: $(BUILD)/tests/server/stress_%.o $(SERVER_LIBOBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) $(LDLIBS)
+$(BUILD)/tests/model/stress_%: $(BUILD)/tests/model/stress_%.o $(LIBDCN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # ---------------------------------------------------------------- bench
 # bench/run.py drives it (bench/README.md); `make bench BENCH_ARGS=--quick`
@@ -142,8 +145,12 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 	  DCN_KERNELS=$$k $(BUILD)/tests/model/test_golden --jobs 2; done; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_CHUNK_ROWS=7: chunk edges inside segments)"; \
 	DCN_CHUNK_ROWS=7 $(BUILD)/tests/model/test_golden --jobs 2; \
-	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: layers split by columns)"; \
+	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: every layer split as planned)"; \
 	DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0 $(BUILD)/tests/model/test_golden --jobs 2; \
+	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=3 DCN_TEAM_GRID=2x2: rows and columns)"; \
+	DCN_TEST_TEAM=3 DCN_TEAM_GRID=2x2 $(BUILD)/tests/model/test_golden --jobs 2; \
+	echo "== $(BUILD)/tests/model/test_team (DCN_KERNELS=scalar)"; \
+	DCN_KERNELS=scalar $(BUILD)/tests/model/test_team --jobs 2; \
 	for t in $(STRESS_BIN); do echo "== $$t"; $$t; done
 
 pytest: all
@@ -208,8 +215,9 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fn
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -fno-strict-aliasing -I. -MMD -MP \
                 $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 # What each target links besides itself: the engine, and for the request
-# target the decoder, the encoder and the server's scorer.
-FUZZ_XOBJ_request := proto/request.o proto/response.o server/score.o
+# target the decoder, the encoder and the server's scorer (which asks the
+# worker pool how many workers are idle).
+FUZZ_XOBJ_request := proto/request.o proto/response.o server/score.o server/pool.o server/batch.o
 FUZZ_LIBS_request := -ljansson
 
 $(FUZZ_BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c

@@ -21,7 +21,9 @@
  * - Threads, as the server runs them: a batch is split row-wise into T
  *   contiguous slices (min(T, rows) of them); the calling thread scores slice
  *   0 and T-1 long-lived worker pthreads the others, each with its own
- *   dcn_scratch. A worker waits on its own semaphore and posts one shared
+ *   dcn_scratch. Where dcn_team_pays (few rows a thread on heavy layers),
+ *   the calling thread scores the batch whole instead, with a dcn_team of
+ *   T-1 helpers that share its heavy layers (--cols 0: never). A worker waits on its own semaphore and posts one shared
  *   `done` semaphore; the semaphores order every access to a slice, so no
  *   other lock exists. The timed region of a batch is the whole
  *   split/score/join.
@@ -76,7 +78,7 @@ typedef struct opts {
     long shared_sparse;               /* share: leading sparse features shared; -1 = about d/2 */
     size_t dump_rows;
     int widen;                        /* run: dcn_open_opts.widen_weights */
-    int cols;                         /* split batches of <= DCN_TEAM_MAX_ROWS by columns (dcn_team) */
+    int cols;                         /* one slice with a dcn_team where dcn_team_pays */
     int int8;                         /* run: dcn_open_opts.int8 */
 } opts;
 
@@ -88,8 +90,9 @@ static void usage(FILE *f)
           "                       [--pool ROWS] [--seed N] [--retries N] [--foreign-max F]\n"
           "                       [--widen 1]   (16-bit dense weights widened to f32 at load)\n"
           "                       [--int8 1]    (dense layers quantized to INT8 at load)\n"
-          "                       [--cols 0|1]  (1, the default: batches of <= 5 rows on T > 1\n"
-          "                                      threads split each heavy layer by columns)\n"
+          "                       [--cols 0|1]  (1, the default: on T > 1 threads, a batch for\n"
+          "                                      which dcn_team_pays is scored whole by a dcn_team\n"
+          "                                      that splits its heavy layers; 0: always by rows)\n"
           "       dcn-bench share --model F [--rows 100] [--shared-sparse N] [--threads 1,2] ...\n"
           "       dcn-bench dump  --model F --out FILE [--rows 8] [--seed N]\n"
           "JSON lines on stdout; progress on stderr.\n", f);
@@ -611,6 +614,8 @@ typedef struct team {
     sem_t done;                       /* posted by each worker per batch */
     int stop;
     dcn_team *cols;                   /* or NULL: n - 1 helpers lent to w[0] for small batches */
+    size_t pays_rows;                 /* dcn_team_pays(m, pays_rows, n) = pays, kept out of the */
+    int pays;                         /* timed region (0 rows: not asked yet) */
 } team;
 
 /* Worker thread body: score its slice each time `go` is posted, until stop. */
@@ -711,14 +716,27 @@ typedef struct batch_plan {
     const uint8_t *sparse_mask;       /* (n_sparse): 1 for the shared ones */
 } batch_plan;
 
+/* Whether a batch of `rows` rows runs whole with the column team (asked
+ * once per batch size: planning every layer takes microseconds). */
+static int uses_cols(team *t, size_t rows)
+{
+    if (!t->cols)
+        return 0;
+    if (t->pays_rows != rows) {
+        t->pays = dcn_team_pays(t->m, rows, t->n);
+        t->pays_rows = rows;
+    }
+    return t->pays;
+}
+
 /* Splits a batch into min(T, rows) contiguous slices, one per thread; each
- * slice is one segment. With a column team and a batch of at most
- * DCN_TEAM_MAX_ROWS rows, one slice instead, whose heavy layers the team
- * splits by columns. Returns the number of slices. */
+ * slice is one segment. With a column team and a batch for which
+ * dcn_team_pays, one slice instead, whose heavy layers the team splits.
+ * Returns the number of slices. */
 static size_t team_split(team *t, const row_pool *p, const batch_plan *bp, float *scores)
 {
     size_t n_active = t->n < bp->rows ? t->n : bp->rows;
-    int by_cols = t->cols && bp->rows <= DCN_TEAM_MAX_ROWS;
+    int by_cols = uses_cols(t, bp->rows);
     dcn_scratch_set_team(t->w[0].scratch, by_cols ? t->cols : NULL);
     if (by_cols)
         n_active = 1;
@@ -987,7 +1005,7 @@ static int cmd_run(const opts *o)
                    dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
                    r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
                    r.steal, tries, pool_rows, in->packed_bytes, o->widen, in->int8,
-                   T > 1 && o->cols && B <= DCN_TEAM_MAX_ROWS ? "cols" : "rows");
+                   uses_cols(t, B) ? "team" : "rows");
             fflush(stdout);
             fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
                             "p99 %8.3f ms (%zu iters, fg %.2f)\n",

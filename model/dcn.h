@@ -20,11 +20,14 @@
  * - A dcn_scratch belongs to one thread and one model; it holds every buffer a
  *   batch of up to max_rows rows needs, so dcn_score allocates nothing and
  *   takes no lock.
- * - A dcn_team (optional) lends a scratch helper threads: a batch of a few
- *   rows on a model whose layers weigh megabytes then has each layer's
- *   outputs split across the threads, so that they share the streaming of
- *   the weights (model/team.c). Larger batches are better split by rows
- *   between threads with their own scratches, as the server does.
+ * - A dcn_team (optional) lends a scratch helper threads: each heavy layer
+ *   of a batch is then split across them, by outputs where the threads
+ *   should share the streaming of the weights (a few rows a thread on a
+ *   model whose layers weigh megabytes), by rows or both otherwise
+ *   (model/team.c, model/forward.c). Batches with rows enough for every
+ *   thread on a model that fits the cache are better split by rows between
+ *   threads with their own scratches, as the server does: dcn_team_pays
+ *   tells the two cases apart.
  * - Request-context sharing: rows are grouped in segments (one per request);
  *   features marked shared take one value per segment. Their embeddings are
  *   looked up once per segment and their share of every layer that reads x0
@@ -208,15 +211,32 @@ const dcn_model *dcn_scratch_model(const dcn_scratch *s);
 typedef struct dcn_team dcn_team;
 dcn_team *dcn_team_new(size_t helpers);
 void dcn_team_free(dcn_team *t); /* NULL is fine; not while a scratch scores with it */
-/* Attaches a team to a scratch (NULL detaches). dcn_score then splits by
- * output columns every layer of at least dcn_team_min_bytes() of weights
- * while the batch has at most DCN_TEAM_MAX_ROWS rows; scores are the same
- * as without the team, bit for bit. A team serves one scratch at a time. */
-#define DCN_TEAM_MAX_ROWS 5 /* rows the few-rows kernels take whole */
+/* Pieces of layers the team's helpers have run so far (0 for NULL): how
+ * often it split one. Not while a scratch scores with it. */
+size_t dcn_team_jobs(const dcn_team *t);
+/* Attaches a team to a scratch (NULL detaches). dcn_score then splits
+ * every layer whose work (bytes of weights plus arithmetic) reaches
+ * dcn_team_min_bytes() across the team's threads, each layer as suits its
+ * size and the batch's rows: by output columns (each thread streams its
+ * share of the weights), by rows, or both; lighter layers and the rest of
+ * the pass run on the calling thread. Scores are the same as without the
+ * team, bit for bit. A team serves one scratch at a time. */
 void dcn_scratch_set_team(dcn_scratch *s, dcn_team *t);
+/* Lets dcn_score use at most `threads` of the team's threads, the caller's
+ * included (0: all of them), e.g. only as many as there are idle cores. */
+void dcn_scratch_set_team_threads(dcn_scratch *s, size_t threads);
 /* 2 MiB (below that a layer streams from cache and the split costs more
  * than it saves), or DCN_TEAM_MIN_BYTES from the environment (tests). */
 size_t dcn_team_min_bytes(void);
+/* Whether a batch of `rows` rows for `threads` threads is better scored
+ * with one dcn_score whose scratch has a team of threads - 1 helpers than
+ * cut into `threads` batches of rows on scratches of their own: true when
+ * some layer of m would then share its weights between threads (split by
+ * columns), which a split by rows cannot do: every thread would stream
+ * every weight. Batches of a few rows on a model with heavy layers, and
+ * larger ones on many threads; never a model whose weights all fit a
+ * last-level cache. */
+int dcn_team_pays(const dcn_model *m, size_t rows, size_t threads);
 
 /* Scores a batch: writes n_rows probabilities into scores and, if logits is
  * not NULL, the logits. Returns 0, or a negative dcn_err (an id out of

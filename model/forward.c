@@ -14,14 +14,20 @@
  *   bias (lin_x0).
  * - Activations of mix layers run through the kernel set's vector act on
  *   the GEMM output; gates (K values a row) use libm.
- * - Every GEMM goes through gemm(): with a dcn_team on the scratch, a batch
- *   of at most DCN_TEAM_MAX_ROWS rows and a layer of dcn_team_min_bytes()
- *   or more, the layer's output panels are split across the team (team.c).
+ * - Every GEMM goes through gemm(): with a dcn_team on the scratch, each
+ *   layer whose work (weights streamed, arithmetic) reaches
+ *   dcn_team_min_bytes() is split across the team, its split chosen for
+ *   that layer and that many rows (plan_split): output panels shared when
+ *   the weights dominate, rows in groups when the activations do, or a grid
+ *   of both. The rest of the pass (gathers, gates, logit) stays on the
+ *   calling thread. Row groups keep to the kernels' blocked path, so a
+ *   row's score does not depend on the split (team.c).
  */
 #include "model/dcn_impl.h"
 #include "model/team.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +59,9 @@ struct dcn_scratch {
     uint32_t *cseg;                 /* (max_rows + 2) segment bounds of a chunk */
     size_t chunk_rows;              /* rows the layers run on at a time */
     kteam *team;                    /* or NULL: see dcn_scratch_set_team */
+    size_t team_threads;            /* of the team's, at most (0: all): dcn_scratch_set_team_threads */
     size_t team_min_bytes;          /* dcn_team_min_bytes() */
+    size_t grid_rows, grid_cols;    /* a split forced by DCN_TEAM_GRID (tests), or 0 */
     void *mem;
 };
 
@@ -78,19 +86,119 @@ void dcn_team_free(dcn_team *t) {
 
 void dcn_scratch_set_team(dcn_scratch *s, dcn_team *t) { s->team = t ? t->t : NULL; }
 
+size_t dcn_team_jobs(const dcn_team *t) { return t ? kteam_jobs(t->t) : 0; }
+
 size_t dcn_team_min_bytes(void) {
     const char *env = getenv("DCN_TEAM_MIN_BYTES");
     return env && *env ? (size_t)strtoull(env, NULL, 10) : (size_t)2 << 20;
 }
 
-/* Every GEMM of the forward pass: with a team, a few rows and a heavy
- * layer, split by output panels (team.c); else on this thread. */
+void dcn_scratch_set_team_threads(dcn_scratch *s, size_t threads) { s->team_threads = threads; }
+
+/* The cost model of plan_split, in bytes one core streams from memory in
+ * the same time: a core does about SPLIT_FLOPS_PER_BYTE flops while it
+ * streams a byte; all cores together stream about SPLIT_BW_CORES times
+ * what one does; a core keeps a share of weights up to SPLIT_CACHE_BYTES
+ * in its cache from one block of rows to the next; streaming and
+ * arithmetic overlap; waking a helper costs what streaming
+ * dcn_team_min_bytes() / SPLIT_HANDOFF_DIV bytes does (so the tests' 0
+ * makes every split free). Estimates: figures on a 2-core machine agree
+ * (bench/README.md); many-core machines are still to be measured. */
+#define SPLIT_FLOPS_PER_BYTE 4
+#define SPLIT_BW_CORES 4
+#define SPLIT_CACHE_BYTES ((size_t)1 << 20)
+#define SPLIT_HANDOFF_DIV 32
+
+/* How a GEMM of `rows` rows through L is split among at most `threads`
+ * threads: rgroups groups of rows times cgroups shares of panels (1 x 1:
+ * not split). A layer whose work (its weights' bytes plus its flops in
+ * bytes) is under min_bytes is not split; otherwise the grid whose slowest
+ * thread finishes first by the model above: it streams its share of the
+ * weights (again for every block of mc rows unless the share fits its
+ * cache; not at all when the model's weights all stay in the last-level
+ * cache, `cached`) and its rows of input, and does its share of the
+ * arithmetic. A row group never drops below the kernels' mr rows unless
+ * the whole batch has fewer (then only panels are shared), so that the
+ * split changes no result. */
+static void plan_split(const kern_set *ks, size_t threads, size_t min_bytes, int cached, size_t rows,
+                       const klinear *L, size_t *rgroups, size_t *cgroups) {
+    *rgroups = *cgroups = 1;
+    if (threads < 2 || !rows) return;
+    double w = L->wq ? (double)L->kq * (double)round_up(L->out, KQ_NR) : (double)kern_packed_bytes(L);
+    double x = (double)rows * (double)L->in * sizeof(float);
+    double c = 2.0 * (double)rows * (double)L->in * (double)L->out_pad / SPLIT_FLOPS_PER_BYTE;
+    double h = (double)min_bytes / SPLIT_HANDOFF_DIV;
+    if (w + c < (double)min_bytes) return;
+    size_t panels = L->out_pad / L->nr, mr = ks->mr ? ks->mr : 1;
+    double best = -1.0;
+    for (size_t cg = 1; cg <= threads && cg <= panels; cg++)
+        for (size_t rgs = 1; rgs * cg <= threads && rgs <= rows; rgs++) {
+            if (rgs > 1 && rows / rgs < mr) break;
+            size_t n = rgs * cg, grp = (rows + rgs - 1) / rgs;
+            double share = cached ? 0.0 : w / (double)cg;
+            double passes = ks->mc && share > (double)SPLIT_CACHE_BYTES ? (double)((grp + ks->mc - 1) / ks->mc) : 1.0;
+            double mine = share * passes + x / (double)rgs, all = mine * (double)n / SPLIT_BW_CORES;
+            double mem = mine > all ? mine : all, arith = c / (double)n;
+            double cost = (mem > arith ? mem : arith) + h * (double)(n - 1);
+            if (best < 0 || cost < best) {
+                best = cost;
+                *rgroups = rgs;
+                *cgroups = cg;
+            }
+        }
+}
+
+/* The threads this scratch's team may use now: its own, within the limit. */
+static size_t team_width(const dcn_scratch *s) {
+    size_t n = kteam_threads(s->team);
+    return s->team_threads && s->team_threads < n ? s->team_threads : n;
+}
+
+/* A forced grid (DCN_TEAM_GRID) fitted to the rows and the kernels' mr. */
+static void forced_split(const kern_set *ks, const dcn_scratch *s, size_t rows, size_t *rgroups, size_t *cgroups) {
+    size_t mr = ks->mr ? ks->mr : 1, rgs = s->grid_rows ? s->grid_rows : 1;
+    if (rows < mr) rgs = 1;
+    while (rgs > 1 && rows / rgs < mr) rgs--;
+    *rgroups = rgs;
+    *cgroups = s->grid_cols ? s->grid_cols : 1;
+}
+
+/* Every GEMM of the forward pass: with a team, split as plan_split says
+ * (or DCN_TEAM_GRID forces) across it (team.c); else on this thread. */
 static void gemm(const dcn_model *m, const dcn_scratch *s, size_t rows, const float *x, size_t ldx,
                  const klinear *L, const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e) {
-    if (s->team && rows <= DCN_TEAM_MAX_ROWS && kern_packed_bytes(L) >= s->team_min_bytes)
-        kteam_gemm(s->team, m->ks, rows, x, ldx, L, rg, n_rg, y, ldy, e);
+    size_t rgs = 1, cgs = 1;
+    if (s->team && s->grid_rows) forced_split(m->ks, s, rows, &rgs, &cgs);
+    else if (s->team)
+        plan_split(m->ks, team_width(s), s->team_min_bytes, m->packed_bytes <= CHUNK_MAX_WEIGHT_BYTES, rows, L, &rgs,
+                   &cgs);
+    if (rgs * cgs > 1)
+        kteam_gemm_grid(s->team, m->ks, rgs, cgs, rows, x, ldx, L, rg, n_rg, y, ldy, e);
     else
         m->ks->gemm(rows, x, ldx, L, rg, n_rg, y, ldy, e);
+}
+
+/* Whether some layer of m, run on `rows` rows with `threads` threads,
+ * splits its panels (see dcn.h); never while all the weights stay in the
+ * last-level cache: there is no stream to share then. */
+int dcn_team_pays(const dcn_model *m, size_t rows, size_t threads) {
+    const dcn_info *in = &m->info;
+    size_t min_bytes = dcn_team_min_bytes(), rgs, cgs;
+    if (m->packed_bytes <= CHUNK_MAX_WEIGHT_BYTES) return 0;
+#define PAYS(L)                                                                  \
+    do {                                                                         \
+        plan_split(m->ks, threads, min_bytes, 0, rows, (L), &rgs, &cgs);         \
+        if (cgs > 1) return 1;                                                   \
+    } while (0)
+    for (size_t j = 0; j < in->n_bottom; j++) PAYS(&m->bottom[j]);
+    for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR; l++) {
+        PAYS(&m->cross[l].a);
+        if (m->cross[l].u.in) PAYS(&m->cross[l].u);
+        for (size_t i = 0; m->cross[l].c && i < in->experts; i++) PAYS(&m->cross[l].c[i]);
+    }
+    for (size_t j = 0; j < in->n_deep; j++) PAYS(&m->deep[j]);
+#undef PAYS
+    return 0;
 }
 
 dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows) {
@@ -144,6 +252,12 @@ dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows) {
      * at 1,024 rows, -37% on dlrmv2's 64 MB in chunks of 16). */
     if (m->packed_bytes > CHUNK_MAX_WEIGHT_BYTES) s->chunk_rows = max_rows;
     s->team_min_bytes = dcn_team_min_bytes();
+    const char *grid = getenv("DCN_TEAM_GRID"); /* tests: "RxC", every layer split so */
+    unsigned gr, gc;
+    if (grid && sscanf(grid, "%ux%u", &gr, &gc) == 2 && gr >= 1 && gc >= 1 && gr <= 256 && gc <= 256) {
+        s->grid_rows = gr;
+        s->grid_cols = gc;
+    }
     const char *env = getenv("DCN_CHUNK_ROWS"); /* tests and tuning */
     if (env && atoi(env) > 0) s->chunk_rows = (size_t)atoi(env);
     return s;

@@ -86,6 +86,8 @@ static void act(float *x, size_t n, int kind) {
 const kern_set kern_scalar = {
     .name = "scalar",
     .nr = 16,
+    .mr = 1,  /* every row alone, in double */
+    .mc = 0,
     .gemm = gemm_scalar,
     .add_f32 = add_f32,
     .add_f16 = add_f16,

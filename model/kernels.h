@@ -90,6 +90,12 @@ typedef struct kern_set {
     const char *name;
     int emulated;       /* compiled against SIMDe for tests (KERN_EMULATED) */
     size_t nr;          /* panel width */
+    /* Row blocking of gemm, for whoever splits a GEMM between threads
+     * (team.c): from mr rows on it runs the blocked path, whose result for
+     * a row does not depend on the other rows (below, the few-rows path,
+     * whose sums run in another order); it streams the weights once per
+     * mc rows (0: once per row, the scalar oracle). */
+    size_t mr, mc;
     /* y(m, out) = epilogue(x(m, in)[ranges] · Wᵀ[ranges]); x rows are ldx
      * apart, y rows ldy apart. */
     void (*gemm)(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,

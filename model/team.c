@@ -1,23 +1,30 @@
-/* team.c — a GEMM split by output panels across a few threads: the
- * intra-batch parallelism for batches too small to split by rows.
+/* team.c — a GEMM split across a few threads: by output panels, by rows,
+ * or both (a grid), the intra-batch parallelism of one dcn_score.
  *
  * A batch of a few rows on a model whose layers weigh megabytes is bound by
  * the bytes of weights it streams, not by arithmetic. Split by rows (what
- * the server and the benchmark do with larger batches), every thread would
- * stream every weight; split by output panels, each thread streams only its
- * share, and the cores' memory bandwidth adds up.
+ * the server and the benchmark do between their threads), every thread
+ * would stream every weight; split by output panels, each thread streams
+ * only its share, and the cores' memory bandwidth adds up. A larger batch
+ * may take both: rows in groups, each group's panels shared by a few
+ * threads. Which split a layer gets is the caller's choice (forward.c).
  *
  * DESIGN
  * - A team is the calling thread plus `helpers` long-lived pthreads. It
  *   belongs to one dcn_scratch at a time, so to one caller: kteam_gemm is
  *   never entered twice at once (dcn.h says so for the scratch).
- * - kteam_gemm cuts the layer's panels into size() contiguous shares, gives
- *   share i > 0 to helper i - 1 (its own semaphore), runs share 0 itself
- *   and waits on the shared `done` semaphore once per helper. A share is a
- *   view of the layer (klinear with its first panel moved) and of the
- *   epilogue (columns moved): the kernels are unchanged and the views
- *   write disjoint columns of y. The semaphores order every access to a
- *   job, so no other lock exists.
+ * - kteam_gemm_grid cuts the rows into rgroups contiguous groups and the
+ *   layer's panels into cgroups contiguous shares; job i (row group
+ *   i / cgroups, share i % cgroups) goes to helper i - 1 (its own
+ *   semaphore) for i > 0, the caller runs job 0 and waits on the shared
+ *   `done` semaphore once per helper it woke. A job is a view of the layer
+ *   (klinear with its first panel moved), of the rows (x, y and the
+ *   epilogue's per-row inputs moved) and of the epilogue's columns: the
+ *   kernels are unchanged and the jobs write disjoint blocks of y. The
+ *   semaphores order every access to a job, so no other lock exists.
+ * - Results equal the unsplit GEMM's bit for bit when no row group falls
+ *   into the kernels' few-rows path unless the whole batch does
+ *   (kern_set.mr): forward.c's plans keep to that.
  * - Each helper has its own kernel buffers (they are thread-local).
  * - Freeing: a stop flag then a post to each helper; joins them all.
  */
@@ -49,6 +56,7 @@ struct kteam {
     size_t n; /* helpers */
     helper *h;
     sem_t done;
+    size_t jobs; /* handed to helpers so far; only the caller's thread writes it */
     int stop; /* written before the posts that wake helpers to read it */
 };
 
@@ -106,12 +114,15 @@ void kteam_free(kteam *t) {
 }
 
 size_t kteam_threads(const kteam *t) { return t ? t->n + 1 : 1; }
+size_t kteam_jobs(const kteam *t) { return t ? t->jobs : 0; }
 
-/* The share of panels [p0, p1) of L as a job writing the same columns. */
-static job share(const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg,
-                 size_t n_rg, float *y, size_t ldy, const kepi *e, size_t p0, size_t p1) {
+/* The job of rows [r0, r1) and panels [p0, p1) of L, writing the same
+ * block of y. */
+static job share(const kern_set *ks, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
+                 float *y, size_t ldy, const kepi *e, size_t r0, size_t r1, size_t p0, size_t p1) {
     size_t nr = L->nr, n0 = p0 * nr, n1 = p1 * nr < L->out ? p1 * nr : L->out;
-    job j = {.ks = ks, .m = m, .ldx = ldx, .n_rg = n_rg, .ldy = ldy, .x = x, .rg = rg, .L = *L, .y = y + n0, .e = *e};
+    job j = {.ks = ks, .m = r1 - r0, .ldx = ldx, .n_rg = n_rg, .ldy = ldy, .x = x + r0 * ldx, .rg = rg, .L = *L,
+             .y = y + r0 * ldy + n0, .e = *e};
     j.L.out = n1 - n0;
     j.L.out_pad = (p1 - p0) * nr;
     if (L->wp) j.L.wp = L->wp + p0 * L->in * nr;
@@ -123,25 +134,43 @@ static job share(const kern_set *ks, size_t m, const float *x, size_t ldx, const
     }
     j.L.bias = L->bias + n0;
     if (j.e.bias) j.e.bias += n0;
-    if (j.e.x0) j.e.x0 += n0;
-    if (j.e.xl) j.e.xl += n0;
+    if (j.e.x0) j.e.x0 += r0 * e->ldx0 + n0;
+    if (j.e.xl) j.e.xl += r0 * e->ldxl + n0;
+    if (j.e.bscale) j.e.bscale += r0;
     return j;
 }
 
-void kteam_gemm(kteam *t, const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L,
-                const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e) {
-    size_t panels = L->out_pad / L->nr, n = kteam_threads(t);
-    if (n > panels) n = panels;
+void kteam_gemm_grid(kteam *t, const kern_set *ks, size_t rgroups, size_t cgroups, size_t m, const float *x,
+                     size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y, size_t ldy,
+                     const kepi *e) {
+    size_t panels = L->out_pad / L->nr;
+    if (cgroups > panels) cgroups = panels;
+    if (rgroups > m) rgroups = m;
+    if (!cgroups) cgroups = 1;
+    if (!rgroups) rgroups = 1;
+    while (rgroups * cgroups > kteam_threads(t)) {
+        if (rgroups > 1) rgroups--;
+        else cgroups--;
+    }
+    size_t n = rgroups * cgroups;
     if (n < 2) {
         ks->gemm(m, x, ldx, L, rg, n_rg, y, ldy, e);
         return;
     }
     for (size_t i = 1; i < n; i++) {
-        t->h[i - 1].j = share(ks, m, x, ldx, L, rg, n_rg, y, ldy, e, panels * i / n, panels * (i + 1) / n);
+        size_t a = i / cgroups, b = i % cgroups;
+        t->h[i - 1].j = share(ks, x, ldx, L, rg, n_rg, y, ldy, e, m * a / rgroups, m * (a + 1) / rgroups,
+                              panels * b / cgroups, panels * (b + 1) / cgroups);
         sem_post(&t->h[i - 1].go);
     }
-    job j0 = share(ks, m, x, ldx, L, rg, n_rg, y, ldy, e, 0, panels / n);
+    t->jobs += n - 1;
+    job j0 = share(ks, x, ldx, L, rg, n_rg, y, ldy, e, 0, m / rgroups, 0, panels / cgroups);
     run_job(&j0);
     for (size_t i = 1; i < n; i++)
         while (sem_wait(&t->done)) {}
+}
+
+void kteam_gemm(kteam *t, const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L,
+                const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e) {
+    kteam_gemm_grid(t, ks, 1, kteam_threads(t), m, x, ldx, L, rg, n_rg, y, ldy, e);
 }

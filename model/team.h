@@ -1,5 +1,5 @@
-/* team.h — internal: one GEMM split by output panels across the calling
- * thread and a few helper threads (team.c). dcn.h exposes it as dcn_team. */
+/* team.h — internal: one GEMM split by output panels, rows or both across
+ * the calling thread and a few helper threads (team.c). dcn.h exposes it as dcn_team. */
 #ifndef DCN_TEAM_H
 #define DCN_TEAM_H
 
@@ -11,9 +11,16 @@ typedef struct kteam kteam;
 kteam *kteam_new(size_t helpers);
 void kteam_free(kteam *t); /* NULL is fine; joins the helpers */
 size_t kteam_threads(const kteam *t); /* helpers + 1 */
+size_t kteam_jobs(const kteam *t);    /* jobs its helpers ran; not while it runs one */
 /* ks->gemm with the same arguments, its panels cut into contiguous shares:
  * the caller computes the first, each helper one other. Not reentrant. */
 void kteam_gemm(kteam *t, const kern_set *ks, size_t m, const float *x, size_t ldx, const klinear *L,
                 const krange *rg, size_t n_rg, float *y, size_t ldy, const kepi *e);
+/* The same cut into a grid: rgroups groups of contiguous rows times
+ * cgroups shares of contiguous panels, one job each (clamped to the rows,
+ * the panels and the team's threads; the caller runs the first). */
+void kteam_gemm_grid(kteam *t, const kern_set *ks, size_t rgroups, size_t cgroups, size_t m, const float *x,
+                     size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y, size_t ldy,
+                     const kepi *e);
 
 #endif

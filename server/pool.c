@@ -2,9 +2,13 @@
  *
  * DESIGN: the done-list is a FIFO (head, tail) under `mu`; only workers and
  * pool_expire append, only the loop thread detaches. Threads are joined in
- * pool_stop; after that no thread but the caller touches the pool.
+ * pool_stop; after that no thread but the caller touches the pool. `busy`
+ * counts the workers between taking a batch and handing it back (atomic:
+ * every worker writes it, any may read it through pool_spare_workers, which
+ * finds its pool in a thread-local the worker set at start).
  */
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -27,9 +31,12 @@ struct pool {
     size_t n;
     worker *w;
     int stopped;
+    atomic_size_t busy;           /* workers with a batch or task in hand */
     pthread_mutex_t mu;
     batch_work *done_head, *done_tail;
 };
+
+static _Thread_local pool *my_pool; /* on a worker thread: its pool */
 
 /* Appends a finished batch to the done-list and wakes the loop. */
 static void push_done(pool *p, batch_work *b)
@@ -48,7 +55,9 @@ static void *worker_main(void *arg)
     worker *w = arg;
     pool *p = w->p;
     batch_work *b;
+    my_pool = p;
     while ((b = batch_take(p->q))) {
+        atomic_fetch_add_explicit(&p->busy, 1, memory_order_relaxed);
         if (b->task) {
             b->task->run(b->task);
         } else if (b->n_segs) {
@@ -58,6 +67,7 @@ static void *worker_main(void *arg)
         }
         push_done(p, b);
         if (p->after) p->after(p->ctx, &w->state); /* b is the loop's now */
+        atomic_fetch_sub_explicit(&p->busy, 1, memory_order_relaxed);
     }
     if (p->free_state && w->state) p->free_state(p->ctx, w->state);
     w->state = NULL;
@@ -133,6 +143,15 @@ void pool_free(pool *p)
 }
 
 size_t pool_workers(const pool *p) { return p->n; }
+
+size_t pool_spare_workers(void)
+{
+    pool *p = my_pool;
+    if (!p) return 0;
+    size_t busy = atomic_load_explicit(&p->busy, memory_order_relaxed);
+    if (!busy) busy = 1; /* the caller itself, counted a moment late */
+    return busy < p->n ? (p->n - busy) / busy : 0;
+}
 
 /* Reads the cgroup v2 quota as a CPU count (rounded up); 0 if unlimited or
  * unreadable. */

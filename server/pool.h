@@ -23,6 +23,10 @@
  *   (task set, no segments) back the same way.
  * - pool_stop closes the queue: workers finish every queued row, then exit;
  *   batches finished meanwhile stay on the done-list for the loop.
+ * - Idle cores: a worker may ask for its share of the workers of its pool
+ *   that wait for work (pool_spare_workers): the scorer lends a batch as
+ *   many helper threads, so that a single large batch on an idle server
+ *   uses every core and a loaded server is not oversubscribed.
  */
 #ifndef SRV_POOL_H
 #define SRV_POOL_H
@@ -61,6 +65,11 @@ void pool_stop(pool *p);
 void pool_free(pool *p);
 
 size_t pool_workers(const pool *p);
+
+/* On a worker thread: its share of the workers of its pool that have no
+ * batch in hand now, the idle ones divided among the busy ones (a
+ * snapshot; they may take a batch the next moment). 0 on other threads. */
+size_t pool_spare_workers(void);
 
 /* Default worker count: usable CPUs (affinity mask), capped by the cgroup v2
  * CPU quota (cpu.max), at least 1. */

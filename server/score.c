@@ -19,6 +19,7 @@
 #endif
 
 #include "model/dcn.h"
+#include "server/pool.h"
 #include "server/score.h"
 
 #define IDS_START 1024 /* ids per sparse feature in a new state */
@@ -374,6 +375,10 @@ int score_batch(void *ctx, void **state, batch_work *w)
         .offsets = s->offp,
         .ids = s->idp,
     };
+    /* The team's helpers stand in for idle workers only: this worker's
+     * share of those waiting for work now, so that a loaded server runs
+     * about one thread a core. */
+    if (s->team) dcn_scratch_set_team_threads(s->scratch, 1 + pool_spare_workers());
     rc = dcn_score(m, s->scratch, &b, s->scores, s->logits);
     if (rc < 0) return rc;
 

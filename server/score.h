@@ -43,8 +43,12 @@
  *   otherwise fall on that batch.
  * - Batches of a few rows on a model with heavy layers are bound by the
  *   bytes of weights they stream: each worker's scratch then has a dcn_team
- *   of team_helpers threads that share those layers by columns (made with
- *   the state, only for such models; they sleep otherwise). A prepared
+ *   of team_helpers threads that share those layers by columns, rows or
+ *   both, as the engine plans each layer (made with the state, only for
+ *   such models; they sleep otherwise). A batch uses only as many of them
+ *   as its worker's share of the idle workers (pool_spare_workers): a
+ *   single request on an idle server uses every core, a loaded server
+ *   about one thread a core. A prepared
  *   state's team is created by the preparing thread and used by the worker
  *   that takes it: the stash's mutex orders the hand-over.
  * - Ownership: the stash owns its states until a worker takes one; then the

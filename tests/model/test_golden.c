@@ -8,8 +8,11 @@
  * The kernel set is the process's (DCN_KERNELS forces one); `make unit` runs
  * this file once per set the CPU has, once with 7-row chunks, and once with
  * DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: every scratch then has a dcn_team
- * of 2 helpers and every layer of a batch of up to 5 rows is split by
- * columns across 3 threads. */
+ * of 2 helpers and every layer is split across 3 threads as the engine
+ * plans it when splits cost nothing; and once with DCN_TEST_TEAM=3
+ * DCN_TEAM_GRID=2x2: every layer in two groups of rows (where the batch
+ * has rows enough) times two shares of columns. test_team.c compares the
+ * splits with one thread bit for bit on more batch sizes. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <jansson.h>

@@ -15,8 +15,9 @@
  * same request scored alone on the main thread before any thread started
  * (within 1e-5: batches with other requests may share fewer features).
  * Each worker's scratch has a dcn_team of 2 helpers (DCN_TEAM_MIN_BYTES=0
- * makes every layer heavy enough), so batches of up to 5 rows also run
- * their layers split by columns across 3 threads.
+ * makes every layer heavy enough and every split free), so batches run
+ * their layers split by rows, columns or both across up to 3 threads, as
+ * many as the pool has idle workers at the time.
  * Worker states are prepared ahead as the server does (score.h): for the
  * first model before the pool starts, and at each reload on another thread
  * (the server's reload thread) while the workers score, before the swap;
@@ -279,7 +280,7 @@ int main(void)
     char err[256];
     dcn_model *cur;
     /* Every worker's scratch gets a team of 2 helpers, used on every layer
-     * of its batches of up to 5 rows: 3 + 6 threads. */
+     * of its batches while other workers are idle: 3 + 6 threads. */
     setenv("DCN_TEAM_MIN_BYTES", "0", 0);
     check_stash();
     CHECK(dcn_open(MODEL_PATH, NULL, &cur, err, sizeof err) == 0, "%s (run from the repository root)", err);

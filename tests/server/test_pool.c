@@ -125,3 +125,32 @@ Test(pool, default_workers_is_positive)
 {
     cr_assert_geq(pool_default_workers(), 1);
 }
+
+static atomic_size_t spare_seen;
+
+/* Records the worker's share of the idle workers while it scores. */
+static int spare_score(void *ctx, void **state, batch_work *w)
+{
+    atomic_store(&spare_seen, pool_spare_workers() + 1);
+    return 0;
+}
+
+/* One batch on an idle pool of 4: its worker may lend it the 3 others;
+ * off the workers, nothing. */
+Test(pool, spare_workers_are_the_idle_ones)
+{
+    batch_opts o = {.max_batch_rows = 16, .max_queue_rows = 1 << 20, .split_min_rows = 1000, .workers = 4};
+    batch_queue *q = batch_new(&o);
+    pool *p = pool_new(q, 4, spare_score, NULL, NULL, NULL, NULL, NULL);
+    cr_assert_not_null(p);
+    cr_assert_eq(pool_spare_workers(), 0);
+    static float scores[5];
+    static target tg = {scores};
+    static batch_job job;
+    job = (batch_job){.req = &tg, .key = &KEY, .n_rows = 5};
+    cr_assert_eq(batch_push(q, &job, batch_now_ns()), 0);
+    pool_stop(p);
+    cr_assert_eq(atomic_load(&spare_seen), 3 + 1);
+    pool_free(p);
+    batch_destroy(q);
+}
