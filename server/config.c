@@ -39,7 +39,7 @@ static const opt opts[] = {
     O("max-queue-rows", T_U64, max_queue_rows, "65536", "rows waiting at once; beyond: busy status"),
     O("max-queue-delay-us", T_U64, max_queue_delay_us, "0", "longest wait to fill a batch (0: never wait while a worker is idle)"),
     O("split-min-rows", T_U64, split_min_rows, "64", "requests above this many rows are split across workers"),
-    O("small-batch-threads", T_U64, small_batch_threads, "0", "threads sharing each layer of >= 2 MB of a batch of <= 5 rows, by columns (0: as many as workers; 1: off)"),
+    O("small-batch-threads", T_U64, small_batch_threads, "0", "threads a batch may split its layers of >= 2 MB across, by columns, rows or both (0: as many as workers; 1: off)"),
     O("max-body-bytes", T_U64, max_body_bytes, "8388608", "largest request body"),
     O("max-candidates", T_U64, max_candidates, "10000", "most candidates per request"),
     O("decode-offload-bytes", T_U64, decode_offload_bytes, "1048576", "bodies this large or larger are decoded on a worker thread, not the event loop (0: all)"),
