@@ -1,8 +1,9 @@
 /* pool.c — worker threads and the done-list (see pool.h for the design).
  *
  * DESIGN: the done-list is a FIFO (head, tail) under `mu`; only workers and
- * pool_expire append, only the loop thread detaches. Threads are joined in
- * pool_stop; after that no thread but the caller touches the pool.
+ * pool_expire append; any thread detaches (the server does in notify).
+ * Threads are joined in pool_stop; after that no thread but the caller
+ * touches the pool.
  */
 #include <sched.h>
 #include <stdio.h>
