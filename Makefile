@@ -74,7 +74,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # TSan server binary.
 STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/server/stress_*.c))
 TSAN_TESTS := $(wildcard tests/server/stress_*.c)
-TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http.
+TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops.
 
 $(BUILD)/tests/model/%: $(BUILD)/tests/model/%.o $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion -ljansson $(LDLIBS)

@@ -119,6 +119,7 @@ def reference_scores(model_path, rows):
 
 
 @unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+@dcnproc.also_with_loops(3)
 class RankTest(unittest.TestCase):
     EXTRA_ARGS = ()
 
@@ -425,6 +426,7 @@ class RankOffloadTest(RankTest):
 
 
 @unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+@dcnproc.also_with_loops(3)
 class BusyTest(unittest.TestCase):
     def test_queue_full_is_503_with_retry_after(self):
         # A 2 s queue delay holds the first request's 30 rows in the queue
