@@ -212,6 +212,10 @@ void met_render(const met_set *m, const met_gauges *g, rk_buf *b)
              "Time each event loop spent working (outside epoll_wait); its rate is the loop's busy share, 1 when saturated.");
     for (size_t i = 0; i < g->n_loops; i++)
         rk_buf_printf(b, "dcnserve_loop_busy_seconds_total{loop=\"%zu\"} %.6f\n", i, g->loops[i].busy_s);
+    put_head(b, "dcnserve_loop_cpu_seconds_total", "counter",
+             "CPU time of each event loop's thread (below its busy time when other threads take its core).");
+    for (size_t i = 0; i < g->n_loops; i++)
+        rk_buf_printf(b, "dcnserve_loop_cpu_seconds_total{loop=\"%zu\"} %.6f\n", i, g->loops[i].cpu_s);
     put_head(b, "dcnserve_loop_requests_total", "counter", "HTTP requests answered, by event loop.");
     for (size_t i = 0; i < g->n_loops; i++)
         rk_buf_printf(b, "dcnserve_loop_requests_total{loop=\"%zu\"} %llu\n", i,

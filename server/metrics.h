@@ -55,6 +55,7 @@ typedef struct met_set {
 /* One event loop's own figures, read at render time. */
 typedef struct met_loop_stat {
     double busy_s;                      /* time outside epoll_wait since start */
+    double cpu_s;                       /* CPU time of its thread */
     uint64_t requests;                  /* HTTP requests it answered */
     uint64_t connections;               /* connections it holds now */
 } met_loop_stat;

@@ -59,14 +59,19 @@ def scrape(port):
         out[key] = float(val)
     for m in re.finditer(r'^dcnserve_loop_busy_seconds_total\{loop="(\d+)"\} (\S+)$', text, re.M):
         out[("loop_busy", int(m.group(1)))] = float(m.group(2))
+    for m in re.finditer(r'^dcnserve_loop_cpu_seconds_total\{loop="(\d+)"\} (\S+)$', text, re.M):
+        out[("loop_cpu", int(m.group(1)))] = float(m.group(2))
     return out
 
 
 def loop_busy(a, b, wall_s):
-    """(busy seconds of all loops together, the busiest loop's busy share)
-    between two scrapes wall_s apart."""
-    d = [b[k] - a.get(k, 0.0) for k in b if k[0] == "loop_busy"]
-    return sum(d), (max(d) / wall_s if d and wall_s > 0 else float("nan"))
+    """(CPU seconds of all loop threads together, the busiest loop's busy
+    share) between two scrapes wall_s apart. Busy is wall time outside
+    epoll_wait (it counts time the thread waited for a core); CPU time is
+    what the loops' own work cost."""
+    busy = [b[k] - a.get(k, 0.0) for k in b if k[0] == "loop_busy"]
+    cpu = [b[k] - a.get(k, 0.0) for k in b if k[0] == "loop_cpu"]
+    return sum(cpu), (max(busy) / wall_s if busy and wall_s > 0 else float("nan"))
 
 
 def delta_mean(a, b, name):
@@ -228,7 +233,8 @@ def bench_server(args, flags, bodies, first):
         info = json.loads(get(port, "/v1/model"))
         m = get(port, "/metrics")
         workers = re.search(r"^dcnserve_workers (\d+)", m, re.M).group(1)
-        loops = re.search(r"^dcnserve_loops (\d+)", m, re.M).group(1)
+        hit = re.search(r"^dcnserve_loops (\d+)", m, re.M)
+        loops = hit.group(1) if hit else "1"   # a server from before --loops
         if first:
             print(f"model {info['name']} {info['version']} ({info['architecture']['cross']['kind']} cross, "
                   f"d={info['architecture']['d']}, kernels {info['kernels']}), "
@@ -331,8 +337,10 @@ def main():
           "(foreign, as a share of all CPUs): a high foreign share makes the figures unreliable.")
     print("cands/server-core-s: candidates answered per CPU-second the server used (loop and "
           "workers), comparable with the engine's single-thread samples/s even on a shared machine.")
-    print("loops: the busiest loop's busy share (time outside epoll_wait over the run; 100%: that loop "
-          "sets the pace), and the loops' CPU time per answered request and per candidate.")
+    print("loops: the busiest loop's busy share (wall time outside epoll_wait over the run, waits for a "
+          "core included; near 100%: that loop sets the pace), and the loop threads' CPU time per "
+          "answered request and per candidate (their own work: HTTP, body, decode when on the loop, "
+          "encode).")
     if len(configs) > 1:
         print()
         print("scaling (closed loop): req/s, p99 ms, busiest loop's share, loops' µs per request")

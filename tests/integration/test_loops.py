@@ -89,6 +89,8 @@ class LoopsTest(unittest.TestCase):
             self.assertEqual(m["dcnserve_request_duration_seconds_count"], 30)
             busy = per_loop(m, "dcnserve_loop_busy_seconds_total")
             self.assertTrue(all(v > 0 for v in busy.values()), busy)
+            cpu = per_loop(m, "dcnserve_loop_cpu_seconds_total")
+            self.assertTrue(all(v > 0 for v in cpu.values()), cpu)
         finally:
             for c in conns:
                 c.close()

@@ -74,7 +74,7 @@ Test(metrics, sets_add_up_and_loops_are_labelled)
     cr_assert_eq(sum.reloads_failed, 1);
     cr_assert_eq(sum.request_seconds.count, 2);
     cr_assert_float_eq(sum.request_seconds.sum, 99.0 + 30e-6, 1e-9);
-    met_loop_stat ls[2] = {{.busy_s = 1.5, .requests = 1, .connections = 3}, {.busy_s = 0.25, .requests = 2}};
+    met_loop_stat ls[2] = {{.busy_s = 1.5, .cpu_s = 1.25, .requests = 1, .connections = 3}, {.busy_s = 0.25, .requests = 2}};
     met_gauges g = {.model_name = "m", .model_version = "1", .n_loops = 2, .loops = ls};
     rk_buf out = {0};
     met_render(&sum, &g, &out);
@@ -88,6 +88,7 @@ Test(metrics, sets_add_up_and_loops_are_labelled)
     cr_assert(strstr(t, "dcnserve_loops 2\n"));
     cr_assert(strstr(t, "dcnserve_loop_busy_seconds_total{loop=\"0\"} 1.500000\n"));
     cr_assert(strstr(t, "dcnserve_loop_busy_seconds_total{loop=\"1\"} 0.250000\n"));
+    cr_assert(strstr(t, "dcnserve_loop_cpu_seconds_total{loop=\"0\"} 1.250000\n"));
     cr_assert(strstr(t, "dcnserve_loop_requests_total{loop=\"1\"} 2\n"));
     cr_assert(strstr(t, "dcnserve_loop_connections{loop=\"0\"} 3\n"));
     free(out.data);
