@@ -1248,6 +1248,7 @@ static void add_conn(srv_loop *L, handed_conn *c)
 
 static void loop_stop(srv_loop *L);
 static void control_check(srv *s);
+static void accept_resume(srv *s);
 static void on_close_noop(uv_handle_t *h) {}
 
 /* Takes L's inbox: adds handed sockets to its daemon; resumes requests
@@ -1288,7 +1289,10 @@ static void on_wake(uv_async_t *a)
         return;
     }
     process_inbox(L);
-    if (L->id == 0) control_check(s);
+    if (L->id == 0) {
+        accept_resume(s); /* a connection closed while at the limit */
+        control_check(s);
+    }
     if (!L->stopped && atomic_load_explicit(&s->finish_now, memory_order_acquire)) loop_stop(L);
     run_mhd(L);
 }

@@ -1,7 +1,8 @@
 """Integration tests of dcnserve with several event loops (--loops) against
 the real binary: connections spread over the loops and each loop serves
 (per-loop metrics, sums equal to the totals), a SIGTERM drain with requests
-in flight on every loop (none lost, exit 0), the loop count from the flag,
+in flight on every loop (none lost, exit 0), the connection limit over all
+loops (accepting resumes when a connection closes), the loop count from the flag,
 the environment and the default, and the decode placement chosen from the
 workers per loop. The single-loop behaviour and the same lifecycle and
 fault tests with three loops run elsewhere (dcnproc.also_with_loops).
@@ -10,6 +11,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -132,6 +134,36 @@ class LoopsTest(unittest.TestCase):
         self.assertIn('"msg":"stopped"', out)
         ts.check_sanitizer_output(out)
         srv.log.close()
+
+    def test_connection_limit_over_all_loops(self):
+        # four connections held on two loops fill --max-connections 4: a
+        # fifth waits in the backlog, unanswered, until one of them closes
+        srv = ts.Server(self.model, "--loops", "2", "--max-connections", "4", "--drain-delay-ms", "0").start()
+        held = []
+        try:
+            body = ts.json.dumps(rank_req(2))
+            for _ in range(4):
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+                c.request("POST", "/rank", body=body, headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+                held.append(c)
+            fifth = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            fifth.sendall(("POST /rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            fifth.settimeout(0.5)
+            with self.assertRaises(socket.timeout):
+                fifth.recv(100)          # not accepted while four are open
+            held.pop().close()
+            fifth.settimeout(10)
+            self.assertTrue(fifth.recv(100).startswith(b"HTTP/1.1 200"))
+            fifth.close()
+        finally:
+            for c in held:
+                c.close()
+            srv.stop()
+        self.assertEqual(srv.proc.returncode, 0)
 
     def started_with(self, *args, env=None):
         """The 'listening' log line's fields of a server started with args."""
