@@ -69,9 +69,15 @@
  *   CLOSE_LINGER_MS (then the connections left are idle). Each connection
  *   takes at most one more request (answers say Connection: close) and none
  *   is accepted, so this ends; drain_timeout_ms bounds it in any case.
- * - Busy share: each loop measures the time libuv spends outside
- *   epoll_wait (UV_METRICS_IDLE_TIME); /metrics shows it per loop, so an
- *   operator sees whether the loops or the workers saturate.
+ * - Busy share: each loop's time outside epoll_wait (libuv's
+ *   UV_METRICS_IDLE_TIME, readable from any thread) and its thread's CPU
+ *   time (its CPU clock, taken by the main thread before any request) are
+ *   shown per loop in /metrics, so an operator sees whether the loops or
+ *   the workers saturate.
+ * - Connections: loop 0 counts them over all loops (each daemon's connect
+ *   and close notifications, plus sockets on their way to a loop) and stops
+ *   watching the listening socket at --max-connections; a close while at
+ *   the limit wakes loop 0, which watches it again.
  */
 #include <arpa/inet.h>
 #include <errno.h>
