@@ -214,7 +214,7 @@ struct srv {
     pool *pool;
     score_ctx sctx;             /* its stash: states prepared for the workers */
     size_t workers;
-    uint64_t decode_offload_bytes;
+    uint64_t decode_offload_bytes; /* the configured value, auto resolved */
     rk_limits lim;
     double start_unix;
     /* loop 0 only */
@@ -222,10 +222,10 @@ struct srv {
     uv_poll_t listen_poll;
     uv_timer_t accept_timer, drain_timer;
     uv_signal_t sig_term, sig_int, sig_hup;
-    int control_ok, listening, accept_paused_fd;
+    int control_ok, listening;
     int stopped_all;
     size_t pick_next;           /* where the acceptor's next search starts */
-    size_t conns_closed_at_stop;
+    size_t conns_closed_at_stop; /* added by each loop as it stops (under loops[0].in_mu) */
     int exit_code;
     /* shared */
     pthread_mutex_t model_mu;   /* guards model, model_loaded_unix, reloading */

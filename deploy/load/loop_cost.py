@@ -68,11 +68,14 @@ def main():
     ap.add_argument("--requests", type=int, default=100, help="per connection")
     ap.add_argument("server_args", nargs="*", help="extra dcnserve flags (after --)")
     a = ap.parse_args()
+    # a server from before --loops has one loop anyway
+    helptext = subprocess.run([a.server, "--help"], capture_output=True, text=True).stdout
+    one_loop = ["--loops", "1"] if "--loops" in helptext else []
     with tempfile.TemporaryDirectory() as tmp:
         port = dcnproc.free_port()
         cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
                f"--callgrind-out-file={tmp}/cg.%p", a.server, "--model", a.model, "--host", dcnproc.HOST,
-               "--port", str(port), "--workers", "1", "--loops", "1", "--warmup=0", "--log-level", "warn",
+               "--port", str(port), "--workers", "1", *one_loop, "--warmup=0", "--log-level", "warn",
                "--drain-delay-ms", "0", *a.server_args]
         log = open(os.path.join(tmp, "log"), "w+")
         p = subprocess.Popen(cmd, stdout=log, stderr=log)
