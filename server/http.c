@@ -1275,7 +1275,11 @@ static void process_inbox(srv_loop *L)
     }
     while (r) {
         srv_req *nx = r->in_next;
-        if (r->st == ST_DECODING) {
+        if (!L->d) {
+            /* stopped (drain deadline): its connection is gone; the request
+             * stays with the abandoned server. Nothing comes back after the
+             * workers are joined, so this is only a guard. */
+        } else if (r->st == ST_DECODING) {
             r->st = ST_DECODED; /* queue its rows from the handler */
             MHD_resume_connection(r->conn);
         } else if (r->st == ST_QUEUED) {
