@@ -75,7 +75,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 STRESS_SRC := $(wildcard tests/model/stress_*.c) $(wildcard tests/server/stress_*.c)
 STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(STRESS_SRC))
 TSAN_TESTS := $(STRESS_SRC)
-TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http.
+TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops.
 
 # Emulated kernel sets (test binaries only): each SIMD file whose
 # instructions not every x86-64 CPU has is compiled a second time against

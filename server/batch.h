@@ -2,7 +2,7 @@
  * worker threads cut batches of up to max_batch_rows rows.
  *
  * DESIGN
- * - The event-loop thread pushes jobs (one per request, embedded in the
+ * - The event loops push jobs (one per request, embedded in the
  *   caller's request object, never owned here); worker threads take batches.
  *   One mutex guards the queue and every job's cursor; a condition variable
  *   wakes workers. Nothing here knows HTTP, libuv or the engine.

@@ -19,7 +19,7 @@
 #include "server/config.h"
 #include "server/log.h"
 
-typedef enum { T_STR, T_U64, T_BOOL } opt_type;
+typedef enum { T_STR, T_U64, T_U64_AUTO, T_BOOL } opt_type; /* T_U64_AUTO: a count or "auto" */
 
 typedef struct opt {
     const char *flag;      /* without the leading "--" */
@@ -35,6 +35,7 @@ static const opt opts[] = {
     O("host", T_STR, host, "0.0.0.0", "IPv4 or IPv6 address to listen on (\"::\" takes both)"),
     O("port", T_U64, port, "8080", "TCP port (0: any free port, logged)"),
     O("workers", T_U64, workers, "0", "worker threads (0: one per usable CPU, cgroup-aware)"),
+    O("loops", T_U64, loops, "0", "event loops serving connections, one port (0: one per four usable CPUs)"),
     O("max-batch-rows", T_U64, max_batch_rows, "256", "rows per engine batch"),
     O("max-queue-rows", T_U64, max_queue_rows, "65536", "rows waiting at once; beyond: busy status"),
     O("max-queue-delay-us", T_U64, max_queue_delay_us, "0", "longest wait to fill a batch (0: never wait while a worker is idle)"),
@@ -42,7 +43,7 @@ static const opt opts[] = {
     O("small-batch-threads", T_U64, small_batch_threads, "0", "threads a batch may split its layers of >= 2 MB across, by columns, rows or both (0: as many as workers; 1: off)"),
     O("max-body-bytes", T_U64, max_body_bytes, "8388608", "largest request body"),
     O("max-candidates", T_U64, max_candidates, "10000", "most candidates per request"),
-    O("decode-offload-bytes", T_U64, decode_offload_bytes, "1048576", "bodies this large or larger are decoded on a worker thread, not the event loop (0: all)"),
+    O("decode-offload-bytes", T_U64_AUTO, decode_offload_bytes, "auto", "bodies this large or larger are decoded on a worker thread, not an event loop (0: all; auto: all when there are more than two workers per loop, else 1048576)"),
     O("max-connections", T_U64, max_connections, "1020", "concurrent connections"),
     O("conn-memory-bytes", T_U64, conn_memory_bytes, "32768", "per-connection memory for headers"),
     O("idle-timeout-s", T_U64, idle_timeout_s, "60", "close connections idle (or trickling nothing) this many seconds (0: never; suspended requests are not idle)"),
@@ -73,6 +74,10 @@ static int set(srv_config *c, const opt *o, const char *v, const char *from)
         if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) *(int *)p = 1;
         else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")) *(int *)p = 0;
         else goto bad;
+        return 0;
+    }
+    if (o->type == T_U64_AUTO && !strcmp(v, "auto")) {
+        *(uint64_t *)p = CFG_AUTO;
         return 0;
     }
     char *end;
@@ -190,10 +195,10 @@ int cfg_parse(srv_config *c, int argc, char **argv)
     }
     if (c->port > 65535 || !c->max_batch_rows || c->max_batch_rows > (1u << 20) ||
         !c->max_queue_rows || !c->max_candidates || c->max_candidates > (1u << 24) ||
-        c->workers > 1024 || c->small_batch_threads > 256 || !c->max_connections || c->conn_memory_bytes < 4096 ||
+        c->workers > 1024 || c->loops > 256 || c->small_batch_threads > 256 || !c->max_connections || c->conn_memory_bytes < 4096 ||
         (c->busy_status != 429 && c->busy_status != 503) || log_parse_level(c->log_level) < 0) {
         fprintf(stderr, "dcnserve: invalid configuration: check port (<= 65535), max-batch-rows (1..2^20), "
-                        "max-queue-rows (>= 1), max-candidates (1..2^24), workers (<= 1024), small-batch-threads (<= 256), "
+                        "max-queue-rows (>= 1), max-candidates (1..2^24), workers (<= 1024), loops (<= 256), small-batch-threads (<= 256), "
                         "conn-memory-bytes (>= 4096), busy-status (429|503), log-level\n");
         return -1;
     }
@@ -282,7 +287,9 @@ int cfg_json(const srv_config *c, char *out, size_t n)
         const opt *op = &opts[i];
         const char *p = (const char *)c + op->off;
         o = put(out, n, o, "%s\"%s\":", i ? "," : "", op->flag);
-        if (op->type == T_U64) {
+        if (op->type == T_U64_AUTO && *(const uint64_t *)p == CFG_AUTO) {
+            o = put(out, n, o, "\"auto\"");
+        } else if (op->type == T_U64 || op->type == T_U64_AUTO) {
             o = put(out, n, o, "%llu", (unsigned long long)*(const uint64_t *)p);
         } else if (op->type == T_BOOL) {
             o = put(out, n, o, "%s", *(const int *)p ? "true" : "false");

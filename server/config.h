@@ -16,11 +16,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The value of a count given as "auto" (options that take it say so). */
+#define CFG_AUTO UINT64_MAX
+
 typedef struct srv_config {
     const char *model_path;
     const char *host;            /* listen address, IPv4 or IPv6 */
     uint64_t port;
     uint64_t workers;            /* 0: one per usable CPU */
+    uint64_t loops;              /* event loops; 0: one per four usable CPUs */
     uint64_t max_batch_rows;
     uint64_t max_queue_rows;
     uint64_t max_queue_delay_us;
@@ -28,7 +32,8 @@ typedef struct srv_config {
     uint64_t small_batch_threads; /* 0: as many as workers; 1: off */
     uint64_t max_body_bytes;
     uint64_t max_candidates;
-    uint64_t decode_offload_bytes; /* bodies this large are decoded on a worker */
+    uint64_t decode_offload_bytes; /* bodies this large are decoded on a worker;
+                                    * CFG_AUTO: chosen from workers and loops */
     uint64_t max_connections;
     uint64_t conn_memory_bytes;
     uint64_t idle_timeout_s;     /* 0: none */

@@ -1,52 +1,92 @@
 /* http.c — the daemon proper (see srv.h for the design): libmicrohttpd in
- * external-epoll mode on a libuv loop, routes, the /rank lifecycle, metrics
+ * external-epoll mode on libuv loops, routes, the /rank lifecycle, metrics
  * and model endpoints, reload and drain.
  *
  * DESIGN
- * - Everything in this file runs on the loop thread except reload_work
- *   (libuv threadpool: opens the new file and prepares the workers' states
- *   for it), decode_task and the pool callbacks declared in score.h (worker
- *   threads). The only objects shared with workers are the batch queue, the
- *   done-list, the scorer's stash of prepared states (each locked) and
- *   queued requests, which nobody writes while their rows are out.
- * - Worker states: one per worker is built for the model before it serves
- *   (score_prepare): at start-up before the listener opens, on a reload in
- *   reload_work after the new model passed its test score and before
- *   reload_after swaps it in. A reload that fails prepares nothing (or frees
- *   what it prepared); one whose states cannot all be built fails, the old
- *   model serving on. The stash lives in sctx from before the workers start
- *   until after they are joined.
+ * - Threads. N event loops (--loops), each a libuv loop on its own thread
+ *   (loop 0 on the main thread) driving its own MHD daemon, which owns the
+ *   connections handed to it; worker threads (pool.h) score and decode;
+ *   libuv's threadpool runs reload_work. Only a loop's own thread touches
+ *   its libuv handles, its MHD daemon, its connections and the srv_reqs on
+ *   them (its `live` list), but for what workers write while a request's
+ *   rows are out (below) and the counters other threads read (atomics).
+ * - Loop 0 is also the control loop: it owns the listening socket (its
+ *   acceptor hands each accepted socket to the loop with the fewest
+ *   connections through that loop's inbox and uv_async; the loop adds it
+ *   to its daemon with MHD_add_connection), the signals, the phase and the
+ *   drain timers. A reload runs on the loop that was asked (SIGHUP: loop
+ *   0; /admin/reload: the request's loop) and its result comes back there.
+ * - Shared state and its guards: the batch queue, pool and scorer's stash
+ *   (their own locks); the current model and its load time, and the
+ *   `reloading` flag (model_mu: a loop takes a reference under it, a reload
+ *   swaps the pointer under it); the phase and the shedding flag (atomics,
+ *   written by loop 0 and by any loop respectively); connection counts
+ *   (atomics); batch metrics (met_mu of the srv); each loop's request
+ *   metrics (that loop's met_mu, taken by the loop for each update and by
+ *   /metrics, on any loop, to sum them at scrape time).
+ * - Results find their loop: a worker hands a finished batch to the pool's
+ *   done-list, and the pool's notify (on the same worker, or on the loop
+ *   that expired rows) drains that list at once (route_done): a batch's
+ *   counters go to the shared metrics; each slice is accounted to its
+ *   request with atomics (rows left, first error, deadline passed, first
+ *   and last batch times); the thread that accounts a request's last row
+ *   puts the request on its loop's inbox (mutex) and wakes that loop with
+ *   uv_async_send. A decode task comes back the same way. The loop then
+ *   resumes the connection. Workers write only those atomics, the error
+ *   message of the first failure, and their slices of the score arrays,
+ *   all before the release that hands the request back.
  * - Decoding: a body of at least decode_offload_bytes is decoded on a worker
  *   (a batch task) so a large body does not stall every other connection;
  *   the request is suspended meanwhile and the loop does not touch its
  *   body, model reference or decoded fields until the task comes back on
- *   the done-list. Smaller bodies are decoded on the loop at once: a task's
- *   hand-over costs more than they take.
+ *   its inbox. Smaller bodies are decoded on the loop at once. By default
+ *   (auto) every body is offloaded when there are more than two workers
+ *   per loop (on a big machine the loop would otherwise set the pace), and
+ *   bodies of 1 MiB and more otherwise (a task's hand-over costs more than
+ *   a small body's decode when cores are few).
  * - Phases: RUNNING -> DRAINING (SIGTERM: readiness 503, still serving for
  *   drain_delay_ms) -> CLOSING (listener closed, new /rank on kept-alive
  *   connections refused, waiting for live requests up to drain_timeout_ms)
- *   -> STOPPED (workers joined, MHD stopped, handles closed).
+ *   -> STOPPED (loops stopped, workers joined). Loop 0 moves the phase and
+ *   wakes every loop; each loop stops on its own (daemon stopped, handles
+ *   closed) once its requests are done (below), then tells loop 0, which
+ *   joins the workers and closes its control handles when the last loop has
+ *   stopped. When the drain deadline passes, loop 0 joins the workers first
+ *   (every queued row comes back to its loop), then tells every loop to
+ *   answer what it can and stop.
  * - Overload: when a request does not fit the queue, the server sheds load:
  *   new /rank requests with large (or chunked) bodies get the busy status at
  *   the headers, unread, until the queue has drained below half (checked at
- *   each arrival).
- * - Every srv_req is on the `live` list from the first handler call to MHD's
- *   completion callback; CLOSING ends when that list is empty. That is
- *   checked in run_mhd after MHD_run returns, never from inside an MHD
- *   callback: stopping the daemon there frees what MHD is still using.
- *   Connections MHD accepted before the listener closed may hold a request
- *   it has not read yet (a first request, or the next one on a keep-alive
- *   connection): CLOSING waits until MHD has no connection left, or until
- *   no request has been live for CLOSE_LINGER_MS (then the connections left
- *   are idle). Each connection takes at most one more request (answers say
- *   Connection: close) and none is accepted, so this ends; drain_timeout_ms
- *   bounds it in any case.
+ *   each arrival, on every loop).
+ * - Every srv_req is on its loop's `live` list from the first handler call
+ *   to MHD's completion callback; a loop's CLOSING ends when that list is
+ *   empty. That is checked in run_mhd after MHD_run returns, never from
+ *   inside an MHD callback: stopping the daemon there frees what MHD is
+ *   still using. Connections accepted before the listener closed may hold a
+ *   request MHD has not read yet (a first request, or the next one on a
+ *   keep-alive connection): a loop's CLOSING waits until its daemon has no
+ *   connection left, or until no request has been live on it for
+ *   CLOSE_LINGER_MS (then the connections left are idle). Each connection
+ *   takes at most one more request (answers say Connection: close) and none
+ *   is accepted, so this ends; drain_timeout_ms bounds it in any case.
+ * - Busy share: each loop's time outside epoll_wait (libuv's
+ *   UV_METRICS_IDLE_TIME, readable from any thread) and its thread's CPU
+ *   time (its CPU clock, taken by the main thread before any request) are
+ *   shown per loop in /metrics, so an operator sees whether the loops or
+ *   the workers saturate.
+ * - Connections: loop 0 counts them over all loops (each daemon's connect
+ *   and close notifications, plus sockets on their way to a loop) and stops
+ *   watching the listening socket at --max-connections; a close while at
+ *   the limit wakes loop 0, which watches it again.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +125,17 @@ typedef enum { PH_RUNNING, PH_DRAINING, PH_CLOSING, PH_STOPPED } phase;
  * millisecond and are queued if they fit. */
 #define SHED_MIN_BODY_BYTES 65536
 
+/* The acceptor takes at most this many connections per wake-up, so a
+ * connection storm does not hold loop 0's own connections. */
+#define ACCEPT_BURST 64
+/* Pause of the acceptor when the process is out of descriptors or memory. */
+#define ACCEPT_RETRY_MS 100
+/* Auto decode placement: bodies decoded on the loop below this size when
+ * there are at most two workers per loop. */
+#define OFFLOAD_FEW_CORES_BYTES 1048576
+
 typedef struct srv srv;
+typedef struct srv_loop srv_loop;
 
 typedef struct srv_req {
     score_target t;             /* first member: job.req points here */
@@ -93,6 +143,7 @@ typedef struct srv_req {
     batch_task task;            /* decoding on a worker (large bodies) */
     int dec_rc;                 /* rk_decode's result, set by the decoder */
     srv *s;
+    srv_loop *L;                /* the loop that owns the connection */
     struct MHD_Connection *conn;
     route rt;
     met_handler mh;
@@ -107,42 +158,97 @@ typedef struct srv_req {
     int too_big;
     rk_request *rq;
     dcn_model *model;           /* referenced while the request lives */
-    uint32_t rows_left;
-    int expired;
-    uint64_t t_arrive, t_parsed, t_enq, t_first, t_last; /* monotonic ns */
-    struct srv_req *prev, *next;
+    uint64_t t_arrive, t_parsed, t_enq; /* monotonic ns */
+    /* written by the threads that account its rows (route_done) */
+    atomic_uint rows_left;
+    atomic_int failed;          /* the first failed slice wrote err and msg */
+    atomic_int expired;
+    atomic_ullong t_first, t_last; /* monotonic ns: first batch start, last batch end */
+    struct srv_req *prev, *next; /* the loop's live list */
+    struct srv_req *in_next;    /* the loop's inbox */
 } srv_req;
+
+/* A socket accepted by loop 0 for another loop's daemon. */
+typedef struct handed_conn {
+    int fd;
+    socklen_t addr_len;
+    struct sockaddr_storage addr;
+    struct handed_conn *next;
+} handed_conn;
+
+struct srv_loop {
+    srv *s;
+    unsigned id;
+    uv_loop_t loop;
+    uv_thread_t tid;
+    int loop_ok, handles_ok, thread_ok;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer, expire_timer, linger_timer;
+    uv_async_t wake;            /* inbox, phase changes, stop */
+    struct MHD_Daemon *d;
+    uint64_t start_ns;          /* uv_hrtime when its thread started */
+    clockid_t cpu_clock;        /* its thread's CPU-time clock */
+    int cpu_clock_ok;
+    /* the loop's thread only */
+    srv_req *live;
+    size_t queued, deadline_jobs;
+    int expire_running;
+    int lingered;               /* CLOSING: CLOSE_LINGER_MS passed with nothing live */
+    int stopped;
+    /* written by the loop, read anywhere */
+    atomic_size_t n_live, rank_live;
+    atomic_size_t n_conns;      /* connections its daemon holds */
+    atomic_size_t handing;      /* sockets handed over, not added yet */
+    pthread_mutex_t met_mu;     /* guards met */
+    met_set met;                /* its requests' metrics, summed at scrape time */
+    pthread_mutex_t in_mu;      /* guards the inbox */
+    srv_req *in_head, *in_tail; /* requests whose decode or rows came back */
+    handed_conn *in_conns;      /* sockets to add */
+};
 
 struct srv {
     const srv_config *cfg;
-    uv_loop_t loop;
-    uv_poll_t mhd_poll;
-    uv_timer_t mhd_timer, expire_timer, drain_timer, linger_timer;
-    uv_async_t done_async;
-    uv_signal_t sig_term, sig_int, sig_hup;
-    struct MHD_Daemon *d;
+    size_t n_loops;
+    srv_loop *loops;            /* (n_loops); loops[0] is the control loop */
     batch_queue *q;
     pool *pool;
     score_ctx sctx;             /* its stash: states prepared for the workers */
     size_t workers;
+    uint64_t decode_offload_bytes; /* the configured value, auto resolved */
     rk_limits lim;
+    double start_unix;
+    /* loop 0 only */
+    int listen_fd;
+    uv_poll_t listen_poll;
+    uv_timer_t accept_timer, drain_timer;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    int control_ok, listening;
+    int stopped_all;
+    size_t pick_next;           /* where the acceptor's next search starts */
+    size_t conns_closed_at_stop; /* added by each loop as it stops (under loops[0].in_mu) */
+    int exit_code;
+    /* shared */
+    pthread_mutex_t model_mu;   /* guards model, model_loaded_unix, reloading */
     dcn_model *model;
-    double model_loaded_unix, start_unix;
-    met_set met;
-    phase ph;
-    int lingered;               /* CLOSING: CLOSE_LINGER_MS passed with nothing live */
-    int shedding;               /* a push failed for a full queue; /rank refused at the
-                                 * headers until the queue is below half */
-    srv_req *live;
-    size_t n_live, rank_live, queued, deadline_jobs;
-    int expire_running;
+    double model_loaded_unix;
     int reloading;
+    atomic_int ph;
+    atomic_int shedding;        /* a push failed for a full queue; /rank refused at the
+                                 * headers until the queue is below half */
+    atomic_int finish_now;      /* drain deadline: loops stop with what they hold */
+    atomic_int close_wakes;     /* every loop stopped: each closes its wake */
+    atomic_int accept_paused;   /* at the connection limit */
+    atomic_size_t loops_running;
+    atomic_size_t n_conns, handing; /* over all loops */
+    pthread_mutex_t met_mu;     /* guards met: batch and reload counters */
+    met_set met;
+    /* the one reload in flight (reloading) */
     srv_req *reload_waiter;
+    srv_loop *reload_loop;
     uv_work_t reload_req;
     dcn_model *reload_new;
     int reload_rc;
     char reload_err[256];
-    int exit_code;
 };
 
 static int busy_status = 503;
@@ -175,7 +281,20 @@ static double unix_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void run_mhd(srv *s);
+static void run_mhd(srv_loop *L);
+
+static int phase_of(srv *s) { return atomic_load_explicit(&s->ph, memory_order_acquire); }
+
+/* A new reference to the model being served (the caller releases it), and
+ * when it was loaded. */
+static dcn_model *model_get(srv *s, double *loaded_unix)
+{
+    pthread_mutex_lock(&s->model_mu);
+    dcn_model *m = dcn_retain(s->model);
+    if (loaded_unix) *loaded_unix = s->model_loaded_unix;
+    pthread_mutex_unlock(&s->model_mu);
+    return m;
+}
 
 /* ------------------------------------------------------------ answers */
 
@@ -196,13 +315,23 @@ static enum MHD_Result send_buf(srv_req *r, int status, rk_buf *b, const char *c
     if (!resp) return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", ctype);
     for (; hdrs && hdrs[0]; hdrs += 2) MHD_add_response_header(resp, hdrs[0], hdrs[1]);
-    if (r->s->ph >= PH_CLOSING) MHD_add_response_header(resp, "Connection", "close");
+    if (phase_of(r->s) >= PH_CLOSING) MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
     r->st = ST_ANSWERED;
-    met_count_request(&r->s->met, r->mh, status);
+    pthread_mutex_lock(&r->L->met_mu);
+    met_count_request(&r->L->met, r->mh, status);
+    pthread_mutex_unlock(&r->L->met_mu);
     return ret;
+}
+
+/* Counts a refused /rank request on r's loop. */
+static void count_rejection(srv_req *r, int err)
+{
+    pthread_mutex_lock(&r->L->met_mu);
+    met_count_rejection(&r->L->met, err);
+    pthread_mutex_unlock(&r->L->met_mu);
 }
 
 /* Answers with an error body for code err (message: msg or the default). */
@@ -222,7 +351,7 @@ static enum MHD_Result send_error(srv_req *r, int err, const char *msg)
         hdrs[n++] = "Allow";
         hdrs[n++] = r->path[1] == 'r' || r->path[1] == 'a' ? "POST" : "GET, HEAD";
     }
-    if (r->rt == R_RANK) met_count_rejection(&r->s->met, err);
+    if (r->rt == R_RANK) count_rejection(r, err);
     return send_buf(r, srv_http_status(err), &b, "application/json", hdrs);
 }
 
@@ -235,13 +364,13 @@ static enum MHD_Result send_text(srv_req *r, int status, const char *ctype, cons
 
 /* ------------------------------------------------------------ requests */
 
-static void req_free(srv *s, srv_req *r)
+static void req_free(srv_loop *L, srv_req *r)
 {
     if (r->prev) r->prev->next = r->next;
-    else s->live = r->next;
+    else L->live = r->next;
     if (r->next) r->next->prev = r->prev;
-    s->n_live--;
-    if (r->rt == R_RANK) s->rank_live--;
+    atomic_fetch_sub_explicit(&L->n_live, 1, memory_order_relaxed);
+    if (r->rt == R_RANK) atomic_fetch_sub_explicit(&L->rank_live, 1, memory_order_relaxed);
     rk_request_free(r->rq);
     dcn_release(r->model);
     free(r->t.scores);
@@ -306,7 +435,7 @@ static int admin_allowed(srv *s, struct MHD_Connection *conn)
 static int check_rank_headers(srv_req *r)
 {
     srv *s = r->s;
-    if (s->ph >= PH_CLOSING) {
+    if (phase_of(s) >= PH_CLOSING) {
         snprintf(r->msg, sizeof r->msg, "the server is shutting down");
         return RK_EUNAVAIL;
     }
@@ -338,10 +467,15 @@ static int check_rank_headers(srv_req *r)
      * next large ones here, before their bodies are read and decoded (that
      * work, not scoring, is what a flood of large bodies costs), until the
      * queue has drained below half. Small bodies cost little to decode and
-     * may well fit: they still get their chance. */
+     * may well fit: they still get their chance. The flag is shared by the
+     * loops: one queue is full for all of them. */
     size_t waiting = batch_queued_rows(s->q);
-    if (s->shedding && waiting < s->cfg->max_queue_rows / 2) s->shedding = 0;
-    if ((s->shedding && (!cl || n >= SHED_MIN_BODY_BYTES)) || waiting >= s->cfg->max_queue_rows) {
+    int shedding = atomic_load_explicit(&s->shedding, memory_order_relaxed);
+    if (shedding && waiting < s->cfg->max_queue_rows / 2) {
+        atomic_store_explicit(&s->shedding, 0, memory_order_relaxed);
+        shedding = 0;
+    }
+    if ((shedding && (!cl || n >= SHED_MIN_BODY_BYTES)) || waiting >= s->cfg->max_queue_rows) {
         snprintf(r->msg, sizeof r->msg, "queue full (%zu rows waiting)", waiting);
         return RK_EBUSY;
     }
@@ -397,8 +531,10 @@ static enum MHD_Result refuse_upload(srv_req *r)
     }
     free(body.data);
     free(b.data);
-    met_count_rejection(&s->met, RK_ETOOBIG);
-    met_count_request(&s->met, r->mh, 413);
+    pthread_mutex_lock(&r->L->met_mu);
+    met_count_rejection(&r->L->met, RK_ETOOBIG);
+    met_count_request(&r->L->met, r->mh, 413);
+    pthread_mutex_unlock(&r->L->met_mu);
     r->status = 413;
     r->st = ST_ANSWERED;
     return MHD_NO;
@@ -406,15 +542,15 @@ static enum MHD_Result refuse_upload(srv_req *r)
 
 static void on_expire_timer(uv_timer_t *t);
 
-/* Marks a queued request complete and resumes its connection. */
-static void req_ready(srv *s, srv_req *r)
+/* Marks a queued request complete and resumes its connection (its loop). */
+static void req_ready(srv_loop *L, srv_req *r)
 {
     r->st = ST_READY;
     if (r->rt == R_RANK) {
-        s->queued--;
-        if (r->job.deadline_ns && --s->deadline_jobs == 0 && s->expire_running) {
-            uv_timer_stop(&s->expire_timer);
-            s->expire_running = 0;
+        L->queued--;
+        if (r->job.deadline_ns && --L->deadline_jobs == 0 && L->expire_running) {
+            uv_timer_stop(&L->expire_timer);
+            L->expire_running = 0;
         }
     }
     MHD_resume_connection(r->conn);
@@ -435,8 +571,9 @@ static void decode_task(batch_task *t)
 }
 
 /* Checks and queues the rows of a decoded /rank request. */
-static enum MHD_Result rank_queue(srv *s, srv_req *r)
+static enum MHD_Result rank_queue(srv_loop *L, srv_req *r)
 {
+    srv *s = L->s;
     free(r->body);
     r->body = NULL;
     if (r->dec_rc < 0) return send_error(r, r->dec_rc, r->msg);
@@ -445,8 +582,12 @@ static enum MHD_Result rank_queue(srv *s, srv_req *r)
     r->t.scores = malloc((rq->n_cands + 1) * sizeof(float));
     r->t.logits = malloc((rq->n_cands + 1) * sizeof(float));
     if (!r->t.scores || !r->t.logits) return send_error(r, RK_ENOMEM, NULL);
-    met_hist_observe(&s->met.request_candidates, (double)rq->n_cands);
-    r->t_enq = r->t_first = r->t_last = r->t_parsed;
+    pthread_mutex_lock(&L->met_mu);
+    met_hist_observe(&L->met.request_candidates, (double)rq->n_cands);
+    pthread_mutex_unlock(&L->met_mu);
+    r->t_enq = r->t_parsed;
+    atomic_store_explicit(&r->t_first, r->t_parsed, memory_order_relaxed);
+    atomic_store_explicit(&r->t_last, r->t_parsed, memory_order_relaxed);
     if (rq->n_cands == 0) {
         r->st = ST_READY;
         return MHD_YES; /* answered by the caller's READY branch */
@@ -460,52 +601,94 @@ static enum MHD_Result rank_queue(srv *s, srv_req *r)
         }
     }
     r->t_enq = batch_now_ns();
-    r->t_first = r->t_last = 0; /* set by the first and last batch back */
+    /* set by the first and last batch back; written before the push makes
+     * the rows visible to workers */
+    atomic_store_explicit(&r->t_first, 0, memory_order_relaxed);
+    atomic_store_explicit(&r->t_last, 0, memory_order_relaxed);
+    atomic_store_explicit(&r->rows_left, r->job.n_rows, memory_order_relaxed);
+    r->st = ST_QUEUED;
     int rc = batch_push(s->q, &r->job, r->t_enq);
-    if (rc == RK_EBUSY) s->shedding = 1;
     if (rc < 0) {
+        r->st = ST_DECODED;
+        if (rc == RK_EBUSY) atomic_store_explicit(&s->shedding, 1, memory_order_relaxed);
         snprintf(r->msg, sizeof r->msg, rc == RK_EBUSY ? "queue full (%zu rows waiting)" : "shutting down",
                  batch_queued_rows(s->q));
         return send_error(r, rc, r->msg);
     }
-    r->st = ST_QUEUED;
-    r->rows_left = r->job.n_rows;
-    s->queued++;
-    if (r->job.deadline_ns && s->deadline_jobs++ == 0 && !s->expire_running) {
-        uv_timer_start(&s->expire_timer, on_expire_timer, 1, 1);
-        s->expire_running = 1;
+    L->queued++;
+    if (r->job.deadline_ns && L->deadline_jobs++ == 0 && !L->expire_running) {
+        uv_timer_start(&L->expire_timer, on_expire_timer, 1, 1);
+        L->expire_running = 1;
     }
     MHD_suspend_connection(r->conn);
     return MHD_YES;
 }
 
 /* Starts a /rank request whose body is complete: decodes it here, or hands
- * a large body to a worker and suspends the connection until it is back. */
-static enum MHD_Result rank_start(srv *s, srv_req *r)
+ * the body to a worker and suspends the connection until it is back. */
+static enum MHD_Result rank_start(srv_loop *L, srv_req *r)
 {
+    srv *s = L->s;
     if (r->too_big) {
         snprintf(r->msg, sizeof r->msg, "body over the limit of %llu bytes",
                  (unsigned long long)s->cfg->max_body_bytes);
         return send_error(r, RK_ETOOBIG, r->msg);
     }
-    r->model = dcn_retain(s->model); /* the request keeps the model it was decoded against */
-    if (r->body_len >= s->cfg->decode_offload_bytes) {
+    r->model = model_get(s, NULL); /* the request keeps the model it was decoded against */
+    if (r->body_len >= s->decode_offload_bytes) {
         r->task = (batch_task){.run = decode_task};
+        r->st = ST_DECODING; /* before the push: the task may be back at once */
         if (batch_push_task(s->q, &r->task) == 0) {
-            r->st = ST_DECODING;
             MHD_suspend_connection(r->conn);
             return MHD_YES;
         }
-        /* the queue is closed (shutting down): decode here */
+        r->st = ST_READING; /* the queue is closed (shutting down): decode here */
     }
     decode_body(r);
-    return rank_queue(s, r);
+    return rank_queue(L, r);
+}
+
+/* Appends "name;dur=M.mmm" (us as milliseconds, three decimals) at p;
+ * returns the end. Integer formatting: snprintf's %f took 8% of the loop's
+ * instructions on a 10-candidate request. */
+static char *put_dur(char *p, const char *name, uint64_t us)
+{
+    char digits[24];
+    int n = 0;
+    uint64_t ms = us / 1000;
+    do digits[n++] = (char)('0' + ms % 10); while ((ms /= 10) && n < 20);
+    while (*name) *p++ = *name++;
+    memcpy(p, ";dur=", 5);
+    p += 5;
+    while (n) *p++ = digits[--n];
+    unsigned frac = (unsigned)(us % 1000);
+    *p++ = '.';
+    *p++ = (char)('0' + frac / 100);
+    *p++ = (char)('0' + frac / 10 % 10);
+    *p++ = (char)('0' + frac % 10);
+    return p;
+}
+
+/* Writes the Server-Timing header value of lat into out (>= 256 bytes). */
+static void server_timing(char *out, const rk_latency *lat)
+{
+    const char *names[5] = {"parse", "queue", "inference", "encode", "total"};
+    const uint64_t us[5] = {lat->parse_us, lat->queue_us, lat->inference_us, lat->encode_us, lat->total_us};
+    char *p = out;
+    for (int i = 0; i < 5; i++) {
+        if (i) {
+            *p++ = ',';
+            *p++ = ' ';
+        }
+        p = put_dur(p, names[i], us[i]);
+    }
+    *p = 0;
 }
 
 /* Ranks, encodes and answers a /rank request whose rows are all back. */
-static enum MHD_Result rank_finish(srv *s, srv_req *r)
+static enum MHD_Result rank_finish(srv_loop *L, srv_req *r)
 {
-    if (r->expired) {
+    if (atomic_load_explicit(&r->expired, memory_order_relaxed)) {
         snprintf(r->msg, sizeof r->msg, "deadline of %lld ms passed before scoring finished",
                  (long long)r->rq->deadline_ms);
         return send_error(r, RK_EDEADLINE, r->msg);
@@ -513,7 +696,9 @@ static enum MHD_Result rank_finish(srv *s, srv_req *r)
     if (r->err) return send_error(r, r->err, r->msg);
     rk_request *rq = r->rq;
     size_t n = rq->n_cands;
-    if (!r->t_first) r->t_first = r->t_last = r->t_enq; /* no row was scored */
+    uint64_t t_first = atomic_load_explicit(&r->t_first, memory_order_relaxed);
+    uint64_t t_last = atomic_load_explicit(&r->t_last, memory_order_relaxed);
+    if (!t_first) t_first = t_last = r->t_enq; /* no row was scored */
     uint32_t *order = malloc((n + 1) * sizeof *order);
     if (!order) return send_error(r, RK_ENOMEM, NULL);
     uint64_t t0 = batch_now_ns();
@@ -526,24 +711,23 @@ static enum MHD_Result rank_finish(srv *s, srv_req *r)
     rk_latency lat = {
         .total_us = (t1 - r->t_arrive) / 1000,
         .parse_us = (r->t_parsed - r->t_arrive) / 1000,
-        .queue_us = (r->t_first - r->t_enq) / 1000,
-        .inference_us = (r->t_last - r->t_first) / 1000,
+        .queue_us = (t_first - r->t_enq) / 1000,
+        .inference_us = (t_last - t_first) / 1000,
         .encode_us = (t1 - t0) / 1000,
     };
     rk_encode_tail(&b, &lat);
-    char timing[200];
-    snprintf(timing, sizeof timing,
-             "parse;dur=%.3f, queue;dur=%.3f, inference;dur=%.3f, encode;dur=%.3f, total;dur=%.3f",
-             lat.parse_us / 1e3, lat.queue_us / 1e3, lat.inference_us / 1e3, lat.encode_us / 1e3,
-             lat.total_us / 1e3);
+    char timing[256];
+    server_timing(timing, &lat);
     const char *hdrs[] = {"Server-Timing", timing, NULL};
-    met_set *m = &s->met;
+    met_set *m = &L->met;
+    pthread_mutex_lock(&L->met_mu);
     m->candidates_scored += n;
     met_hist_observe(&m->request_seconds, (t1 - r->t_arrive) * 1e-9);
     met_hist_observe(&m->phase_seconds[MET_P_PARSE], (r->t_parsed - r->t_arrive) * 1e-9);
-    met_hist_observe(&m->phase_seconds[MET_P_QUEUE], (r->t_first - r->t_enq) * 1e-9);
-    met_hist_observe(&m->phase_seconds[MET_P_INFERENCE], (r->t_last - r->t_first) * 1e-9);
+    met_hist_observe(&m->phase_seconds[MET_P_QUEUE], (t_first - r->t_enq) * 1e-9);
+    met_hist_observe(&m->phase_seconds[MET_P_INFERENCE], (t_last - t_first) * 1e-9);
     met_hist_observe(&m->phase_seconds[MET_P_ENCODE], (t1 - t0) * 1e-9);
+    pthread_mutex_unlock(&L->met_mu);
     return send_buf(r, 200, &b, "application/json", hdrs);
 }
 
@@ -560,7 +744,9 @@ static const char *mapping_names[] = {"index", "hex_mod", "hash_mod", "vocab"};
 /* Describes the model being served: identity, features and architecture. */
 static enum MHD_Result send_model(srv *s, srv_req *r)
 {
-    const dcn_model *m = s->model;
+    double loaded_unix;
+    dcn_model *mref = model_get(s, &loaded_unix);
+    const dcn_model *m = mref;
     const dcn_info *in = dcn_model_info(m);
     json_t *dense = json_array(), *sparse = json_array(), *bottom = json_array(), *deep = json_array();
     for (size_t j = 0; j < in->n_dense; j++) {
@@ -589,7 +775,7 @@ static enum MHD_Result send_model(srv *s, srv_req *r)
         "crc32", in->has_crc32 ? json_string(crc) : json_null(), "kernels", dcn_kernels_name(),
         "dense_precision", in->int8 ? "int8" : "as stored", "dense_bytes", (json_int_t)in->packed_bytes,
         "huge_page_bytes", (json_int_t)in->huge_bytes, "huge_pages", dcn_huge_pages(),
-        "int8_smoothed", (json_int_t)in->int8_smoothed, "loaded_at", s->model_loaded_unix,
+        "int8_smoothed", (json_int_t)in->int8_smoothed, "loaded_at", loaded_unix,
         "features", "dense", dense, "sparse", sparse,
         "architecture", "d", (json_int_t)in->d, "dense_dim", (json_int_t)in->dense_dim, "bottom", bottom,
         "cross", "kind", cross_names[in->cross_kind & 3], "layers", (json_int_t)in->cross_layers,
@@ -598,30 +784,68 @@ static enum MHD_Result send_model(srv *s, srv_req *r)
         "deep", deep, "combine", combine_names[in->combine % 3], "flops_per_row", in->flops_per_row);
     char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
+    dcn_release(mref);
     if (!txt) return send_error(r, RK_EINTERNAL, "cannot describe the model");
     rk_buf b = {.data = txt, .len = strlen(txt), .cap = strlen(txt) + 1};
     return send_buf(r, 200, &b, "application/json", NULL);
 }
 
+
+/* Renders /metrics: the shared counters plus every loop's, summed here
+ * under each one's lock, and one line per loop for its own figures. */
 static enum MHD_Result send_metrics(srv *s, srv_req *r)
 {
-    const dcn_info *in = dcn_model_info(s->model);
+    double loaded_unix;
+    dcn_model *m = model_get(s, &loaded_unix);
+    const dcn_info *in = dcn_model_info(m);
+    met_loop_stat *ls = calloc(s->n_loops, sizeof *ls);
+    met_set *sum = malloc(sizeof *sum);
+    if (!ls || !sum) {
+        free(ls);
+        free(sum);
+        dcn_release(m);
+        return send_error(r, RK_ENOMEM, NULL);
+    }
+    pthread_mutex_lock(&s->met_mu);
+    *sum = s->met;
+    pthread_mutex_unlock(&s->met_mu);
+    uint64_t inflight = 0, now_ns = uv_hrtime();
+    for (size_t i = 0; i < s->n_loops; i++) {
+        srv_loop *L = &s->loops[i];
+        pthread_mutex_lock(&L->met_mu);
+        met_add(sum, &L->met);
+        for (int h = 0; h < MET_N_HANDLERS; h++)
+            for (int k = 0; k < MET_N_STATUS; k++) ls[i].requests += L->met.requests[h][k];
+        pthread_mutex_unlock(&L->met_mu);
+        uint64_t idle_ns = uv_metrics_idle_time(&L->loop), up_ns = now_ns - L->start_ns;
+        ls[i].busy_s = up_ns > idle_ns ? (double)(up_ns - idle_ns) * 1e-9 : 0;
+        struct timespec cpu;
+        if (L->cpu_clock_ok && clock_gettime(L->cpu_clock, &cpu) == 0)
+            ls[i].cpu_s = (double)cpu.tv_sec + (double)cpu.tv_nsec * 1e-9;
+        ls[i].connections = atomic_load_explicit(&L->n_conns, memory_order_relaxed);
+        inflight += atomic_load_explicit(&L->rank_live, memory_order_relaxed);
+    }
     met_gauges g = {
-        .inflight_requests = s->rank_live,
+        .inflight_requests = inflight,
         .queue_rows = batch_queued_rows(s->q),
         .workers = pool_workers(s->pool),
-        .ready = s->ph == PH_RUNNING,
+        .ready = phase_of(s) == PH_RUNNING,
         .model_name = in->name,
         .model_version = in->version,
         .model_crc32 = in->crc32,
-        .model_loaded_unix_s = s->model_loaded_unix,
+        .model_loaded_unix_s = loaded_unix,
         .start_unix_s = s->start_unix,
+        .n_loops = s->n_loops,
+        .loops = ls,
     };
     score_stats st = score_get_stats(&s->sctx);
     g.states_prepared = st.prepared;
     g.states_built_on_request = st.built_on_request;
     rk_buf b = {0};
-    met_render(&s->met, &g, &b);
+    met_render(sum, &g, &b);
+    free(ls);
+    free(sum);
+    dcn_release(m);
     return send_buf(r, 200, &b, "text/plain; version=0.0.4; charset=utf-8", NULL);
 }
 
@@ -696,50 +920,78 @@ static void reload_work(uv_work_t *w)
     }
 }
 
+/* Swaps the new model in (or logs the failure) on the loop that started
+ * the reload, and resumes the request that asked for it. */
 static void reload_after(uv_work_t *w, int status)
 {
     srv *s = w->data;
+    srv_loop *L = s->reload_loop;
     char esc[300];
-    s->reloading = 0;
-    if (status == 0 && s->reload_rc == 0) {
-        dcn_model *old = s->model;
+    int ok = status == 0 && s->reload_rc == 0;
+    dcn_model *old = NULL;
+    pthread_mutex_lock(&s->model_mu);
+    if (ok) {
+        old = s->model;
         s->model = s->reload_new;
         s->model_loaded_unix = unix_now();
+    }
+    pthread_mutex_unlock(&s->model_mu);
+    pthread_mutex_lock(&s->met_mu);
+    if (ok) s->met.reloads_ok++;
+    else s->met.reloads_failed++;
+    pthread_mutex_unlock(&s->met_mu);
+    if (ok) {
         dcn_release(old); /* queued requests keep their own reference */
-        s->met.reloads_ok++;
-        const dcn_info *in = dcn_model_info(s->model);
+        const dcn_info *in = dcn_model_info(s->reload_new);
         char n1[160], n2[160];
         log_msg(LOG_INFO, "model reloaded", "\"model\":\"%s\",\"version\":\"%s\"",
                 log_esc(in->name, n1, sizeof n1), log_esc(in->version, n2, sizeof n2));
     } else {
         dcn_release(s->reload_new);
-        s->met.reloads_failed++;
         log_msg(LOG_ERROR, "model reload failed, the old model keeps serving", "\"error\":\"%s\"",
                 log_esc(s->reload_err, esc, sizeof esc));
     }
     s->reload_new = NULL;
     srv_req *r = s->reload_waiter;
     s->reload_waiter = NULL;
-    if (r) {
-        if (status != 0 || s->reload_rc != 0) {
+    s->reload_loop = NULL;
+    pthread_mutex_lock(&s->model_mu);
+    s->reloading = 0; /* last: another loop may start the next reload from here */
+    pthread_mutex_unlock(&s->model_mu);
+    if (r && L->d) { /* no daemon: stopped at the drain deadline, the request abandoned */
+        if (!ok) {
             r->err = RK_ERELOAD;
             snprintf(r->msg, sizeof r->msg, "%s", s->reload_err[0] ? s->reload_err : "reload failed");
         }
         r->st = ST_READY;
         MHD_resume_connection(r->conn);
-        run_mhd(s);
+        run_mhd(L);
     }
 }
 
-/* Starts a background reload; returns 0, RK_ECONFLICT or RK_EUNAVAIL. */
-static int reload_start(srv *s, srv_req *waiter)
+/* Starts a background reload from loop L (its result comes back there);
+ * returns 0, RK_ECONFLICT or RK_EUNAVAIL. */
+static int reload_start(srv_loop *L, srv_req *waiter)
 {
-    if (s->reloading) return RK_ECONFLICT;
-    if (s->ph != PH_RUNNING) return RK_EUNAVAIL;
+    srv *s = L->s;
+    int rc = 0;
+    pthread_mutex_lock(&s->model_mu);
+    if (s->reloading) rc = RK_ECONFLICT;
+    else if (phase_of(s) != PH_RUNNING) rc = RK_EUNAVAIL;
+    else s->reloading = 1;
+    pthread_mutex_unlock(&s->model_mu);
+    if (rc < 0) return rc;
     s->reload_req.data = s;
-    if (uv_queue_work(&s->loop, &s->reload_req, reload_work, reload_after) != 0) return RK_EINTERNAL;
-    s->reloading = 1;
+    s->reload_loop = L;
     s->reload_waiter = waiter;
+    if (uv_queue_work(&L->loop, &s->reload_req, reload_work, reload_after) != 0) {
+        s->reload_loop = NULL;
+        s->reload_waiter = NULL;
+        pthread_mutex_lock(&s->model_mu);
+        s->reloading = 0;
+        pthread_mutex_unlock(&s->model_mu);
+        return RK_EINTERNAL;
+    }
     log_msg(LOG_INFO, "model reload started", NULL);
     return 0;
 }
@@ -747,15 +999,18 @@ static int reload_start(srv *s, srv_req *waiter)
 static enum MHD_Result send_reloaded(srv *s, srv_req *r)
 {
     if (r->err) return send_error(r, r->err, r->msg);
-    const dcn_info *in = dcn_model_info(s->model);
+    dcn_model *m = model_get(s, NULL);
+    const dcn_info *in = dcn_model_info(m);
     rk_buf b = {0};
     rk_buf_puts(&b, "{\"status\":\"reloaded\",\"model\":{\"name\":");
     rk_buf_json_str(&b, in->name, strlen(in->name));
     rk_buf_puts(&b, ",\"version\":");
     rk_buf_json_str(&b, in->version, strlen(in->version));
     rk_buf_puts(&b, "}}");
+    dcn_release(m);
     return send_buf(r, 200, &b, "application/json", NULL);
 }
+
 
 /* ------------------------------------------------------------ MHD callbacks */
 
@@ -763,24 +1018,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls)
 {
-    srv *s = cls;
+    srv_loop *L = cls;
+    srv *s = L->s;
     srv_req *r = *con_cls;
     if (!r) {
         if (!(r = calloc(1, sizeof *r))) return MHD_NO;
         r->s = s;
+        r->L = L;
         r->conn = conn;
         r->method = method;
         r->t_arrive = batch_now_ns();
         snprintf(r->path, sizeof r->path, "%s", url);
         r->rt = route_of(url, method, &r->mh);
-        r->next = s->live;
-        if (s->live) s->live->prev = r;
-        s->live = r;
-        s->n_live++;
-        if (r->rt == R_RANK) s->rank_live++;
-        if (s->ph == PH_CLOSING) { /* the linger restarts when nothing is live again */
-            uv_timer_stop(&s->linger_timer);
-            s->lingered = 0;
+        r->next = L->live;
+        if (L->live) L->live->prev = r;
+        L->live = r;
+        atomic_fetch_add_explicit(&L->n_live, 1, memory_order_relaxed);
+        if (r->rt == R_RANK) atomic_fetch_add_explicit(&L->rank_live, 1, memory_order_relaxed);
+        if (phase_of(s) == PH_CLOSING) { /* the linger restarts when nothing is live again */
+            uv_timer_stop(&L->linger_timer);
+            L->lingered = 0;
         }
         *con_cls = r;
         int err = 0;
@@ -809,21 +1066,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     switch (r->rt) {
     case R_RANK:
         if (r->st == ST_READING || r->st == ST_DECODED) {
-            enum MHD_Result ret = r->st == ST_READING ? rank_start(s, r) : rank_queue(s, r);
+            enum MHD_Result ret = r->st == ST_READING ? rank_start(L, r) : rank_queue(L, r);
             if (r->st != ST_READY) return ret;
         }
-        if (r->st == ST_READY) return rank_finish(s, r);
+        if (r->st == ST_READY) return rank_finish(L, r);
         return MHD_YES;
     case R_LIVE:
         return send_text(r, 200, "application/json", "{\"status\":\"live\"}");
     case R_READY:
-        if (s->ph == PH_RUNNING && s->model) return send_text(r, 200, "application/json", "{\"status\":\"ready\"}");
+        if (phase_of(s) == PH_RUNNING) return send_text(r, 200, "application/json", "{\"status\":\"ready\"}");
         return send_text(r, 503, "application/json", "{\"status\":\"draining\"}");
     case R_MODEL: return send_model(s, r);
     case R_METRICS: return send_metrics(s, r);
     case R_RELOAD:
         if (r->st == ST_READING) {
-            int rc = reload_start(s, r);
+            int rc = reload_start(L, r);
             if (rc < 0) return send_error(r, rc, rc == RK_ECONFLICT ? "a reload is already running" : NULL);
             r->st = ST_QUEUED;
             MHD_suspend_connection(conn);
@@ -839,7 +1096,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    srv *s = cls;
+    srv_loop *L = cls;
     srv_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
@@ -849,184 +1106,346 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_msg(LOG_ERROR, "request completed while queued", NULL);
         return;
     }
-    if (s->cfg->access_log) {
+    if (L->s->cfg->access_log) {
         char p[160];
-        log_msg(LOG_INFO, "request", "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"us\":%llu,\"candidates\":%zu%s",
+        log_msg(LOG_INFO, "request", "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"us\":%llu,\"candidates\":%zu,\"loop\":%u%s",
                 r->method, log_esc(r->path, p, sizeof p), r->status,
-                (unsigned long long)((batch_now_ns() - r->t_arrive) / 1000), r->rq ? r->rq->n_cands : 0,
+                (unsigned long long)((batch_now_ns() - r->t_arrive) / 1000), r->rq ? r->rq->n_cands : 0, L->id,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
     }
-    if (!r->status) met_count_request(&s->met, r->mh, 0);
-    req_free(s, r); /* run_mhd stops the daemon afterwards if this was the last */
+    if (!r->status) {
+        pthread_mutex_lock(&L->met_mu);
+        met_count_request(&L->met, r->mh, 0);
+        pthread_mutex_unlock(&L->met_mu);
+    }
+    req_free(L, r); /* run_mhd stops the daemon afterwards if this was the last */
 }
+
+/* Counts the connections each daemon holds (the acceptor's limit and its
+ * choice of loop read them). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    srv_loop *L = cls;
+    srv *s = L->s;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add_explicit(&L->n_conns, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->n_conns, 1, memory_order_relaxed);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        atomic_fetch_sub_explicit(&L->n_conns, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&s->n_conns, 1, memory_order_relaxed);
+        if (atomic_load_explicit(&s->accept_paused, memory_order_relaxed)) uv_async_send(&s->loops[0].wake);
+    }
+}
+
 
 /* ------------------------------------------------------------ loop glue */
 
-static void maybe_stop(srv *s);
+static void maybe_stop(srv_loop *L);
 
-/* Runs MHD once and re-arms its timer: MHD's sockets are edge-triggered,
- * so pending work must be driven by the timeout even without new events.
- * Then, once MHD_run has returned, ends a drain whose last request has just
- * completed (MHD_stop_daemon inside a callback uses freed memory). */
+/* Runs L's MHD once and re-arms its timer: MHD's sockets are
+ * edge-triggered, so pending work must be driven by the timeout even
+ * without new events. Then, once MHD_run has returned, ends L's part of a
+ * drain whose last request has just completed (MHD_stop_daemon inside a
+ * callback uses freed memory). */
 static void on_mhd_timer(uv_timer_t *t);
-static void run_mhd(srv *s)
+static void run_mhd(srv_loop *L)
 {
-    if (!s->d) return;
-    MHD_run(s->d);
-    maybe_stop(s);
-    if (!s->d) return; /* stopped: the timer is closing */
+    if (!L->d) return;
+    MHD_run(L->d);
+    maybe_stop(L);
+    if (!L->d) return; /* stopped: the timer is closing */
     MHD_UNSIGNED_LONG_LONG to;
-    if (MHD_get_timeout(s->d, &to) == MHD_YES)
-        uv_timer_start(&s->mhd_timer, on_mhd_timer, to > 1000000 ? 1000000 : (uint64_t)to, 0);
+    if (MHD_get_timeout(L->d, &to) == MHD_YES)
+        uv_timer_start(&L->mhd_timer, on_mhd_timer, to > 1000000 ? 1000000 : (uint64_t)to, 0);
     else
-        uv_timer_stop(&s->mhd_timer);
+        uv_timer_stop(&L->mhd_timer);
 }
 
 static void on_mhd_timer(uv_timer_t *t) { run_mhd(t->data); }
 
 static void on_mhd_poll(uv_poll_t *p, int status, int events) { run_mhd(p->data); }
 
-/* Accounts one returned slice to its request; resumes it when complete. */
-static void seg_back(srv *s, const batch_seg *sg, const batch_work *b, int expired)
+/* Puts r on its loop's inbox and wakes that loop; any thread. */
+static void inbox_push(srv_req *r)
+{
+    srv_loop *L = r->L;
+    r->in_next = NULL;
+    pthread_mutex_lock(&L->in_mu);
+    if (L->in_tail) L->in_tail->in_next = r;
+    else L->in_head = r;
+    L->in_tail = r;
+    pthread_mutex_unlock(&L->in_mu);
+    uv_async_send(&L->wake);
+}
+
+static void atomic_min_u64(atomic_ullong *a, unsigned long long v)
+{
+    unsigned long long cur = atomic_load_explicit(a, memory_order_relaxed);
+    while ((cur == 0 || v < cur) && !atomic_compare_exchange_weak_explicit(a, &cur, v, memory_order_relaxed,
+                                                                            memory_order_relaxed)) {}
+}
+
+static void atomic_max_u64(atomic_ullong *a, unsigned long long v)
+{
+    unsigned long long cur = atomic_load_explicit(a, memory_order_relaxed);
+    while (v > cur && !atomic_compare_exchange_weak_explicit(a, &cur, v, memory_order_relaxed, memory_order_relaxed)) {}
+}
+
+/* Accounts one returned slice to its request (any thread); the thread that
+ * accounts the last row hands the request to its loop. Nothing of r is
+ * touched after the decrement unless it was the last. */
+static void seg_back(const batch_seg *sg, const batch_work *b, int expired)
 {
     srv_req *r = (srv_req *)sg->job->req; /* t is the first member */
     if (expired) {
-        r->expired = 1;
+        atomic_store_explicit(&r->expired, 1, memory_order_relaxed);
     } else {
-        if (b->status < 0 && !r->err) {
+        if (b->status < 0 && atomic_exchange_explicit(&r->failed, 1, memory_order_relaxed) == 0) {
             r->err = RK_EINTERNAL;
             snprintf(r->msg, sizeof r->msg, "the engine refused the batch: %s", dcn_strerror(b->status));
         }
-        if (!r->t_first || b->start_ns < r->t_first) r->t_first = b->start_ns;
-        if (b->end_ns > r->t_last) r->t_last = b->end_ns;
+        atomic_min_u64(&r->t_first, b->start_ns);
+        atomic_max_u64(&r->t_last, b->end_ns);
     }
-    r->rows_left -= sg->n_rows;
-    if (r->rows_left == 0) req_ready(s, r);
+    if (atomic_fetch_sub_explicit(&r->rows_left, sg->n_rows, memory_order_acq_rel) == sg->n_rows) inbox_push(r);
 }
 
-/* Drains the pool's done-list: accounts every returned row. */
-static void process_done(srv *s)
+/* Drains the pool's done-list (the pool's notify: on the worker that
+ * finished a batch, or on the loop whose timer expired rows): counts each
+ * batch, accounts every returned row, and hands every request that is
+ * complete, or whose decode task is back, to its loop. */
+static void route_done(srv *s)
 {
     batch_work *b = pool_take_done(s->pool);
     while (b) {
         batch_work *nx = b->next;
-        if (b->task) {
-            /* a body decoded on a worker: queue its rows from the handler */
-            srv_req *r = (srv_req *)((char *)b->task - offsetof(srv_req, task));
-            r->st = ST_DECODED;
-            MHD_resume_connection(r->conn);
-        }
+        if (b->task) inbox_push((srv_req *)((char *)b->task - offsetof(srv_req, task)));
         if (b->n_segs) {
+            pthread_mutex_lock(&s->met_mu);
             s->met.batches++;
-            if (b->status < 0) {
-                s->met.batch_errors++;
-                log_msg(LOG_ERROR, "batch failed", "\"error\":\"%s\",\"rows\":%zu", dcn_strerror(b->status), b->n_rows);
-            }
+            if (b->status < 0) s->met.batch_errors++;
             met_hist_observe(&s->met.inference_seconds, (b->end_ns - b->start_ns) * 1e-9);
             met_hist_observe(&s->met.batch_rows, (double)b->n_rows);
+            pthread_mutex_unlock(&s->met_mu);
+            if (b->status < 0)
+                log_msg(LOG_ERROR, "batch failed", "\"error\":\"%s\",\"rows\":%zu", dcn_strerror(b->status), b->n_rows);
         }
-        for (size_t i = 0; i < b->n_segs; i++) seg_back(s, &b->segs[i], b, 0);
-        for (size_t i = 0; i < b->n_expired; i++) seg_back(s, &b->expired[i], b, 1);
+        for (size_t i = 0; i < b->n_segs; i++) seg_back(&b->segs[i], b, 0);
+        for (size_t i = 0; i < b->n_expired; i++) seg_back(&b->expired[i], b, 1);
         batch_free(b);
         b = nx;
     }
 }
 
-static void on_done(uv_async_t *a)
+static void pool_notify(void *ctx) { route_done(ctx); }
+
+/* Adds a socket the acceptor handed to L to L's daemon. */
+static void add_conn(srv_loop *L, handed_conn *c)
 {
-    srv *s = a->data;
-    process_done(s);
-    run_mhd(s);
+    srv *s = L->s;
+    if (!L->d || MHD_add_connection(L->d, c->fd, (const struct sockaddr *)&c->addr, c->addr_len) != MHD_YES) {
+        if (!L->d) close(c->fd); /* MHD closes it on failure */
+        log_msg(LOG_WARN, "connection dropped: the loop could not take it", "\"loop\":%u", L->id);
+    }
+    atomic_fetch_sub_explicit(&L->handing, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&s->handing, 1, memory_order_relaxed);
 }
 
-static void pool_notify(void *ctx)
+static void loop_stop(srv_loop *L);
+static void control_check(srv *s);
+static void accept_resume(srv *s);
+static void on_close_noop(uv_handle_t *h) {}
+
+/* Takes L's inbox: adds handed sockets to its daemon; resumes requests
+ * whose decode or rows came back. */
+static void process_inbox(srv_loop *L)
 {
-    srv *s = ctx;
-    uv_async_send(&s->done_async);
+    pthread_mutex_lock(&L->in_mu);
+    srv_req *r = L->in_head;
+    handed_conn *c = L->in_conns;
+    L->in_head = L->in_tail = NULL;
+    L->in_conns = NULL;
+    pthread_mutex_unlock(&L->in_mu);
+    while (c) {
+        handed_conn *nx = c->next;
+        add_conn(L, c);
+        free(c);
+        c = nx;
+    }
+    while (r) {
+        srv_req *nx = r->in_next;
+        if (!L->d) {
+            /* stopped (drain deadline): its connection is gone; the request
+             * stays with the abandoned server. Nothing comes back after the
+             * workers are joined, so this is only a guard. */
+        } else if (r->st == ST_DECODING) {
+            r->st = ST_DECODED; /* queue its rows from the handler */
+            MHD_resume_connection(r->conn);
+        } else if (r->st == ST_QUEUED) {
+            req_ready(L, r);
+        }
+        r = nx;
+    }
+}
+
+/* L's wake-up: its inbox, then what loop 0 asked (close, stop), then MHD. */
+static void on_wake(uv_async_t *a)
+{
+    srv_loop *L = a->data;
+    srv *s = L->s;
+    if (L->stopped && L->id != 0 && atomic_load_explicit(&s->close_wakes, memory_order_acquire)) {
+        uv_close((uv_handle_t *)a, on_close_noop); /* the last handle: its uv_run returns */
+        return;
+    }
+    process_inbox(L);
+    if (L->id == 0) {
+        accept_resume(s); /* a connection closed while at the limit */
+        control_check(s);
+    }
+    if (!L->stopped && atomic_load_explicit(&s->finish_now, memory_order_acquire)) loop_stop(L);
+    run_mhd(L);
 }
 
 static void on_expire_timer(uv_timer_t *t)
 {
-    srv *s = t->data;
-    if (pool_expire(s->pool, batch_now_ns())) {
-        process_done(s);
-        run_mhd(s);
+    srv_loop *L = t->data;
+    /* expired rows of any loop go through route_done to their loops; ours
+     * come back on our inbox, read on the wake that follows */
+    if (pool_expire(L->s->pool, batch_now_ns())) {
+        process_inbox(L);
+        run_mhd(L);
     }
 }
 
 /* ------------------------------------------------------------ drain */
 
-static void on_close_noop(uv_handle_t *h) {}
-
-/* Stops everything once no request is live (or the drain deadline passed). */
-static void finish(srv *s)
+static size_t live_total(srv *s)
 {
-    if (s->ph == PH_STOPPED) return;
-    s->ph = PH_STOPPED;
-    pool_stop(s->pool);
-    process_done(s);
-    if (s->n_live) {
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_loops; i++) n += atomic_load_explicit(&s->loops[i].n_live, memory_order_relaxed);
+    return n;
+}
+
+/* Wakes every loop (loop 0 included): the phase moved, or they must stop. */
+static void wake_all(srv *s)
+{
+    for (size_t i = 0; i < s->n_loops; i++) uv_async_send(&s->loops[i].wake);
+}
+
+/* Stops L's part: answers what came back (at the drain deadline), stops
+ * its daemon, closes its handles but its wake (closed once every loop has
+ * stopped: until then loop 0 may still wake it) and tells loop 0. */
+static void loop_stop(srv_loop *L)
+{
+    srv *s = L->s;
+    if (L->stopped) return;
+    L->stopped = 1;
+    if (atomic_load_explicit(&L->n_live, memory_order_relaxed)) {
         /* drain deadline passed: answer what came back, then cut the rest */
-        for (int i = 0; i < 10; i++) run_mhd(s);
+        process_inbox(L);
+        for (int i = 0; i < 10; i++) {
+            MHD_run(L->d);
+            process_inbox(L);
+        }
     }
-    const union MHD_DaemonInfo *ci = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    const union MHD_DaemonInfo *ci = MHD_get_daemon_info(L->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
     unsigned open_conns = ci ? ci->num_connections : 0;
-    uv_poll_stop(&s->mhd_poll);
-    MHD_stop_daemon(s->d);
-    s->d = NULL;
-    uv_close((uv_handle_t *)&s->mhd_poll, on_close_noop);
-    uv_close((uv_handle_t *)&s->mhd_timer, on_close_noop);
-    uv_close((uv_handle_t *)&s->expire_timer, on_close_noop);
-    uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
-    uv_close((uv_handle_t *)&s->linger_timer, on_close_noop);
-    uv_close((uv_handle_t *)&s->done_async, on_close_noop);
-    uv_close((uv_handle_t *)&s->sig_term, on_close_noop);
-    uv_close((uv_handle_t *)&s->sig_int, on_close_noop);
-    uv_close((uv_handle_t *)&s->sig_hup, on_close_noop);
-    log_msg(LOG_INFO, "stopped", "\"exit_code\":%d,\"connections_closed\":%u", s->exit_code, open_conns);
+    uv_poll_stop(&L->mhd_poll);
+    MHD_stop_daemon(L->d);
+    L->d = NULL;
+    process_inbox(L); /* sockets handed over meanwhile: closed */
+    uv_close((uv_handle_t *)&L->mhd_poll, on_close_noop);
+    uv_close((uv_handle_t *)&L->mhd_timer, on_close_noop);
+    uv_close((uv_handle_t *)&L->expire_timer, on_close_noop);
+    uv_close((uv_handle_t *)&L->linger_timer, on_close_noop);
+    srv_loop *L0 = &s->loops[0];
+    pthread_mutex_lock(&L0->in_mu); /* loop 0 reads it once every loop stopped */
+    s->conns_closed_at_stop += open_conns;
+    pthread_mutex_unlock(&L0->in_mu);
+    atomic_fetch_sub_explicit(&s->loops_running, 1, memory_order_acq_rel);
+    if (L->id != 0) uv_async_send(&L0->wake);
+    else control_check(s);
 }
 
 static void on_linger(uv_timer_t *t)
 {
-    srv *s = t->data;
-    s->lingered = 1;
-    run_mhd(s); /* reads what has arrived, then maybe_stop */
+    srv_loop *L = t->data;
+    L->lingered = 1;
+    run_mhd(L); /* reads what has arrived, then maybe_stop */
 }
 
-/* Stops the server if it is closing, no request is live and MHD has no
- * connection left (or the open ones stayed idle for CLOSE_LINGER_MS: the
- * linger starts here); called outside every MHD callback (run_mhd,
- * begin_close). */
-static void maybe_stop(srv *s)
+/* Stops L if the server is closing, no request is live on L and its daemon
+ * has no connection left (or the open ones stayed idle for CLOSE_LINGER_MS:
+ * the linger starts here); called outside every MHD callback (run_mhd,
+ * on_wake). */
+static void maybe_stop(srv_loop *L)
 {
-    if (s->ph != PH_CLOSING || s->n_live) return;
-    const union MHD_DaemonInfo *ci = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-    if (!ci || ci->num_connections == 0 || s->lingered) {
-        finish(s);
+    if (L->stopped || phase_of(L->s) != PH_CLOSING || atomic_load_explicit(&L->n_live, memory_order_relaxed))
+        return;
+    const union MHD_DaemonInfo *ci = MHD_get_daemon_info(L->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    if (!ci || ci->num_connections == 0 || L->lingered) {
+        loop_stop(L);
         return;
     }
-    if (!uv_is_active((uv_handle_t *)&s->linger_timer))
-        uv_timer_start(&s->linger_timer, on_linger, CLOSE_LINGER_MS, 0);
+    if (!uv_is_active((uv_handle_t *)&L->linger_timer))
+        uv_timer_start(&L->linger_timer, on_linger, CLOSE_LINGER_MS, 0);
+}
+
+/* Loop 0: once every loop has stopped, joins the workers, closes the
+ * control handles and its wake, which ends its uv_run, and tells the other
+ * loops to close their wakes, which ends theirs. */
+static void control_check(srv *s)
+{
+    if (s->stopped_all || atomic_load_explicit(&s->loops_running, memory_order_acquire)) return;
+    s->stopped_all = 1;
+    atomic_store_explicit(&s->ph, PH_STOPPED, memory_order_release);
+    pool_stop(s->pool);
+    uv_close((uv_handle_t *)&s->accept_timer, on_close_noop);
+    uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
+    uv_close((uv_handle_t *)&s->sig_term, on_close_noop);
+    uv_close((uv_handle_t *)&s->sig_int, on_close_noop);
+    uv_close((uv_handle_t *)&s->sig_hup, on_close_noop);
+    uv_close((uv_handle_t *)&s->loops[0].wake, on_close_noop);
+    atomic_store_explicit(&s->close_wakes, 1, memory_order_release);
+    for (size_t i = 1; i < s->n_loops; i++) uv_async_send(&s->loops[i].wake);
+    log_msg(LOG_INFO, "stopped", "\"exit_code\":%d,\"connections_closed\":%zu", s->exit_code,
+            s->conns_closed_at_stop);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
 {
     srv *s = t->data;
-    log_msg(LOG_ERROR, "drain deadline passed with requests in flight", "\"live\":%zu", s->n_live);
+    log_msg(LOG_ERROR, "drain deadline passed with requests in flight", "\"live\":%zu", live_total(s));
     s->exit_code = 1;
-    finish(s);
+    /* every queued row comes back to its loop first; then the loops stop */
+    pool_stop(s->pool);
+    atomic_store_explicit(&s->finish_now, 1, memory_order_release);
+    wake_all(s);
 }
 
-/* Closes the listener and waits for live requests. */
+/* Stops accepting: the listening socket is closed (loop 0). */
+static void close_listener(srv *s)
+{
+    if (!s->listening) return;
+    s->listening = 0;
+    uv_poll_stop(&s->listen_poll);
+    uv_close((uv_handle_t *)&s->listen_poll, on_close_noop);
+    uv_timer_stop(&s->accept_timer);
+    close(s->listen_fd);
+    s->listen_fd = -1;
+    atomic_store_explicit(&s->accept_paused, 0, memory_order_relaxed);
+}
+
+/* Closes the listener and lets every loop wait for its live requests. */
 static void begin_close(srv *s)
 {
-    if (s->ph >= PH_CLOSING) return;
-    s->ph = PH_CLOSING;
-    MHD_socket fd = MHD_quiesce_daemon(s->d);
-    if (fd != MHD_INVALID_SOCKET) close(fd);
-    log_msg(LOG_INFO, "listener closed, finishing requests in flight", "\"live\":%zu", s->n_live);
+    if (phase_of(s) >= PH_CLOSING) return;
+    close_listener(s);
+    atomic_store_explicit(&s->ph, PH_CLOSING, memory_order_release);
+    log_msg(LOG_INFO, "listener closed, finishing requests in flight", "\"live\":%zu", live_total(s));
     uv_timer_start(&s->drain_timer, on_drain_timeout, s->cfg->drain_timeout_ms, 0);
-    maybe_stop(s);
+    wake_all(s);
 }
 
 static void on_drain_delay(uv_timer_t *t) { begin_close(t->data); }
@@ -1035,20 +1454,157 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     srv *s = h->data;
     if (signum == SIGHUP) {
-        int rc = reload_start(s, NULL);
+        int rc = reload_start(&s->loops[0], NULL);
         if (rc < 0) log_msg(LOG_WARN, "SIGHUP reload not started", "\"error\":\"%s\"", rk_strerror(rc));
         return;
     }
-    if (s->ph == PH_RUNNING) {
-        s->ph = PH_DRAINING;
+    int ph = phase_of(s);
+    if (ph == PH_RUNNING) {
+        atomic_store_explicit(&s->ph, PH_DRAINING, memory_order_release);
         log_msg(LOG_INFO, "draining: not ready, still serving", "\"signal\":%d,\"delay_ms\":%llu", signum,
                 (unsigned long long)s->cfg->drain_delay_ms);
         if (s->cfg->drain_delay_ms) uv_timer_start(&s->drain_timer, on_drain_delay, s->cfg->drain_delay_ms, 0);
         else begin_close(s);
-    } else if (s->ph == PH_DRAINING) {
+    } else if (ph == PH_DRAINING) {
         uv_timer_stop(&s->drain_timer);
         begin_close(s); /* a second signal skips the delay */
     }
+}
+
+
+/* ------------------------------------------------------------ acceptor */
+
+static void on_listen(uv_poll_t *p, int status, int events);
+
+/* Stops watching the listening socket (the kernel's backlog holds new
+ * clients meanwhile); loop 0 resumes it from its wake or its timer. */
+static void accept_pause(srv *s)
+{
+    uv_poll_stop(&s->listen_poll);
+    atomic_store_explicit(&s->accept_paused, 1, memory_order_relaxed);
+}
+
+static int at_conn_limit(srv *s)
+{
+    return atomic_load_explicit(&s->n_conns, memory_order_relaxed) +
+               atomic_load_explicit(&s->handing, memory_order_relaxed) >= s->cfg->max_connections;
+}
+
+/* Loop 0: resumes accepting when the process is below its connection limit. */
+static void accept_resume(srv *s)
+{
+    if (!s->listening || !atomic_load_explicit(&s->accept_paused, memory_order_relaxed) ||
+        uv_is_active((uv_handle_t *)&s->accept_timer) || at_conn_limit(s))
+        return;
+    atomic_store_explicit(&s->accept_paused, 0, memory_order_relaxed);
+    uv_poll_start(&s->listen_poll, UV_READABLE, on_listen);
+}
+
+static void on_accept_timer(uv_timer_t *t) { accept_resume(t->data); }
+
+/* The loop with the fewest connections (those being handed over count);
+ * ties go round in turn, so short connections one after another spread. */
+static srv_loop *pick_loop(srv *s)
+{
+    srv_loop *best = &s->loops[0];
+    size_t best_n = SIZE_MAX;
+    s->pick_next = (s->pick_next + 1) % s->n_loops;
+    for (size_t k = 0; k < s->n_loops; k++) {
+        srv_loop *L = &s->loops[(s->pick_next + k) % s->n_loops];
+        size_t n = atomic_load_explicit(&L->n_conns, memory_order_relaxed) +
+                   atomic_load_explicit(&L->handing, memory_order_relaxed);
+        if (n < best_n) {
+            best = L;
+            best_n = n;
+        }
+    }
+    return best;
+}
+
+/* Accepts what the backlog holds (ACCEPT_BURST at most) and hands each
+ * socket to a loop: loop 0 adds its own at once, the others get theirs
+ * through their inbox. At the connection limit it stops accepting. */
+static void on_listen(uv_poll_t *p, int status, int events)
+{
+    srv *s = p->data;
+    srv_loop *L0 = &s->loops[0];
+    int added = 0;
+    for (int i = 0; i < ACCEPT_BURST; i++) {
+        if (at_conn_limit(s)) {
+            accept_pause(s);
+            break;
+        }
+        handed_conn *c = malloc(sizeof *c);
+        if (!c) {
+            accept_pause(s);
+            uv_timer_start(&s->accept_timer, on_accept_timer, ACCEPT_RETRY_MS, 0);
+            break;
+        }
+        c->addr_len = sizeof c->addr;
+        c->fd = accept4(s->listen_fd, (struct sockaddr *)&c->addr, &c->addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c->fd < 0) {
+            int e = errno;
+            free(c);
+            if (e == EINTR || e == ECONNABORTED) continue;
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                log_msg(LOG_WARN, "cannot accept a connection, retrying shortly", "\"error\":\"%s\"", strerror(e));
+                accept_pause(s);
+                uv_timer_start(&s->accept_timer, on_accept_timer, ACCEPT_RETRY_MS, 0);
+            }
+            break;
+        }
+        srv_loop *L = pick_loop(s);
+        atomic_fetch_add_explicit(&L->handing, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->handing, 1, memory_order_relaxed);
+        if (L == L0) {
+            add_conn(L0, c);
+            free(c);
+            added = 1;
+            continue;
+        }
+        pthread_mutex_lock(&L->in_mu);
+        c->next = L->in_conns;
+        L->in_conns = c;
+        pthread_mutex_unlock(&L->in_mu);
+        uv_async_send(&L->wake);
+    }
+    if (added) run_mhd(L0);
+}
+
+/* Opens the listening socket on cfg's host and port (IPv4, IPv6, or both
+ * for "::"), non-blocking. Returns the socket or -1 after logging why. */
+static int open_listener(const srv_config *cfg)
+{
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)cfg->port)};
+    struct sockaddr *addr = (struct sockaddr *)&a4;
+    socklen_t len = sizeof a4;
+    int v6 = 0, one = 1;
+    if (inet_pton(AF_INET, cfg->host, &a4.sin_addr) != 1) {
+        if (inet_pton(AF_INET6, cfg->host, &a6.sin6_addr) != 1) {
+            log_msg(LOG_ERROR, "bad --host (an IPv4 or IPv6 address expected)", NULL);
+            return -1;
+        }
+        addr = (struct sockaddr *)&a6;
+        len = sizeof a6;
+        v6 = 1;
+    }
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) goto fail;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) goto fail;
+    if (v6) {
+        /* "::" also takes IPv4 clients (as v4-mapped addresses) */
+        int only6 = !IN6_IS_ADDR_UNSPECIFIED(&a6.sin6_addr);
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &only6, sizeof only6) < 0) goto fail;
+    }
+    if (bind(fd, addr, len) < 0 || listen(fd, 1024) < 0) goto fail;
+    return fd;
+fail:;
+    char esc[200];
+    log_msg(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%llu,\"error\":\"%s\"",
+            log_esc(cfg->host, esc, sizeof esc), (unsigned long long)cfg->port, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
 }
 
 /* ------------------------------------------------------------ run */
@@ -1064,27 +1620,111 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_msg(LOG_WARN, "libmicrohttpd", "\"detail\":\"%s\"", log_esc(m, esc, sizeof esc));
 }
 
+/* Sets up loop L: its libuv loop (idle time measured), its MHD daemon (no
+ * listening socket: the acceptor hands it connections), the handles that
+ * drive it and its wake. Returns 0, or -1 with what was made left for
+ * loop_free. */
+static int loop_init(srv *s, srv_loop *L, unsigned id)
+{
+    const srv_config *cfg = s->cfg;
+    L->s = s;
+    L->id = id;
+    pthread_mutex_init(&L->met_mu, NULL);
+    pthread_mutex_init(&L->in_mu, NULL);
+    met_init(&L->met);
+    if (uv_loop_init(&L->loop) != 0) return -1;
+    L->loop_ok = 1;
+    uv_loop_configure(&L->loop, UV_METRICS_IDLE_TIME);
+    L->d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET,
+                            0, NULL, NULL,
+                            on_request, L,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, L, /* first, or MHD warns */
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->conn_memory_bytes,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, L,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, L,
+                            MHD_OPTION_END);
+    if (!L->d) {
+        log_msg(LOG_ERROR, "cannot start the HTTP daemon of a loop", "\"loop\":%u", id);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(L->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || uv_poll_init(&L->loop, &L->mhd_poll, di->epoll_fd) != 0) return -1;
+    uv_timer_init(&L->loop, &L->mhd_timer);
+    uv_timer_init(&L->loop, &L->expire_timer);
+    uv_timer_init(&L->loop, &L->linger_timer);
+    uv_async_init(&L->loop, &L->wake, on_wake);
+    L->handles_ok = 1;
+    L->mhd_poll.data = L->mhd_timer.data = L->expire_timer.data = L->linger_timer.data = L;
+    L->wake.data = L;
+    uv_poll_start(&L->mhd_poll, UV_READABLE, on_mhd_poll);
+    return 0;
+}
+
+/* Undoes loop_init after a failed start (no thread runs L). */
+static void loop_free(srv_loop *L)
+{
+    if (L->d) MHD_stop_daemon(L->d);
+    L->d = NULL;
+    if (L->handles_ok) {
+        uv_close((uv_handle_t *)&L->mhd_poll, on_close_noop);
+        uv_close((uv_handle_t *)&L->mhd_timer, on_close_noop);
+        uv_close((uv_handle_t *)&L->expire_timer, on_close_noop);
+        uv_close((uv_handle_t *)&L->linger_timer, on_close_noop);
+        uv_close((uv_handle_t *)&L->wake, on_close_noop);
+    }
+    if (L->loop_ok) {
+        uv_run(&L->loop, UV_RUN_DEFAULT); /* runs the close callbacks */
+        uv_loop_close(&L->loop);
+    }
+    pthread_mutex_destroy(&L->met_mu);
+    pthread_mutex_destroy(&L->in_mu);
+}
+
+/* A loop's thread (loops 1..n-1; loop 0 runs on the main thread). */
+static void loop_main(void *arg)
+{
+    srv_loop *L = arg;
+    uv_run(&L->loop, UV_RUN_DEFAULT);
+}
+
+/* One loop per four usable CPUs by default: a loop's share of a request
+ * (HTTP, body, answer) is a few percent of the workers' (deploy/SCALING.md). */
+static size_t default_loops(void)
+{
+    size_t cpus = pool_default_workers();
+    return (cpus + 3) / 4;
+}
+
 int srv_run(const srv_config *cfg)
 {
     srv *s = calloc(1, sizeof *s);
     char err[512], esc[600];
-    int rc = 2, loop_ok = 0, async_ok = 0;
+    int rc = 2;
+    size_t n_init = 0;
     if (!s) return 2;
     s->cfg = cfg;
+    s->listen_fd = -1;
     s->start_unix = unix_now();
     busy_status = (int)cfg->busy_status;
     met_init(&s->met);
+    pthread_mutex_init(&s->model_mu, NULL);
+    pthread_mutex_init(&s->met_mu, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     if (load_model(cfg, &s->model, err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "cannot load the model", "\"error\":\"%s\"", log_esc(err, esc, sizeof esc));
-        free(s);
-        return 2;
+        goto fail;
     }
     s->model_loaded_unix = unix_now();
 
     size_t workers = cfg->workers ? cfg->workers : pool_default_workers();
     s->workers = workers;
+    s->n_loops = cfg->loops ? cfg->loops : default_loops();
+    s->decode_offload_bytes = cfg->decode_offload_bytes;
+    if (s->decode_offload_bytes == CFG_AUTO)
+        s->decode_offload_bytes = workers > 2 * s->n_loops ? 0 : OFFLOAD_FEW_CORES_BYTES;
     s->lim = (rk_limits){.max_candidates = cfg->max_candidates, .strict = !cfg->lenient};
     s->sctx.max_batch_rows = cfg->max_batch_rows;
     size_t sbt = cfg->small_batch_threads ? cfg->small_batch_threads : workers;
@@ -1092,11 +1732,12 @@ int srv_run(const srv_config *cfg)
     batch_opts bo = {.max_batch_rows = cfg->max_batch_rows, .max_queue_rows = cfg->max_queue_rows,
                      .max_delay_us = cfg->max_queue_delay_us, .split_min_rows = cfg->split_min_rows,
                      .workers = workers};
-    if (uv_loop_init(&s->loop) != 0) goto fail;
-    loop_ok = 1;
-    if (!(s->q = batch_new(&bo)) || uv_async_init(&s->loop, &s->done_async, on_done) != 0) goto fail;
-    async_ok = 1;
-    s->done_async.data = s;
+    if (!(s->loops = calloc(s->n_loops, sizeof *s->loops)) || !(s->q = batch_new(&bo))) goto fail;
+    for (; n_init < s->n_loops; n_init++)
+        if (loop_init(s, &s->loops[n_init], (unsigned)n_init) < 0) {
+            n_init++; /* loop_free undoes its part too */
+            goto fail;
+        }
     /* every worker's state for the first model, before any request can come */
     if (score_stash_init(&s->sctx) < 0 || score_prepare(&s->sctx, s->model, workers) < 0) {
         log_msg(LOG_ERROR, "out of memory for the workers' states", "\"workers\":%zu", workers);
@@ -1107,86 +1748,103 @@ int srv_run(const srv_config *cfg)
         goto fail;
     }
 
-    struct sockaddr_in addr4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
-    struct sockaddr_in6 addr6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)cfg->port)};
-    struct sockaddr *addr = (struct sockaddr *)&addr4;
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (inet_pton(AF_INET, cfg->host, &addr4.sin_addr) != 1) {
-        if (inet_pton(AF_INET6, cfg->host, &addr6.sin6_addr) != 1) {
-            log_msg(LOG_ERROR, "bad --host (an IPv4 or IPv6 address expected)", NULL);
-            goto fail;
-        }
-        addr = (struct sockaddr *)&addr6;
-        /* "::" also takes IPv4 clients (as v4-mapped addresses) */
-        flags |= IN6_IS_ADDR_UNSPECIFIED(&addr6.sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
-    }
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL,
-                            on_request, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD warns */
-                            MHD_OPTION_SOCK_ADDR, addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->conn_memory_bytes,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                            MHD_OPTION_END);
-    if (!s->d) {
-        log_msg(LOG_ERROR, "cannot listen", "\"host\":\"%s\",\"port\":%llu", cfg->host, (unsigned long long)cfg->port);
-        goto fail;
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
-    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    uv_poll_init(&s->loop, &s->mhd_poll, di->epoll_fd);
-    uv_timer_init(&s->loop, &s->mhd_timer);
-    uv_timer_init(&s->loop, &s->expire_timer);
-    uv_timer_init(&s->loop, &s->drain_timer);
-    uv_timer_init(&s->loop, &s->linger_timer);
-    s->mhd_poll.data = s->mhd_timer.data = s->expire_timer.data = s->drain_timer.data = s;
-    s->linger_timer.data = s;
-    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
-    uv_signal_init(&s->loop, &s->sig_term);
-    uv_signal_init(&s->loop, &s->sig_int);
-    uv_signal_init(&s->loop, &s->sig_hup);
+    /* the control part, on loop 0 */
+    srv_loop *L0 = &s->loops[0];
+    if ((s->listen_fd = open_listener(cfg)) < 0) goto fail;
+    uv_poll_init(&L0->loop, &s->listen_poll, s->listen_fd);
+    uv_timer_init(&L0->loop, &s->accept_timer);
+    uv_timer_init(&L0->loop, &s->drain_timer);
+    uv_signal_init(&L0->loop, &s->sig_term);
+    uv_signal_init(&L0->loop, &s->sig_int);
+    uv_signal_init(&L0->loop, &s->sig_hup);
+    s->control_ok = s->listening = 1;
+    s->listen_poll.data = s->accept_timer.data = s->drain_timer.data = s;
     s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    uv_poll_start(&s->listen_poll, UV_READABLE, on_listen);
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
 
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    unsigned port = (unsigned)cfg->port;
+    if (getsockname(s->listen_fd, (struct sockaddr *)&bound, &blen) == 0)
+        port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                 : ((struct sockaddr_in *)&bound)->sin_port);
     const dcn_info *in = dcn_model_info(s->model);
     char n1[160], n2[160];
     log_msg(LOG_INFO, "listening",
-            "\"host\":\"%s\",\"port\":%u,\"workers\":%zu,\"kernels\":\"%s\",\"huge_pages\":\"%s\",\"model\":\"%s\",\"version\":\"%s\",\"max_batch_rows\":%llu",
-            cfg->host, pi ? (unsigned)pi->port : (unsigned)cfg->port, workers, dcn_kernels_name(),
+            "\"host\":\"%s\",\"port\":%u,\"workers\":%zu,\"loops\":%zu,\"decode_offload_bytes\":%llu,\"kernels\":\"%s\",\"huge_pages\":\"%s\",\"model\":\"%s\",\"version\":\"%s\",\"max_batch_rows\":%llu",
+            cfg->host, port, workers, s->n_loops, (unsigned long long)s->decode_offload_bytes, dcn_kernels_name(),
             dcn_huge_pages(), log_esc(in->name, n1, sizeof n1), log_esc(in->version, n2, sizeof n2),
             (unsigned long long)cfg->max_batch_rows);
-    run_mhd(s);
-    uv_run(&s->loop, UV_RUN_DEFAULT);
+
+    atomic_store(&s->loops_running, s->n_loops);
+    uint64_t t0 = uv_hrtime();
+    for (size_t i = 0; i < s->n_loops; i++) s->loops[i].start_ns = t0;
+    for (size_t i = 1; i < s->n_loops; i++) {
+        if (uv_thread_create(&s->loops[i].tid, loop_main, &s->loops[i]) != 0) {
+            /* the loops already running are stopped like on SIGTERM, at once */
+            log_msg(LOG_ERROR, "cannot start an event loop thread", "\"loop\":%zu", i);
+            s->exit_code = 2;
+            for (size_t j = i; j < s->n_loops; j++) s->loops[j].stopped = 1;
+            atomic_fetch_sub(&s->loops_running, s->n_loops - i);
+            for (size_t j = i; j < s->n_loops; j++) {
+                loop_free(&s->loops[j]);
+                s->loops[j].loop_ok = 0;
+            }
+            s->n_loops = i; /* the rest never ran */
+            begin_close(s);
+            break;
+        }
+        s->loops[i].thread_ok = 1;
+        /* set before loop 0 runs: no scrape can be served before */
+        s->loops[i].cpu_clock_ok = pthread_getcpuclockid(s->loops[i].tid, &s->loops[i].cpu_clock) == 0;
+    }
+    L0->cpu_clock_ok = pthread_getcpuclockid(pthread_self(), &L0->cpu_clock) == 0;
+    uv_run(&L0->loop, UV_RUN_DEFAULT);
+    for (size_t i = 1; i < s->n_loops; i++)
+        if (s->loops[i].thread_ok) uv_thread_join(&s->loops[i].tid);
     rc = s->exit_code;
-    if (s->n_live) {
+    if (live_total(s)) {
         /* drain deadline: requests may still reference worker memory; let the
          * process exit take it (kept reachable, so leak checkers stay quiet) */
         abandoned = s;
         return rc;
     }
-    uv_loop_close(&s->loop);
+    for (size_t i = 0; i < s->n_loops; i++) {
+        uv_loop_close(&s->loops[i].loop);
+        pthread_mutex_destroy(&s->loops[i].met_mu);
+        pthread_mutex_destroy(&s->loops[i].in_mu);
+    }
     pool_free(s->pool);
     score_stash_destroy(&s->sctx); /* after the workers are joined (and the last reload ran) */
     batch_destroy(s->q);
     dcn_release(s->model);
+    pthread_mutex_destroy(&s->model_mu);
+    pthread_mutex_destroy(&s->met_mu);
+    free(s->loops);
     free(s);
     return rc;
 
 fail:
-    if (s->d) MHD_stop_daemon(s->d);
-    pool_free(s->pool); /* joins the workers: nothing signals done_async after this */
+    pool_free(s->pool); /* joins the workers: nothing wakes a loop after this */
     score_stash_destroy(&s->sctx);
-    batch_destroy(s->q);
-    if (loop_ok) {
-        if (async_ok) uv_close((uv_handle_t *)&s->done_async, on_close_noop);
-        uv_run(&s->loop, UV_RUN_DEFAULT); /* runs the close callback */
-        uv_loop_close(&s->loop);
+    if (s->control_ok) {
+        uv_close((uv_handle_t *)&s->listen_poll, on_close_noop);
+        uv_close((uv_handle_t *)&s->accept_timer, on_close_noop);
+        uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
+        uv_close((uv_handle_t *)&s->sig_term, on_close_noop);
+        uv_close((uv_handle_t *)&s->sig_int, on_close_noop);
+        uv_close((uv_handle_t *)&s->sig_hup, on_close_noop);
     }
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    for (size_t i = 0; i < n_init; i++) loop_free(&s->loops[i]);
+    batch_destroy(s->q);
     dcn_release(s->model);
+    pthread_mutex_destroy(&s->model_mu);
+    pthread_mutex_destroy(&s->met_mu);
+    free(s->loops);
     free(s);
     return 2;
 }

@@ -1,7 +1,7 @@
 /* metrics.c — metric storage and Prometheus text rendering (see metrics.h).
  *
- * DESIGN: plain counters touched by the loop thread only (the worker-state
- * counters come in met_gauges, read by the caller). Statuses map to a
+ * DESIGN: plain counters, locked by their owner (the worker-state counters
+ * and per-loop figures come in met_gauges, read by the caller). Statuses map to a
  * fixed index table; an unexpected status lands in the "other" slot.
  */
 #include <stdio.h>
@@ -70,6 +70,30 @@ void met_count_rejection(met_set *m, int err)
     int i = -err;
     if (i <= 0 || i >= MET_N_REASONS) i = 0;
     m->rejections[i]++;
+}
+
+static void hist_add(met_hist *dst, const met_hist *src)
+{
+    for (size_t i = 0; i <= MET_MAX_BUCKETS; i++) dst->counts[i] += src->counts[i];
+    dst->sum += src->sum;
+    dst->count += src->count;
+}
+
+void met_add(met_set *dst, const met_set *src)
+{
+    for (int h = 0; h < MET_N_HANDLERS; h++)
+        for (int s = 0; s < MET_N_STATUS; s++) dst->requests[h][s] += src->requests[h][s];
+    for (int i = 0; i < MET_N_REASONS; i++) dst->rejections[i] += src->rejections[i];
+    dst->candidates_scored += src->candidates_scored;
+    dst->batches += src->batches;
+    dst->batch_errors += src->batch_errors;
+    dst->reloads_ok += src->reloads_ok;
+    dst->reloads_failed += src->reloads_failed;
+    hist_add(&dst->request_seconds, &src->request_seconds);
+    for (int p = 0; p < MET_N_PHASES; p++) hist_add(&dst->phase_seconds[p], &src->phase_seconds[p]);
+    hist_add(&dst->inference_seconds, &src->inference_seconds);
+    hist_add(&dst->batch_rows, &src->batch_rows);
+    hist_add(&dst->request_candidates, &src->request_candidates);
 }
 
 /* Writes one histogram's series; labels is "" or `key="value"`. */
@@ -182,4 +206,22 @@ void met_render(const met_set *m, const met_gauges *g, rk_buf *b)
     rk_buf_printf(b, "dcnserve_model_loaded_timestamp_seconds %.3f\n", g->model_loaded_unix_s);
     put_head(b, "dcnserve_start_time_seconds", "gauge", "Process start (Unix time).");
     rk_buf_printf(b, "dcnserve_start_time_seconds %.3f\n", g->start_unix_s);
+    put_head(b, "dcnserve_loops", "gauge", "Event loops serving connections.");
+    rk_buf_printf(b, "dcnserve_loops %zu\n", g->n_loops);
+    put_head(b, "dcnserve_loop_busy_seconds_total", "counter",
+             "Time each event loop spent working (outside epoll_wait); its rate is the loop's busy share, 1 when saturated.");
+    for (size_t i = 0; i < g->n_loops; i++)
+        rk_buf_printf(b, "dcnserve_loop_busy_seconds_total{loop=\"%zu\"} %.6f\n", i, g->loops[i].busy_s);
+    put_head(b, "dcnserve_loop_cpu_seconds_total", "counter",
+             "CPU time of each event loop's thread (below its busy time when other threads take its core).");
+    for (size_t i = 0; i < g->n_loops; i++)
+        rk_buf_printf(b, "dcnserve_loop_cpu_seconds_total{loop=\"%zu\"} %.6f\n", i, g->loops[i].cpu_s);
+    put_head(b, "dcnserve_loop_requests_total", "counter", "HTTP requests answered, by event loop.");
+    for (size_t i = 0; i < g->n_loops; i++)
+        rk_buf_printf(b, "dcnserve_loop_requests_total{loop=\"%zu\"} %llu\n", i,
+                      (unsigned long long)g->loops[i].requests);
+    put_head(b, "dcnserve_loop_connections", "gauge", "Open connections, by event loop.");
+    for (size_t i = 0; i < g->n_loops; i++)
+        rk_buf_printf(b, "dcnserve_loop_connections{loop=\"%zu\"} %llu\n", i,
+                      (unsigned long long)g->loops[i].connections);
 }

@@ -1,9 +1,10 @@
 /* metrics.h — the daemon's Prometheus metrics: counters, fixed-bucket
  * histograms and gauges, rendered in the text exposition format 0.0.4.
  *
- * DESIGN: every update happens on the event-loop thread (workers report
- * their timings inside the batches they hand back), so there is no locking
- * and no atomics; /metrics is rendered on the same thread. Values kept
+ * DESIGN: a met_set is plain memory with no lock of its own: its owner
+ * serialises access (the server keeps one per event loop, under that
+ * loop's mutex, and one for batch and reload counters under another) and
+ * /metrics sums them with met_add at scrape time. Values kept
  * elsewhere (gauges, and the worker-state counters that the scorer keeps
  * under its stash lock, score.h) are read by the caller at render time and
  * passed in met_gauges. Histogram buckets
@@ -51,7 +52,15 @@ typedef struct met_set {
     met_hist request_candidates;
 } met_set;
 
-/* Values read at render time (the last two are counters). */
+/* One event loop's own figures, read at render time. */
+typedef struct met_loop_stat {
+    double busy_s;                      /* time outside epoll_wait since start */
+    double cpu_s;                       /* CPU time of its thread */
+    uint64_t requests;                  /* HTTP requests it answered */
+    uint64_t connections;               /* connections it holds now */
+} met_loop_stat;
+
+/* Values read at render time (states_*: counters). */
 typedef struct met_gauges {
     uint64_t inflight_requests;
     uint64_t queue_rows;
@@ -63,6 +72,8 @@ typedef struct met_gauges {
     double start_unix_s;
     uint64_t states_prepared;           /* worker states built ahead (score_prepare) */
     uint64_t states_built_on_request;   /* ... and by a worker for a batch */
+    size_t n_loops;
+    const met_loop_stat *loops;         /* (n_loops) */
 } met_gauges;
 
 void met_init(met_set *m);
@@ -70,6 +81,8 @@ void met_init(met_set *m);
 void met_count_request(met_set *m, met_handler h, int status);
 /* Counts a rejection of a /rank request by its error code. */
 void met_count_rejection(met_set *m, int rk_err);
+/* Adds every counter and histogram of src into dst (same bucket bounds). */
+void met_add(met_set *dst, const met_set *src);
 /* Renders everything into b. */
 void met_render(const met_set *m, const met_gauges *g, rk_buf *b);
 

@@ -1,11 +1,12 @@
 /* pool.c — worker threads and the done-list (see pool.h for the design).
  *
  * DESIGN: the done-list is a FIFO (head, tail) under `mu`; only workers and
- * pool_expire append, only the loop thread detaches. Threads are joined in
- * pool_stop; after that no thread but the caller touches the pool. `busy`
- * counts the workers between taking a batch and handing it back (atomic:
- * every worker writes it, any may read it through pool_spare_workers, which
- * finds its pool in a thread-local the worker set at start).
+ * pool_expire append; any thread detaches (the server does in notify).
+ * Threads are joined in pool_stop; after that no thread but the caller
+ * touches the pool. `busy` counts the workers between taking a batch and
+ * handing it back (atomic: every worker writes it, any may read it through
+ * pool_spare_workers, which finds its pool in a thread-local the worker set
+ * at start).
  */
 #include <sched.h>
 #include <stdatomic.h>

@@ -12,8 +12,9 @@
  *   that must not delay an answer goes there (the server frees the state
  *   a reload replaced). It may delay the worker's next batch instead.
  * - Completion: a worker appends the finished batch to the done-list under a
- *   mutex, then calls notify (the server's uv_async_send, which coalesces);
- *   the loop thread detaches the whole list with pool_take_done. Workers never
+ *   mutex, then calls notify; any thread may detach the whole list with
+ *   pool_take_done (the server's notify does it at once, on the notifying
+ *   thread, and hands each request to its event loop). Workers never
  *   touch anything but their batch and their state (and, inside the score
  *   callback, the scorer's stash under its own lock, only when the state
  *   does not match the batch's model: never on the hot path).
@@ -50,8 +51,8 @@ typedef struct pool pool;
 pool *pool_new(batch_queue *q, size_t n_workers, pool_score_fn score, pool_after_fn after,
                pool_free_fn free_state, void *score_ctx, pool_notify_fn notify, void *notify_ctx);
 
-/* Detaches the done-list, oldest first; NULL if empty. Free each with
- * batch_free after use. */
+/* Detaches the done-list, oldest first; NULL if empty; any thread, notify
+ * included. Free each with batch_free after use. */
 batch_work *pool_take_done(pool *p);
 
 /* Moves rows past their deadline to the done-list (and notifies); returns

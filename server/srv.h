@@ -2,23 +2,30 @@
  * lifecycle, model reload and graceful drain.
  *
  * DESIGN
- * - Threads: the loop thread runs libuv, MHD (external epoll mode: MHD's
- *   epoll fd is watched by a uv_poll, a uv_timer re-armed from
- *   MHD_get_timeout after every MHD_run), JSON decoding, ranking and
- *   encoding. Worker threads (pool.h) score, and decode the bodies of at
- *   least --decode-offload-bytes (a batch task), so a huge body does not
- *   stall the loop. A reload opens and warms
+ * - Threads: N event loops (--loops; one per four usable CPUs by default),
+ *   each a libuv loop on its own thread driving its own MHD daemon
+ *   (external epoll mode: MHD's epoll fd is watched by a uv_poll, a
+ *   uv_timer re-armed from MHD_get_timeout after every MHD_run), which owns
+ *   the connections handed to it and runs their JSON decoding, ranking and
+ *   encoding. Loop 0 also accepts (one listening socket; each new
+ *   connection goes to the loop with the fewest), handles signals and
+ *   moves the phase; it tells the others through their uv_async. All loops
+ *   feed one batcher and one worker pool. Worker threads (pool.h) score,
+ *   and decode bodies of at least --decode-offload-bytes (a batch task),
+ *   so a huge body does not stall a loop. A reload opens and warms
  *   the new file on libuv's threadpool (file work) and builds there one
  *   worker state per worker for it (score.h: scratch memory, staging
- *   buffers, helper threads), then swaps on the loop; the start-up model's
- *   states are built before the listener opens. So no request pays for a
- *   worker state, after start or after a reload (but for a request decoded
- *   against the old model and scored after its worker switched: score.h).
+ *   buffers, helper threads), then swaps on the loop that started it; the
+ *   start-up model's states are built before the listener opens. So no
+ *   request pays for a worker state, after start or after a reload (but
+ *   for a request decoded against the old model and scored after its
+ *   worker switched: score.h).
  * - A /rank request: read the body (bounded), decode it against the current
  *   model (taking a reference), push it to the batcher, suspend the
- *   connection; its rows come back through the pool's done-list and a
- *   uv_async; when all rows are back the connection is resumed and MHD calls
- *   the handler again, which ranks, encodes and queues the answer.
+ *   connection; its rows come back through the pool's done-list, and the
+ *   thread that accounts its last row puts it on its own loop's inbox and
+ *   wakes that loop (uv_async); the loop resumes the connection and MHD
+ *   calls the handler again, which ranks, encodes and queues the answer.
  * - Ownership: MHD owns connections; a srv_req is created on the first
  *   handler call and freed in MHD's completion callback, which never runs
  *   while the request is queued (suspended connections do not time out and

@@ -12,7 +12,12 @@ the connections go), then a paced run at a fixed offered rate (wrk's delay()
 hook) so tail latency is measured at a known load rather than hidden by
 coordinated omission. The parse/queue/inference/encode split is the
 difference of the server's /metrics histograms (dcnserve_request_phase_seconds)
-across each run. Figures, not tests: nothing here asserts a speed.
+across each run; the event loops' busy share and their CPU time per request
+and per candidate come from dcnserve_loop_busy_seconds_total the same way
+(the loops' cost predicts where they would cap a bigger machine). With
+--workers and --loops lists, one server per combination runs the same sizes
+and a scaling table closes the report. Figures, not tests: nothing here
+asserts a speed.
 
 Standard library only; needs wrk on PATH. The server process is
 tests/lib/dcnproc.py's, found from this file's place in the repository.
@@ -44,14 +49,29 @@ def get(port, path):
 
 
 def scrape(port):
-    """Sums and counts of the phase histograms, request duration and batch rows."""
+    """Sums and counts of the phase histograms, request duration and batch
+    rows; each loop's busy seconds as ("loop_busy", index)."""
     text = get(port, "/metrics")
     out = {}
     for m in re.finditer(r'^(dcnserve_[a-z_]+)_(sum|count)(\{phase="(\w+)"\})? (\S+)$', text, re.M):
         name, kind, _, phase, val = m.groups()
         key = (name + (":" + phase if phase else ""), kind)
         out[key] = float(val)
+    for m in re.finditer(r'^dcnserve_loop_busy_seconds_total\{loop="(\d+)"\} (\S+)$', text, re.M):
+        out[("loop_busy", int(m.group(1)))] = float(m.group(2))
+    for m in re.finditer(r'^dcnserve_loop_cpu_seconds_total\{loop="(\d+)"\} (\S+)$', text, re.M):
+        out[("loop_cpu", int(m.group(1)))] = float(m.group(2))
     return out
+
+
+def loop_busy(a, b, wall_s):
+    """(CPU seconds of all loop threads together, the busiest loop's busy
+    share) between two scrapes wall_s apart. Busy is wall time outside
+    epoll_wait (it counts time the thread waited for a core); CPU time is
+    what the loops' own work cost."""
+    busy = [b[k] - a.get(k, 0.0) for k in b if k[0] == "loop_busy"]
+    cpu = [b[k] - a.get(k, 0.0) for k in b if k[0] == "loop_cpu"]
+    return sum(cpu), (max(busy) / wall_s if busy and wall_s > 0 else float("nan"))
 
 
 def delta_mean(a, b, name):
@@ -151,7 +171,7 @@ def fmt_ms(us):
     return f"{us / 1000:.2f}"
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--server", default=os.path.join(ROOT, "build", "release", "dcnserve"))
     ap.add_argument("--model", default=os.path.join(ROOT, "model", "default", "criteo-dcn.dcn"))
@@ -160,8 +180,14 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per run")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
+    ap.add_argument("--workers", default="",
+                    help="comma-separated worker counts, one server each (default: the server's)")
+    ap.add_argument("--loops", default="",
+                    help="comma-separated event-loop counts, one server each with every worker "
+                         "count (default: the server's)")
     ap.add_argument("--paced-load", type=float, default=0.5,
                     help="paced runs offer this fraction of the closed-loop request rate")
+    ap.add_argument("--no-paced", action="store_true", help="closed-loop runs only")
     ap.add_argument("--decode-bench", default="",
                     help="decode-bench binary: time the decoder and encoder on each body first")
     ap.add_argument("--ids", choices=("data", "random"), default="data",
@@ -173,9 +199,28 @@ def main():
                     help="dcn-bench binary: measure the engine alone on the same batch size, thread "
                          "count and number of distinct rows, and print the server/engine ratio")
     ap.add_argument("server_args", nargs="*", help="extra dcnserve flags (after --)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    srv = dcnproc.Server(args.model, "--drain-delay-ms", "0", "--log-level", "warn", *args.server_args,
+
+def write_bodies(args, info, rows, rng, tmp):
+    """One body file per size (several bodies, one a line, with --ids
+    random); returns [(n, file, bodies)]."""
+    out = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        bf = os.path.join(tmp, f"body{n}.json")
+        n_bodies = 1 if args.ids == "data" else max(1, -(-args.distinct_rows // n))
+        with open(bf, "w") as f:
+            for k in range(n_bodies):   # one body per line; rank.lua cycles through them
+                body_rows = rows if rows else random_rows(info["features"], n, rng)
+                f.write(body_for(body_rows, n, k * n) + "\n")
+        out.append((n, bf, n_bodies))
+    return out
+
+
+def bench_server(args, flags, bodies, first):
+    """Starts one server with flags, runs every size on it (closed loop,
+    then paced), prints a row per run; returns {(n, mode): figures}."""
+    srv = dcnproc.Server(args.model, "--drain-delay-ms", "0", "--log-level", "warn", *flags, *args.server_args,
                          binary=args.server)
     try:
         srv.start()
@@ -183,90 +228,138 @@ def main():
         srv.close()
         sys.exit(str(e))
     port = srv.port
+    results = {}
     try:
         info = json.loads(get(port, "/v1/model"))
-        workers = re.search(r"^dcnserve_workers (\d+)", get(port, "/metrics"), re.M).group(1)
-        rows = load_rows(args.data, info["features"]) if args.ids == "data" else None
-        rng = random.Random(1)
-        print(f"model {info['name']} {info['version']} ({info['architecture']['cross']['kind']} cross, "
-              f"d={info['architecture']['d']}, kernels {info['kernels']}), {workers} workers, "
-              f"wrk {args.threads} thread(s) x {args.connections} connections, {args.duration} s per run, "
-              f"{'real Criteo rows' if args.ids == 'data' else f'random ids, {args.distinct_rows} distinct rows per size'}")
+        m = get(port, "/metrics")
+        workers = re.search(r"^dcnserve_workers (\d+)", m, re.M).group(1)
+        hit = re.search(r"^dcnserve_loops (\d+)", m, re.M)
+        loops = hit.group(1) if hit else "1"   # a server from before --loops
+        if first:
+            print(f"model {info['name']} {info['version']} ({info['architecture']['cross']['kind']} cross, "
+                  f"d={info['architecture']['d']}, kernels {info['kernels']}), "
+                  f"wrk {args.threads} thread(s) x {args.connections} connections, {args.duration} s per run, "
+                  f"{'real Criteo rows' if args.ids == 'data' else f'random ids, {args.distinct_rows} distinct rows per size'}")
         print()
+        print(f"== {workers} workers, {loops} loop(s)" + (f" ({' '.join(flags)})" if flags else " (defaults)"))
         hdr = (f"{'mode':<7} {'cands':>5} {'req/s':>9} {'cands/s':>10} {'p50 ms':>8} {'p90 ms':>8} "
                f"{'p99 ms':>8} {'non2xx':>6} | server mean µs: {'parse':>7} {'queue':>7} {'infer':>7} "
                f"{'encode':>7} {'rows/batch':>10} | cores: {'server':>6} {'wrk':>5} {'foreign':>7} | "
-               f"{'cands/server-core-s':>19}")
+               f"{'cands/server-core-s':>19} | loops: {'busy':>5} {'µs/req':>7} {'µs/cand':>7}")
         print(hdr)
         print("-" * len(hdr))
-        decode_lines, engine_lines = [], []
-        with tempfile.TemporaryDirectory() as tmp:
-            closed = {}
-            for n in (int(x) for x in args.sizes.split(",")):
-                bf = os.path.join(tmp, f"body{n}.json")
-                n_bodies = 1 if args.ids == "data" else max(1, -(-args.distinct_rows // n))
-                with open(bf, "w") as f:
-                    for k in range(n_bodies):   # one body per line; rank.lua cycles through them
-                        body_rows = rows if rows else random_rows(info["features"], n, rng)
-                        f.write(body_for(body_rows, n, k * n) + "\n")
-                if args.decode_bench:
-                    first = os.path.join(tmp, f"first{n}.json")
-                    with open(bf) as f, open(first, "w") as g:
-                        g.write(f.readline().rstrip("\n"))
-                    d = subprocess.run([args.decode_bench, args.model, first, "1"], capture_output=True, text=True)
-                    decode_lines.extend((d.stdout or d.stderr).strip().splitlines())
-                run_wrk(args, port, bf, duration=1)  # warm-up
-                for mode in ("closed", "paced"):
-                    rate = 0.0
-                    if mode == "paced":
-                        total = closed[n] * args.paced_load
-                        rate = max(total / args.connections, 0.5)
-                    a = scrape(port)
-                    ca = cpu_snapshot(srv.proc.pid)
-                    r = run_wrk(args, port, bf, rate_per_conn=rate)
-                    cb = cpu_snapshot(srv.proc.pid)
-                    b = scrape(port)
-                    cpu_server, cpu_wrk, foreign = cpu_split(ca, cb)
-                    rps = r["requests"] / (r["duration_us"] / 1e6)
-                    if mode == "closed":
-                        closed[n] = rps
-                    split = [delta_mean(a, b, "dcnserve_request_phase_seconds:" + p) * 1e6 for p in PHASES]
-                    rows_per_batch = delta_mean(a, b, "dcnserve_batch_rows")
-                    label = "closed" if mode == "closed" else f"paced"
-                    if mode == "closed" and args.engine_bench:
-                        e = engine_rate(args.engine_bench, args.model, n, int(workers), n_bodies * n)
-                        if e:
-                            engine_lines.append(
-                                f"  {n:>5} cands: server {rps * n:>9.0f} cands/s, engine {e[0]:>9.0f} samples/s "
-                                f"(batch {n}, {workers} threads, pool {max(1024, n_bodies * n)} rows, foreign "
-                                f"{e[1]:.0%}): server/engine {rps * n / e[0]:.0%}")
-                    print(f"{label:<7} {n:>5} {rps:>9.0f} {rps * n:>10.0f} {fmt_ms(r['p50']):>8} "
-                          f"{fmt_ms(r['p90']):>8} {fmt_ms(r['p99']):>8} {int(r['non2xx'] + r['socket_errors']):>6} | "
-                          f"{'':>15}{split[0]:>7.0f} {split[1]:>7.0f} {split[2]:>7.0f} {split[3]:>7.0f} "
-                          f"{rows_per_batch:>10.1f} | {'':>7}{cpu_server:>6.2f} {cpu_wrk:>5.2f} {foreign:>7.0%} | "
-                          f"{rps * n / max(cpu_server, 1e-9):>19.0f}")
-        print()
-        print(f"paced: offered {args.paced_load:.0%} of the closed-loop rate, evenly over the connections "
-              f"(wrk delay() hook); req/s shows the rate achieved.")
-        print("cores: CPU used during the run by the server, by wrk, and by every other process "
-              "(foreign, as a share of all CPUs): a high foreign share makes the figures unreliable.")
-        print("cands/server-core-s: candidates answered per CPU-second the server used (loop and "
-              "workers), comparable with the engine's single-thread samples/s even on a shared machine.")
+        engine_lines = []
+        closed = {}
+        for n, bf, n_bodies in bodies:
+            run_wrk(args, port, bf, duration=1)  # warm-up
+            for mode in ("closed",) if args.no_paced else ("closed", "paced"):
+                rate = 0.0
+                if mode == "paced":
+                    total = closed[n] * args.paced_load
+                    rate = max(total / args.connections, 0.5)
+                a = scrape(port)
+                ca = cpu_snapshot(srv.proc.pid)
+                r = run_wrk(args, port, bf, rate_per_conn=rate)
+                cb = cpu_snapshot(srv.proc.pid)
+                b = scrape(port)
+                cpu_server, cpu_wrk, foreign = cpu_split(ca, cb)
+                rps = r["requests"] / (r["duration_us"] / 1e6)
+                if mode == "closed":
+                    closed[n] = rps
+                split = [delta_mean(a, b, "dcnserve_request_phase_seconds:" + p) * 1e6 for p in PHASES]
+                rows_per_batch = delta_mean(a, b, "dcnserve_batch_rows")
+                answered = (b.get(("dcnserve_request_duration_seconds", "count"), 0)
+                            - a.get(("dcnserve_request_duration_seconds", "count"), 0))
+                busy_s, busy_max = loop_busy(a, b, cb["wall"] - ca["wall"])
+                loop_us = busy_s / answered * 1e6 if answered else float("nan")
+                if mode == "closed" and args.engine_bench:
+                    e = engine_rate(args.engine_bench, args.model, n, int(workers), n_bodies * n)
+                    if e:
+                        engine_lines.append(
+                            f"  {n:>5} cands: server {rps * n:>9.0f} cands/s, engine {e[0]:>9.0f} samples/s "
+                            f"(batch {n}, {workers} threads, pool {max(1024, n_bodies * n)} rows, foreign "
+                            f"{e[1]:.0%}): server/engine {rps * n / e[0]:.0%}")
+                results[(n, mode)] = {"rps": rps, "p99_ms": r["p99"] / 1000, "busy_max": busy_max,
+                                      "loop_us": loop_us, "cpu_server": cpu_server, "foreign": foreign}
+                print(f"{mode:<7} {n:>5} {rps:>9.0f} {rps * n:>10.0f} {fmt_ms(r['p50']):>8} "
+                      f"{fmt_ms(r['p90']):>8} {fmt_ms(r['p99']):>8} {int(r['non2xx'] + r['socket_errors']):>6} | "
+                      f"{'':>15}{split[0]:>7.0f} {split[1]:>7.0f} {split[2]:>7.0f} {split[3]:>7.0f} "
+                      f"{rows_per_batch:>10.1f} | {'':>7}{cpu_server:>6.2f} {cpu_wrk:>5.2f} {foreign:>7.0%} | "
+                      f"{rps * n / max(cpu_server, 1e-9):>19.0f} | {'':>7}{busy_max:>5.0%} {loop_us:>7.1f} "
+                      f"{loop_us / n:>7.2f}")
         if engine_lines:
             print()
             print("engine alone (dcn-bench run, same model, batch size, threads and distinct rows), right "
                   "after each closed-loop run:")
             for line in engine_lines:
                 print(line)
-        if decode_lines:
-            print()
-            print("decode-bench (one core, no HTTP): the loop's decode and rank+encode per request")
-            for line in decode_lines:
-                print("  " + line)
     finally:
         srv.stop(20)
         srv.close()
+    return results
 
+
+def main():
+    args = parse_args()
+    workers = [w for w in args.workers.split(",") if w] or [None]
+    loops = [lp for lp in args.loops.split(",") if lp] or [None]
+    configs = [(w, lp) for w in workers for lp in loops]
+    probe = dcnproc.Server(args.model, "--drain-delay-ms", "0", "--log-level", "warn", binary=args.server)
+    try:
+        probe.start()
+        info = json.loads(get(probe.port, "/v1/model"))
+    except RuntimeError as e:
+        sys.exit(str(e))
+    finally:
+        probe.stop(20)
+        probe.close()
+    rows = load_rows(args.data, info["features"]) if args.ids == "data" else None
+    rng = random.Random(1)
+    decode_lines = []
+    table = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = write_bodies(args, info, rows, rng, tmp)
+        if args.decode_bench:
+            for n, bf, _ in bodies:
+                first = os.path.join(tmp, f"first{n}.json")
+                with open(bf) as f, open(first, "w") as g:
+                    g.write(f.readline().rstrip("\n"))
+                d = subprocess.run([args.decode_bench, args.model, first, "1"], capture_output=True, text=True)
+                decode_lines.extend((d.stdout or d.stderr).strip().splitlines())
+        for k, (w, lp) in enumerate(configs):
+            flags = (["--workers", w] if w else []) + (["--loops", lp] if lp else [])
+            table[(w, lp)] = bench_server(args, flags, bodies, k == 0)
+    print()
+    if not args.no_paced:
+        print(f"paced: offered {args.paced_load:.0%} of the closed-loop rate, evenly over the connections "
+              f"(wrk delay() hook); req/s shows the rate achieved.")
+    print("cores: CPU used during the run by the server, by wrk, and by every other process "
+          "(foreign, as a share of all CPUs): a high foreign share makes the figures unreliable.")
+    print("cands/server-core-s: candidates answered per CPU-second the server used (loop and "
+          "workers), comparable with the engine's single-thread samples/s even on a shared machine.")
+    print("loops: the busiest loop's busy share (wall time outside epoll_wait over the run, waits for a "
+          "core included; near 100%: that loop sets the pace), and the loop threads' CPU time per "
+          "answered request and per candidate (their own work: HTTP, body, decode when on the loop, "
+          "encode).")
+    if len(configs) > 1:
+        print()
+        print("scaling (closed loop): req/s, p99 ms, busiest loop's share, loops' µs per request")
+        names = ["w=%s l=%s" % (w or "dflt", lp or "dflt") for w, lp in configs]
+        head = f"{'cands':>5} " + " ".join(f"{name:>30}" for name in names)
+        print(head)
+        print("-" * len(head))
+        for n, _, _ in bodies:
+            cells = []
+            for c in configs:
+                f = table[c].get((n, "closed"))
+                cells.append(f"{f['rps']:>9.0f} {f['p99_ms']:>7.2f} {f['busy_max']:>5.0%} {f['loop_us']:>6.1f}"
+                             if f else f"{'':>30}")
+            print(f"{n:>5} " + " ".join(f"{c:>30}" for c in cells))
+    if decode_lines:
+        print()
+        print("decode-bench (one core, no HTTP): the loop's decode and rank+encode per request")
+        for line in decode_lines:
+            print("  " + line)
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,10 @@ DESIGN
   requests are valid for both and a reload can alternate between them. The
   process, its output and plain HTTP requests are tests/lib/dcnproc.py's;
   Server here adds raw-body /rank and the /proc and /metrics readings.
+- Every fault test class runs twice: with the server's default event loops
+  (one on a 2-core machine) and as <Class>Loops3 with --loops 3
+  (dcnproc.also_with_loops), so each fault is also met with connections on
+  several loops.
 - Under a sanitizer build (the path of DCNSERVE names asan or tsan, or
   valgrind) the tests keep their counts but relax resident-memory bounds,
   which the sanitizers' own allocators make meaningless.

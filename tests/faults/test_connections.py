@@ -30,6 +30,7 @@ def raise_fd_limit(n):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class ManyConnectionsTest(unittest.TestCase):
     def test_2048_keep_alive_connections(self):
         if raise_fd_limit(N_CONNS + 200) < N_CONNS + 200:
@@ -89,6 +90,7 @@ class ManyConnectionsTest(unittest.TestCase):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class OverloadTest(unittest.TestCase):
     def test_overload_gives_fast_busy_answers_and_recovers(self):
         # the worker waits up to 100 ms to fill a 4,096-row batch, so rows pile

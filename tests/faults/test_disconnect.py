@@ -24,6 +24,7 @@ def wait_until(pred, timeout):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class DisconnectTest(unittest.TestCase):
     def setUp(self):
         # one worker and a 200 ms batching delay keep requests queued long

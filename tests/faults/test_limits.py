@@ -19,6 +19,7 @@ import faultlib as fl
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class LimitsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -70,6 +70,7 @@ class Load(threading.Thread):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER and os.path.exists(fl.ALT_MODEL), "dcnserve or models missing")
+@fl.dcnproc.also_with_loops(3)
 class ReloadFaultTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()

@@ -76,6 +76,7 @@ class Client(threading.Thread):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class SigtermTest(unittest.TestCase):
     def run_drain(self, keep_alive):
         srv = fl.Server(fl.MODEL, "--workers", "2", "--drain-delay-ms", "300",
@@ -114,6 +115,7 @@ class SigtermTest(unittest.TestCase):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class Kill9RestartTest(unittest.TestCase):
     def test_kill9_and_restart_ready_within_a_second(self):
         srv = fl.Server(fl.MODEL, "--workers", "2").start()

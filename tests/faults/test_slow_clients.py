@@ -38,6 +38,7 @@ def trickle(socks_payloads, stop, step_s):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class SlowClientTest(unittest.TestCase):
     LIMIT = 128
 
@@ -100,6 +101,7 @@ class SlowClientTest(unittest.TestCase):
 
 
 @unittest.skipUnless(fl.HAVE_SERVER, "dcnserve not built")
+@fl.dcnproc.also_with_loops(3)
 class IdleReapTest(unittest.TestCase):
     def test_idle_connections_are_closed(self):
         srv = fl.Server(fl.MODEL, "--idle-timeout-s", "1", "--drain-delay-ms", "0").start()

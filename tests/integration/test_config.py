@@ -89,6 +89,8 @@ VALUES = {
     "max-batch-rows": "7",
     "max-candidates": "2",
     "max-body-bytes": "300",
+    "decode-offload-bytes": "4096",
+    "loops": "3",
 }
 
 
@@ -151,8 +153,13 @@ def check_idle_timeout(t, srv, v):
 
 # Effects a client can see; the other options show only in the
 # configuration line (they shape queues, drains and threads).
+def check_loops(t, srv, v):
+    t.assertIn(f"dcnserve_loops {v}\n", srv.request("GET", "/metrics")[2].decode())
+
+
 EFFECTS = {
     "workers": check_workers,
+    "loops": check_loops,
     "max-batch-rows": check_max_batch_rows,
     "max-candidates": check_max_candidates,
     "max-body-bytes": check_max_body_bytes,
@@ -230,7 +237,7 @@ class EnvConfigTest(unittest.TestCase):
                     want = {"true": True, "false": False}.get(value, value)
                     if isinstance(default, bool):
                         want = value == "1"
-                    elif isinstance(default, int):
+                    elif isinstance(default, int) or (default == "auto" and value.isdigit()):
                         want = int(value)
                     if flag == "admin-token":
                         want = "(set)"

@@ -26,6 +26,7 @@ def write_garbage(path):
 
 
 @unittest.skipUnless(os.path.exists(ts.DCNSERVE) and ts.dcnfile is not None, "dcnserve or dcnfile missing")
+@ts.dcnproc.also_with_loops(3)
 class ReloadTest(unittest.TestCase):
     def test_reload_under_traffic(self):
         with tempfile.TemporaryDirectory() as d:
@@ -181,6 +182,7 @@ class WorkerStatesTest(unittest.TestCase):
 
 
 @unittest.skipUnless(os.path.exists(ts.DCNSERVE) and ts.dcnfile is not None, "dcnserve or dcnfile missing")
+@ts.dcnproc.also_with_loops(3)
 class DrainTest(unittest.TestCase):
     def test_sigterm_drains_requests_in_flight(self):
         with tempfile.TemporaryDirectory() as d:
@@ -267,6 +269,7 @@ def ipv6_loopback():
 
 @unittest.skipUnless(os.path.exists(ts.DCNSERVE) and ts.dcnfile is not None, "dcnserve or dcnfile missing")
 @unittest.skipUnless(ipv6_loopback(), "no IPv6 loopback here")
+@ts.dcnproc.also_with_loops(3)
 class Ipv6Test(unittest.TestCase):
     def start(self, path, host):
         """Starts dcnserve on host; returns (process, port, log file)."""

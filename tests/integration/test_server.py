@@ -119,6 +119,7 @@ def reference_scores(model_path, rows):
 
 
 @unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+@dcnproc.also_with_loops(3)
 class RankTest(unittest.TestCase):
     EXTRA_ARGS = ()
 
@@ -152,7 +153,10 @@ class RankTest(unittest.TestCase):
         self.assertEqual([c["rank"] for c in out["ranked"]], list(range(1, 41)))
         for k in ("total", "parse", "queue", "inference", "encode"):
             self.assertIn(k, out["latency_us"])
-        self.assertIn("inference;dur=", h["server-timing"])
+        # Server-Timing: the body's latencies in milliseconds, three decimals
+        lat = out["latency_us"]
+        self.assertEqual(h["server-timing"], ", ".join(
+            f"{k};dur={lat[k] // 1000}.{lat[k] % 1000:03d}" for k in ("parse", "queue", "inference", "encode", "total")))
 
     def test_top_k_and_stable_ties(self):
         same = {"I1": 3, "C1": "0a"}
@@ -463,6 +467,7 @@ class RankOffloadTest(RankTest):
 
 
 @unittest.skipUnless(os.path.exists(DCNSERVE) and dcnfile is not None, "dcnserve or dcnfile missing")
+@dcnproc.also_with_loops(3)
 class BusyTest(unittest.TestCase):
     def test_queue_full_is_503_with_retry_after(self):
         # A 2 s queue delay holds the first request's 30 rows in the queue

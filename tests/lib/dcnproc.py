@@ -22,10 +22,15 @@ DESIGN
 - The server's stdout and stderr go to one anonymous temporary file that
   lives until close(); output() reads it with pread, so reading never moves
   the offset the server writes at (parent and child share it).
+- Event loops: a test class decorated with also_with_loops(n) runs as
+  written and once more as a subclass <Class>Loops<n>, whose servers all get
+  --loops n (the module's LOOPS while its tests and class set-up run), so a
+  test written once covers one loop and several.
 - Timeouts only bound how long a broken server can hold a run. Under a
   sanitizer or valgrind (the DCNSERVE path names asan, tsan or valgrind)
   they are longer: start-up and the drain are several times slower there.
 """
+import contextlib
 import http.client
 import json
 import os
@@ -33,6 +38,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -57,6 +63,44 @@ def check_sanitizer_output(out):
             raise AssertionError(f"sanitizer report in the server's output:\n{out}")
     if VALGRIND_ERRORS.search(out):
         raise AssertionError(f"memcheck errors in the server's output:\n{out}")
+
+
+LOOPS = None   # --loops of the servers started; None: the server's default
+
+
+@contextlib.contextmanager
+def loops(n):
+    """Servers started inside get --loops n."""
+    global LOOPS
+    old, LOOPS = LOOPS, n
+    try:
+        yield
+    finally:
+        LOOPS = old
+
+
+def also_with_loops(*counts):
+    """Class decorator for a unittest.TestCase: adds to its module, for
+    each n in counts, a subclass <Class>Loops<n> whose servers (started in
+    setUpClass or in a test) get --loops n."""
+    def deco(cls):
+        mod = sys.modules[cls.__module__]
+        for n in counts:
+            sub = type(f"{cls.__name__}Loops{n}", (cls,), {"__module__": cls.__module__})
+
+            def run(self, result=None, _n=n, _sub=sub):
+                with loops(_n):
+                    return super(_sub, self).run(result)
+
+            def set_up_class(c, _n=n, _sub=sub):
+                with loops(_n):
+                    super(_sub, c).setUpClass()
+
+            sub.run = run
+            sub.setUpClass = classmethod(set_up_class)
+            setattr(mod, sub.__name__, sub)
+        return cls
+    return deco
 
 
 def free_port():
@@ -112,8 +156,11 @@ class Server:
     def argv(self):
         """The command line of one attempt, once self.port is chosen: the
         model, host and port as flags, then self.args. A subclass may pass
-        them another way (tests/integration/test_config.py: variables)."""
-        return [self.binary, "--model", self.model, "--host", HOST, "--port", str(self.port)] + self.args
+        them another way (tests/integration/test_config.py: variables).
+        --loops LOOPS comes first when the module's LOOPS is set and the
+        caller's args name no --loops."""
+        extra = ["--loops", str(LOOPS)] if LOOPS and "--loops" not in self.args else []
+        return [self.binary, "--model", self.model, "--host", HOST, "--port", str(self.port)] + extra + self.args
 
     def wait_ready(self, timeout):
         """Polls READY_PATH until timeout s pass; True once it answers 200,
