@@ -69,7 +69,7 @@ int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns)
         job->next_row = 0;
         job->next = NULL;
         job->chunk_rows = job->n_rows;
-        if (job->n_rows > q->o.split_min_rows && q->o.workers > 1) {
+        if (!job->whole && job->n_rows > q->o.split_min_rows && q->o.workers > 1) {
             size_t c = (job->n_rows + q->o.workers - 1) / q->o.workers;
             if (c < q->o.split_min_rows) c = q->o.split_min_rows;
             job->chunk_rows = (uint32_t)c;

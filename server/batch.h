@@ -12,7 +12,10 @@
  * - Splitting: a job of more than split_min_rows rows is cut into chunks of
  *   about rows / workers, and a batch takes at most one chunk of such a job,
  *   so the idle workers share a large request and its latency falls with
- *   more cores.
+ *   more cores. A job marked `whole` is cut only into max_batch_rows pieces:
+ *   on a model whose weights outgrow the caches, a worker that takes it
+ *   borrows the idle workers to split each heavy layer by columns, which
+ *   streams every weight once instead of once per worker.
  * - Waiting: with max_delay_us = 0 an idle worker takes whatever is queued at
  *   once; otherwise it waits until max_batch_rows rows are queued or the
  *   oldest job has waited max_delay_us.
@@ -43,6 +46,9 @@ typedef struct batch_job {
     const void *key;            /* batches never mix keys (the model) */
     uint32_t n_rows;
     uint64_t deadline_ns;       /* monotonic; 0: none */
+    int whole;                  /* never split across workers by rows: the
+                                 * engine splits its heavy layers across the
+                                 * idle workers instead (dcn_team_pays) */
     uint64_t enq_ns;            /* set by batch_push */
     /* private, guarded by the queue mutex */
     uint32_t next_row;          /* rows before it are taken */

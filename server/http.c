@@ -592,7 +592,13 @@ static enum MHD_Result rank_queue(srv_loop *L, srv_req *r)
         r->st = ST_READY;
         return MHD_YES; /* answered by the caller's READY branch */
     }
-    r->job = (batch_job){.req = &r->t, .key = r->model, .n_rows = (uint32_t)rq->n_cands};
+    /* A large request on a model whose layers outgrow the caches scores
+     * faster as one batch with its layers split across the idle workers
+     * than cut by rows, each worker streaming every weight. */
+    size_t piece = rq->n_cands < s->cfg->max_batch_rows ? rq->n_cands : s->cfg->max_batch_rows;
+    r->job = (batch_job){.req = &r->t, .key = r->model, .n_rows = (uint32_t)rq->n_cands,
+                         .whole = s->sctx.team_helpers && rq->n_cands > s->cfg->split_min_rows &&
+                                  dcn_team_pays(r->model, piece, s->sctx.team_helpers + 1)};
     if (rq->deadline_ms) {
         r->job.deadline_ns = r->t_arrive + (uint64_t)rq->deadline_ms * 1000000u;
         if (r->job.deadline_ns <= r->t_parsed) {

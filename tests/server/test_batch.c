@@ -91,6 +91,26 @@ Test(batch, splits_large_requests_across_workers)
     batch_destroy(q);
 }
 
+/* A job marked whole (the engine splits its layers across idle workers
+ * instead) is cut only at max_batch_rows, never into rows / workers. */
+Test(batch, whole_jobs_are_cut_only_at_the_batch_size)
+{
+    batch_opts o = opts(64, 1000, 4);
+    batch_queue *q = batch_new(&o);
+    batch_job big = job(100, &K1);
+    big.whole = 1;
+    batch_push(q, &big, 1);
+    batch_work *w = batch_take(q);
+    cr_assert_eq(w->n_segs, 1);
+    cr_assert_eq(w->segs[0].n_rows, 64, "one batch of max_batch_rows, not 100 / 4 workers");
+    batch_free(w);
+    w = batch_take(q);
+    cr_assert_eq(w->segs[0].row0, 64);
+    cr_assert_eq(w->segs[0].n_rows, 36);
+    batch_free(w);
+    batch_destroy(q);
+}
+
 Test(batch, never_mixes_keys)
 {
     batch_opts o = opts(64, 1000, 1);

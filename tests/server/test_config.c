@@ -112,6 +112,7 @@ static const char *other_value(const char *flag, json_t *def, char *buf, size_t 
     if (!strcmp(flag, "host")) return "::1";
     if (!strcmp(flag, "model")) return "other.dcn";
     if (!strcmp(flag, "admin-token")) return "s3cret";
+    if (json_is_string(def) && !strcmp(json_string_value(def), "auto")) return "4096"; /* a count or "auto" */
     if (json_is_boolean(def)) return json_is_true(def) ? "0" : "1";
     cr_assert(json_is_integer(def), "--%s: no test value for a new string option: add one here", flag);
     snprintf(buf, n, "%lld", (long long)json_integer_value(def) + 1);
