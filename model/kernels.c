@@ -70,6 +70,8 @@ size_t kern_i8_available(const kern_i8 **out, size_t max) {
     return n;
 }
 
+_Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES] __attribute__((aligned(64)));
+
 static const kern_i8 *i8_chosen[2];
 static pthread_once_t i8_once = PTHREAD_ONCE_INIT;
 

@@ -131,6 +131,11 @@ extern const kern_i8 kern_i8_avx512vnni_emu __attribute__((weak));
  * returns how many. In test binaries an emulated kernel stands in for each
  * the CPU lacks, as kern_available does for sets. */
 size_t kern_i8_available(const kern_i8 **out, size_t max);
+/* The VNNI kernels' quantized rows (kern_vnni.inc), one buffer a thread
+ * for both (a thread runs one kernel at a time): 256 KiB, 48 rows of up to
+ * 5,461 inputs. */
+#define KERN_I8_ROWS_BYTES ((size_t)256 << 10)
+extern _Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES];
 /* The INT8 kernel the avx2 set (wide 0) or the avx512 set (wide 1) runs,
  * chosen once per process: the widest native one that set may run, or the
  * one DCN_INT8_KERNEL names ("maddubs" keeps the pre-VNNI kernel for

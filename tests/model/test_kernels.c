@@ -363,7 +363,8 @@ static void check_i8_kernel(const kern_i8 *k, size_t m, size_t out, size_t in, i
  * and inputs 1, 7, 15, 16, 17, 63, 65, 1023 (partial panels, partial column
  * blocks, groups of 4 inputs with padding), rows that leave partial tiles
  * and several row blocks (100 rows; 30 rows of 20,000 inputs: blocks of
- * 13), every epilogue, with and without smoothing; and the largest sums. */
+ * 12; 5 rows of KQ_MAX_IN inputs: blocks of 4), every epilogue, with and
+ * without smoothing; and the largest sums. */
 Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
     const kern_i8 *ks[4];
     size_t nk = kern_i8_available(ks, 4);
@@ -378,7 +379,7 @@ Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
         check_i8_kernel(ks[q], 100, 65, 1023, KEPI_RELU, 1, 0);
         check_i8_kernel(ks[q], 7, 1023, 65, KEPI_CROSS, 0, 0);
         check_i8_kernel(ks[q], 30, 17, 20000, KEPI_BIAS, 0, 0);
-        check_i8_kernel(ks[q], 2, 33, KQ_MAX_IN, KEPI_BIAS, 0, 1);
+        check_i8_kernel(ks[q], 5, 33, KQ_MAX_IN, KEPI_BIAS, 0, 1);
     }
 }
 
