@@ -37,13 +37,15 @@ DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-
 
 # ---------------------------------------------------------------- library
 MODEL_SRC := model/dcn.c model/load.c model/idmap.c model/forward.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
-             model/kern_avx2.c model/kern_avx512.c
+             model/kern_avx2.c model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 LIBDCN    := $(BUILD)/libdcn.a
 
 # Each instruction set in its own file with its own flags (chosen at run time).
 $(BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
 $(BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+$(BUILD)/model/kern_avxvnni.o: KFLAGS := -mavx2 -mfma -mf16c -mavxvnni
+$(BUILD)/model/kern_vnni512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
 
 $(LIBDCN): $(MODEL_OBJ)
 	@mkdir -p $(@D)
@@ -84,7 +86,7 @@ TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops.
 # every machine of this project has, keeps SIMDe's 512-bit FMA fused (two
 # 256-bit halves), as the real instruction is: unfused, the emulated set
 # would round differently from the one it stands in for.
-EMU_SRC := model/kern_avx512.c
+EMU_SRC := model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c
 EMU_OBJ := $(EMU_SRC:model/%.c=$(BUILD)/tests/emu/%.o)
 $(BUILD)/tests/emu/%.o: model/%.c
 	@mkdir -p $(@D)
@@ -138,11 +140,15 @@ run: deps all
 
 # The golden parity test runs once more on the scalar kernels (the oracle),
 # once on the AVX-512 set (native, or emulated where the CPU lacks it: the
-# kernel tests print which), and once with small row chunks.
+# kernel tests print which), once on each VNNI INT8 kernel (AVX-VNNI under
+# the avx2 set, AVX512-VNNI under avx512), and once with small row chunks.
 unit: $(TEST_BIN) $(STRESS_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done; \
 	for k in scalar avx512; do echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=$$k)"; \
 	  DCN_KERNELS=$$k $(BUILD)/tests/model/test_golden --jobs 2; done; \
+	for k in avx2:avxvnni avx512:avx512vnni; do \
+	  echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=$${k%:*} DCN_INT8_KERNEL=$${k#*:})"; \
+	  DCN_KERNELS=$${k%:*} DCN_INT8_KERNEL=$${k#*:} $(BUILD)/tests/model/test_golden --jobs 2; done; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_CHUNK_ROWS=7: chunk edges inside segments)"; \
 	DCN_CHUNK_ROWS=7 $(BUILD)/tests/model/test_golden --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: every layer split as planned)"; \
@@ -222,6 +228,8 @@ FUZZ_LIBS_request := -ljansson
 
 $(FUZZ_BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
 $(FUZZ_BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+$(FUZZ_BUILD)/model/kern_avxvnni.o: KFLAGS := -mavx2 -mfma -mf16c -mavxvnni
+$(FUZZ_BUILD)/model/kern_vnni512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
 $(FUZZ_BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(KFLAGS) -c -o $@ $<

@@ -257,7 +257,8 @@ def header(res):
     out = [f"Machine: {m['cpu']}, {m['nproc']} CPUs ({m.get('isa', '')}); clock (add chain) {clk}.",
            f"FMA peak (FP32, measured): {pk}.",
            f"Streaming read from memory (measured, the weight-streaming floor's roof): {bw or 'not measured'}.",
-           f"Integer dot products (measured, the roof of an INT8 path without VNNI; 2 ops a multiply-add): "
+           f"Integer dot products (measured; maddubs: the roof of an INT8 path without VNNI, dpbusd: with it "
+           f"(where the CPU has it); 2 ops a multiply-add): "
            f"{iops or 'not measured'}.",
            f"dcnserve kernels: {kern}; ONNX Runtime: onnxruntime-node {ortv} (CPU EP, graph "
            f"optimisations all, intra-op threads = T, inter-op 1); git {m.get('git')}.",

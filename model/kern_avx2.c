@@ -185,7 +185,12 @@ void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, f
 static void gemm_avx2(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y,
                       size_t ldy, const kepi *e) {
     if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
-        kern_avx2_gemm_i8(m, x, ldx, L, y, ldy, e);
+        kern_i8_get(0)->gemm(m, x, ldx, L, y, ldy, e); /* this kernel, or AVX-VNNI's */
     else
         gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
 }
+
+const kern_i8 kern_i8_maddubs = {
+    .name = "maddubs",
+    .gemm = kern_avx2_gemm_i8,
+};

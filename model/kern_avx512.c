@@ -48,13 +48,13 @@ static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, 
 #define KGEMM gemm_avx512
 #include "model/kern_simd.inc"
 
-/* INT8 layers run the AVX2 kernel (an AVX-512 CPU has AVX2): its panels are
- * 16 outputs wide whatever nr is. AVX-512 BW / VNNI INT8 kernels would be
- * faster; none is written without such a CPU to test it on. */
+/* INT8 layers run the kernel kern_i8_get(1) chose (its panels are 16
+ * outputs wide whatever nr is): AVX512-VNNI's where the CPU has it
+ * (kern_vnni512.c), else the AVX2 vpmaddubsw kernel. */
 static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
                         float *y, size_t ldy, const kepi *e) {
     if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
-        kern_avx2_gemm_i8(m, x, ldx, L, y, ldy, e);
+        kern_i8_get(1)->gemm(m, x, ldx, L, y, ldy, e);
     else
         gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
 }

@@ -44,6 +44,56 @@ size_t kern_available(const kern_set **out, size_t max) {
     return n;
 }
 
+/* AVX512-VNNI with the AVX-512 set's own features; AVX-VNNI (VEX) with
+ * AVX2's. GCC's names; __builtin_cpu_supports also checks that the OS
+ * saves the registers (XGETBV). */
+static int cpu_has_avx512vnni(void) {
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+}
+
+static int cpu_has_avxvnni(void) {
+    return cpu_has_avx2() && __builtin_cpu_supports("avxvnni");
+}
+
+size_t kern_i8_available(const kern_i8 **out, size_t max) {
+    size_t n = 0;
+    if (!cpu_has_avx2()) return 0;
+    if (n < max) out[n++] = &kern_i8_maddubs;
+    if (n < max && cpu_has_avxvnni())
+        out[n++] = &kern_i8_avxvnni;
+    else if (n < max && &kern_i8_avxvnni_emu)
+        out[n++] = &kern_i8_avxvnni_emu;
+    if (n < max && cpu_has_avx512vnni())
+        out[n++] = &kern_i8_avx512vnni;
+    else if (n < max && &kern_i8_avx512vnni_emu)
+        out[n++] = &kern_i8_avx512vnni_emu;
+    return n;
+}
+
+_Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES] __attribute__((aligned(64)));
+
+static const kern_i8 *i8_chosen[2];
+static pthread_once_t i8_once = PTHREAD_ONCE_INIT;
+
+static void choose_i8(void) {
+    const kern_i8 *ks[4];
+    size_t n = kern_i8_available(ks, 4);
+    const char *force = getenv("DCN_INT8_KERNEL");
+    for (int wide = 0; wide < 2; wide++) {
+        const kern_i8 *c = &kern_i8_maddubs;
+        for (size_t i = 0; i < n; i++) /* the widest native kernel the set may run */
+            if (!ks[i]->emulated && (wide || !ks[i]->wide)) c = ks[i];
+        for (size_t i = 0; force && i < n; i++)
+            if (!strcmp(force, ks[i]->name) && (wide || !ks[i]->wide)) c = ks[i];
+        i8_chosen[wide] = c;
+    }
+}
+
+const kern_i8 *kern_i8_get(int wide) {
+    pthread_once(&i8_once, choose_i8);
+    return i8_chosen[wide != 0];
+}
+
 static void choose(void) {
     const kern_set *sets[3];
     size_t n = kern_available(sets, 3);

@@ -15,8 +15,9 @@
  *   set is always built and is the oracle in tests. Kernels allocate nothing.
  * - Weights may be packed 16-bit (KW_BF16/KW_F16: widened as read) and may
  *   carry an INT8 copy (kern_quantize): a GEMM over all of a layer's inputs
- *   then runs in INT8 (the AVX2 kernel on AVX2 and AVX-512 sets; the scalar
- *   set has its reference).
+ *   then runs in INT8 (the scalar set has its reference; the avx2 and
+ *   avx512 sets run the INT8 kernel kern_i8_get chooses: VNNI's vpdpbusd
+ *   where the CPU has it, else the AVX2 vpmaddubsw kernel).
  */
 #ifndef DCN_KERNELS_H
 #define DCN_KERNELS_H
@@ -58,7 +59,8 @@ typedef struct klinear {
 
 /* INT8 without VNNI: activations as uint8 (zero point 128) times weights
  * as int8 through vpmaddubsw, whose pairs of products must fit int16:
- * 2 x 255 x 63 < 32767, so weights take 7 bits. */
+ * 2 x 255 x 63 < 32767, so weights take 7 bits. The VNNI kernels read the
+ * same 7-bit copy, so every kernel gives the same results. */
 #define KQ_WMAX 63
 #define KQ_NR 16
 #define KQ_MAX_IN 65536 /* wider layers stay float */
@@ -110,9 +112,41 @@ typedef struct kern_set {
     void (*act)(float *x, size_t n, int kind);
 } kern_set;
 
-/* The AVX2 INT8 GEMM over all of L's inputs (L->wq set); the AVX-512 set
- * uses it too. */
+/* The AVX2 INT8 GEMM over all of L's inputs (L->wq set): vpmaddubsw, the
+ * INT8 kernel "maddubs". */
 void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy, const kepi *e);
+
+/* An INT8 GEMM over all of L's inputs (L->wq set): y(m, out) = epilogue of
+ * the dequantized integer sums of kern_quant_row's rows and L->wq. Each
+ * gives the scalar INT8 reference's integer sums exactly. */
+typedef void (*kern_gemm_i8_fn)(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy,
+                                const kepi *e);
+typedef struct kern_i8 {
+    const char *name;   /* "maddubs", "avxvnni", "avx512vnni" */
+    int emulated;       /* compiled against SIMDe for tests (KERN_EMULATED) */
+    int wide;           /* 512-bit: only the avx512 set runs it */
+    kern_gemm_i8_fn gemm;
+} kern_i8;
+extern const kern_i8 kern_i8_maddubs;    /* AVX2 (kern_avx2.c) */
+extern const kern_i8 kern_i8_avxvnni;    /* AVX-VNNI, 256-bit (kern_avxvnni.c) */
+extern const kern_i8 kern_i8_avx512vnni; /* AVX512-VNNI, 512-bit (kern_vnni512.c) */
+/* The same compiled against SIMDe: test binaries only (weak: NULL elsewhere). */
+extern const kern_i8 kern_i8_avxvnni_emu __attribute__((weak));
+extern const kern_i8 kern_i8_avx512vnni_emu __attribute__((weak));
+/* The INT8 kernels this CPU can run, narrowest first (none without AVX2);
+ * returns how many. In test binaries an emulated kernel stands in for each
+ * the CPU lacks, as kern_available does for sets. */
+size_t kern_i8_available(const kern_i8 **out, size_t max);
+/* The VNNI kernels' quantized rows (kern_vnni.inc), one buffer a thread
+ * for both (a thread runs one kernel at a time): 256 KiB, 48 rows of up to
+ * 5,461 inputs. */
+#define KERN_I8_ROWS_BYTES ((size_t)256 << 10)
+extern _Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES];
+/* The INT8 kernel the avx2 set (wide 0) or the avx512 set (wide 1) runs,
+ * chosen once per process: the widest native one that set may run, or the
+ * one DCN_INT8_KERNEL names ("maddubs" keeps the pre-VNNI kernel for
+ * comparison; an emulated one only so; a wide one never for the avx2 set). */
+const kern_i8 *kern_i8_get(int wide);
 
 extern const kern_set kern_scalar;
 extern const kern_set kern_avx2;

@@ -59,6 +59,16 @@ EMU_STATIC simde__m512i emu_mm512_cvtps_epi32(simde__m512 a) {
     return simde__m512i_from_private(r);
 }
 
+/* vpmovdb: each int32's low byte (truncation, no saturation). */
+#undef _mm512_cvtepi32_epi8
+#define _mm512_cvtepi32_epi8 emu_mm512_cvtepi32_epi8
+EMU_STATIC simde__m128i emu_mm512_cvtepi32_epi8(simde__m512i a) {
+    simde__m512i_private a_ = simde__m512i_to_private(a);
+    simde__m128i_private r;
+    for (int i = 0; i < 16; i++) r.i8[i] = (int8_t)(uint8_t)((uint32_t)a_.i32[i] & 0xffu);
+    return simde__m128i_from_private(r);
+}
+
 #undef _mm512_cvtepi8_epi32
 #define _mm512_cvtepi8_epi32 emu_mm512_cvtepi8_epi32
 EMU_STATIC simde__m512i emu_mm512_cvtepi8_epi32(simde__m128i a) {

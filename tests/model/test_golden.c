@@ -5,8 +5,9 @@
  * same rows scored with features shared per segment and with them broadcast
  * into every row agree within 1e-6 relative, in float and with INT8 layers.
  *
- * The kernel set is the process's (DCN_KERNELS forces one); `make unit` runs
- * this file once per set the CPU has, once with 7-row chunks, and once with
+ * The kernel set is the process's (DCN_KERNELS forces one, DCN_INT8_KERNEL
+ * the INT8 kernel it runs); `make unit` runs this file once per set the CPU
+ * has, once per VNNI INT8 kernel, once with 7-row chunks, and once with
  * DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: every scratch then has a dcn_team
  * of 2 helpers and every layer is split across 3 threads as the engine
  * plans it when splits cost nothing; and once with DCN_TEST_TEAM=3
@@ -220,6 +221,21 @@ Test(golden, kernel_set_named) {
     const char *want = getenv("DCN_KERNELS");
     fprintf(stderr, "golden parity on kernel set %s (%s)\n", ks->name, ks->emulated ? "emulated, SIMDe" : "native");
     if (want && *want) cr_assert_str_eq(ks->name, want, "DCN_KERNELS=%s names no kernel set here", want);
+}
+
+/* The same for the INT8 kernel the set runs (DCN_INT8_KERNEL names one:
+ * the INT8 cases below then run on it). */
+Test(golden, int8_kernel_named) {
+    const kern_set *ks = kern_get();
+    const char *want = getenv("DCN_INT8_KERNEL");
+    if (!strcmp(ks->name, "scalar")) {
+        fprintf(stderr, "golden INT8 cases on the scalar INT8 reference\n");
+        cr_assert(!want || !*want, "DCN_INT8_KERNEL=%s: the scalar set runs only its reference", want);
+        return;
+    }
+    const kern_i8 *k = kern_i8_get(!strcmp(ks->name, "avx512"));
+    fprintf(stderr, "golden INT8 cases on INT8 kernel %s (%s)\n", k->name, k->emulated ? "emulated, SIMDe" : "native");
+    if (want && *want) cr_assert_str_eq(k->name, want, "DCN_INT8_KERNEL=%s names no INT8 kernel set %s runs", want, ks->name);
 }
 
 Test(golden, every_case_matches_the_reference, .timeout = 120) {

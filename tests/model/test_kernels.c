@@ -275,6 +275,114 @@ Test(kernels, gemm_int8, .timeout = 120) {
     cr_assert(q[0] == 160 && q[1] == 1 && q[2] == 160 && q[3] == 192 && q[4] == 128 && q[7] == 128);
 }
 
+/* Says which INT8 kernels the tests below run and how, and which one each
+ * set serves with. On any CPU with AVX2 all three are there, native or
+ * emulated. */
+Test(kernels, every_int8_kernel_runs_native_or_emulated) {
+    const kern_i8 *ks[4];
+    size_t n = kern_i8_available(ks, 4);
+    char line[256];
+    int at = snprintf(line, sizeof line, "INT8 kernels tested:");
+    for (size_t i = 0; i < n; i++)
+        at += snprintf(line + at, sizeof line - (size_t)at, " %s (%s)", ks[i]->name,
+                       ks[i]->emulated ? "emulated, SIMDe" : "native");
+    fprintf(stderr, "%s; the avx2 set serves with %s, the avx512 set with %s\n", line, kern_i8_get(0)->name,
+            kern_i8_get(1)->name);
+    const kern_set *sets[3];
+    if (kern_available(sets, 3) == 1) {
+        cr_assert_eq(n, 0, "no INT8 kernel without AVX2");
+        return;
+    }
+    cr_assert_eq(n, 3, "expected maddubs, avxvnni and avx512vnni (native or emulated): %s", line);
+    cr_assert_str_eq(ks[0]->name, "maddubs");
+    cr_assert(!kern_i8_get(0)->wide, "the avx2 set never runs a 512-bit kernel");
+    if (!getenv("DCN_INT8_KERNEL"))
+        for (int wide = 0; wide < 2; wide++) cr_assert(!kern_i8_get(wide)->emulated, "an emulated kernel only by name");
+}
+
+/* One INT8 case for kernel k against the scalar INT8 reference: the same
+ * integer sums and the same float operations after them, so the results
+ * are equal bit for bit (NaN for NaN); maddubs's cross epilogue fuses a
+ * multiply-add, so it may differ there by its rounding, and its ReLU on
+ * columns past the last whole vector passes a NaN where the reference
+ * writes 0 (kern_simd.inc's store_tile), so rows holding a NaN or an
+ * infinity are compared as results for it only where both are numbers. Rows: random, a
+ * zero row, a subnormal one, one with a NaN and one with an infinity (the
+ * vector quantizers hand those to kern_quant_row). Columns past out are
+ * never written. extreme: every weight +-1 and every input 1, so that the
+ * integer sums reach their largest (no overflow at KQ_MAX_IN inputs). */
+static void check_i8_kernel(const kern_i8 *k, size_t m, size_t out, size_t in, int kind, int smooth, int extreme) {
+    size_t ldx = in + 3, ldy = out + 5;
+    float *w = malloc(out * in * sizeof *w), *b = malloc(out * sizeof *b), *x = malloc(m * ldx * sizeof *x);
+    float *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl), *sm = malloc(in * sizeof *sm);
+    float *bs = malloc(m * sizeof *bs), *ys = malloc(m * ldy * sizeof *ys), *yk = malloc(m * ldy * sizeof *yk);
+    cr_assert(w && b && x && x0 && xl && sm && bs && ys && yk);
+    for (size_t i = 0; i < out * in; i++) w[i] = extreme ? (i / in % 2 ? -1.0f : 1.0f) : frand();
+    for (size_t i = 0; i < out; i++) b[i] = frand();
+    for (size_t i = 0; i < m * ldx; i++) x[i] = extreme ? 1.0f : frand() * (float)(1 + i % 5);
+    for (size_t kk = 0; kk < in; kk++) sm[kk] = kk % 7 == 3 ? 6.0f + frand() : 0.8f + 0.3f * frand();
+    for (size_t i = 0; i < m * ldy; i++) x0[i] = frand(), xl[i] = frand(), ys[i] = yk[i] = -7.0f;
+    for (size_t r = 0; r < m; r++) bs[r] = frand() + 1.5f;
+    if (!extreme && m > 1) memset(x + ldx, 0, in * sizeof *x);
+    if (!extreme && m > 2) x[2 * ldx] = 1e-40f, x[2 * ldx + in - 1] = -3e-40f, memset(x + 2 * ldx + 1, 0, (in - 2 + (in < 2)) * sizeof *x);
+    if (!extreme && m > 3) x[3 * ldx + in / 2] = NAN;
+    if (!extreme && m > 4) x[4 * ldx + in - 1] = -INFINITY;
+    klinear L;
+    cr_assert_eq(kern_pack(&L, w, b, out, in, kern_scalar.nr), 0);
+    cr_assert_eq(kern_quantize(&L, smooth ? sm : NULL), 0);
+    krange all = {0, (uint32_t)in};
+    kepi e = {.kind = kind, .bias = L.bias, .x0 = x0, .ldx0 = ldy, .xl = xl, .ldxl = ldy,
+              .bscale = kind == KEPI_CROSS ? bs : NULL};
+    kern_scalar.gemm(m, x, ldx, &L, &all, 1, ys, ldy, &e);
+    k->gemm(m, x, ldx, &L, yk, ldy, &e);
+    int maddubs = !strcmp(k->name, "maddubs"), fused = maddubs && kind == KEPI_CROSS;
+    for (size_t r = 0; r < m; r++)
+        for (size_t n = 0; n < ldy; n++) {
+            float a = ys[r * ldy + n], c = yk[r * ldy + n];
+            if (n >= out) {
+                cr_assert_eq(c, -7.0f, "%s wrote past out=%zu at (%zu,%zu)", k->name, out, r, n);
+                continue;
+            }
+            int same = (a != a && c != c) || !memcmp(&a, &c, sizeof a) ||
+                       (fused && fabsf(a - c) <= 1e-6f * (1.0f + fabsf(a))) ||
+                       (maddubs && (r == 3 || r == 4) && (a != a || c != c));
+            cr_assert(same, "%s m=%zu out=%zu in=%zu kind=%d smooth=%d extreme=%d at (%zu,%zu): %.9g vs reference %.9g",
+                      k->name, m, out, in, kind, smooth, extreme, r, n, c, a);
+        }
+    if (extreme) /* sums of +-127 x 63 over every input, exactly */
+        for (size_t n = 0; n < out; n++) {
+            double want = (n % 2 ? -1.0 : 1.0) * (double)in + b[n];
+            cr_assert(kind != KEPI_BIAS || fabs(ys[n] - want) <= 1e-5 * (double)in, "extreme sum %g, want %g", ys[n], want);
+        }
+    kern_linear_free(&L);
+    free(w), free(b), free(x), free(x0), free(xl), free(sm), free(bs), free(ys), free(yk);
+}
+
+/* Every INT8 kernel (maddubs, AVX-VNNI, AVX512-VNNI; emulated where this
+ * CPU lacks one) equals the scalar INT8 reference on awkward sizes: outputs
+ * and inputs 1, 7, 15, 16, 17, 63, 65, 1023 (partial panels, partial column
+ * blocks, groups of 4 inputs with padding), rows that leave partial tiles
+ * and several row blocks (100 rows; 30 rows of 20,000 inputs: blocks of
+ * 12; 5 rows of KQ_MAX_IN inputs: blocks of 4), every epilogue, with and
+ * without smoothing; and the largest sums. */
+Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
+    const kern_i8 *ks[4];
+    size_t nk = kern_i8_available(ks, 4);
+    static const size_t rows[] = {1, 5, 6, 7, 13, 49, 100};
+    for (size_t q = 0; q < nk; q++) {
+        for (size_t i = 0; i < NSIZES; i++)
+            for (size_t j = 0; j < NSIZES; j++) {
+                if (sizes[i] * sizes[j] > 70000) continue;
+                for (int kind = KEPI_BIAS; kind <= KEPI_CROSS; kind++)
+                    check_i8_kernel(ks[q], rows[(i + j + (size_t)kind) % 7], sizes[i], sizes[j], kind, (int)(i + j) % 2, 0);
+            }
+        check_i8_kernel(ks[q], 100, 65, 1023, KEPI_RELU, 1, 0);
+        check_i8_kernel(ks[q], 7, 1023, 65, KEPI_CROSS, 0, 0);
+        check_i8_kernel(ks[q], 30, 17, 20000, KEPI_BIAS, 0, 0);
+        check_i8_kernel(ks[q], 5, 33, KQ_MAX_IN, KEPI_BIAS, 0, 1);
+    }
+}
+
 Test(kernels, embedding_rows_match_scalar) {
     const kern_set *sets[3];
     size_t nsets = kern_available(sets, 3);
