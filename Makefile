@@ -157,6 +157,8 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 	DCN_TEST_TEAM=3 DCN_TEAM_GRID=2x2 $(BUILD)/tests/model/test_golden --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_team (DCN_KERNELS=scalar)"; \
 	DCN_KERNELS=scalar $(BUILD)/tests/model/test_team --jobs 2; \
+	echo "== $(BUILD)/tests/model/test_team (DCN_KERNELS=avx512 DCN_INT8_KERNEL=avx512vnni: column shares of the VNNI tiles)"; \
+	DCN_KERNELS=avx512 DCN_INT8_KERNEL=avx512vnni $(BUILD)/tests/model/test_team --jobs 2; \
 	for t in $(STRESS_BIN); do echo "== $$t"; $$t; done
 
 pytest: all
