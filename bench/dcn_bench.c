@@ -561,8 +561,8 @@ static int cmd_peak(const opts *o)
     __builtin_cpu_init();
     int has256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int has512 = __builtin_cpu_supports("avx512f");
-    int hasvnni256 = has256 && __builtin_cpu_supports("avxvnni");
-    int hasvnni512 = has512 && __builtin_cpu_supports("avx512vnni");
+    int hasvnni256 = kern_cpu_vnni(0);
+    int hasvnni512 = kern_cpu_vnni(1);
     double s = o->min_time_s < 0.3 ? o->min_time_s : 0.3;   /* per repetition */
     for (size_t t = 0; t < o->n_threads; t++) {
         size_t n = o->threads[t];

@@ -45,14 +45,21 @@ size_t kern_available(const kern_set **out, size_t max) {
 }
 
 /* AVX512-VNNI with the AVX-512 set's own features; AVX-VNNI (VEX) with
- * AVX2's. GCC's names; __builtin_cpu_supports also checks that the OS
- * saves the registers (XGETBV). */
+ * AVX2's. Read from CPUID directly (clang 14's __builtin_cpu_supports knows
+ * neither name); the OS saving the registers is already checked through
+ * the set each depends on (XGETBV, in __builtin_cpu_supports). */
 static int cpu_has_avx512vnni(void) {
-    return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+    unsigned a, b, c, d;
+    return cpu_has_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c >> 11 & 1);
 }
 
 static int cpu_has_avxvnni(void) {
-    return cpu_has_avx2() && __builtin_cpu_supports("avxvnni");
+    unsigned a, b, c, d;
+    return cpu_has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+}
+
+int kern_cpu_vnni(int wide) {
+    return wide ? cpu_has_avx512vnni() : cpu_has_avxvnni();
 }
 
 size_t kern_i8_available(const kern_i8 **out, size_t max) {

@@ -137,6 +137,9 @@ extern const kern_i8 kern_i8_avx512vnni_emu __attribute__((weak));
  * returns how many. In test binaries an emulated kernel stands in for each
  * the CPU lacks, as kern_available does for sets. */
 size_t kern_i8_available(const kern_i8 **out, size_t max);
+/* Whether this CPU (and OS) runs vpdpbusd: 512-bit AVX512-VNNI (wide 1) or
+ * 256-bit AVX-VNNI (wide 0). */
+int kern_cpu_vnni(int wide);
 /* The VNNI kernels' quantized rows (kern_vnni.inc), one buffer a thread
  * for both (a thread runs one kernel at a time): 256 KiB, 48 rows of up to
  * 5,461 inputs. */
