@@ -37,7 +37,8 @@ DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-
 
 # ---------------------------------------------------------------- library
 MODEL_SRC := model/dcn.c model/load.c model/idmap.c model/forward.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
-             model/kern_avx2.c model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c
+             model/kern_avx2.c model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c \
+             model/kern_bf16_fma.c model/kern_bf16_512.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 LIBDCN    := $(BUILD)/libdcn.a
 
@@ -46,6 +47,8 @@ $(BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
 $(BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 $(BUILD)/model/kern_avxvnni.o: KFLAGS := -mavx2 -mfma -mf16c -mavxvnni
 $(BUILD)/model/kern_vnni512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
+$(BUILD)/model/kern_bf16_fma.o: KFLAGS := -mavx2 -mfma -mf16c
+$(BUILD)/model/kern_bf16_512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 
 $(LIBDCN): $(MODEL_OBJ)
 	@mkdir -p $(@D)
@@ -86,7 +89,7 @@ TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops.
 # every machine of this project has, keeps SIMDe's 512-bit FMA fused (two
 # 256-bit halves), as the real instruction is: unfused, the emulated set
 # would round differently from the one it stands in for.
-EMU_SRC := model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c
+EMU_SRC := model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c model/kern_bf16_512.c
 EMU_OBJ := $(EMU_SRC:model/%.c=$(BUILD)/tests/emu/%.o)
 $(BUILD)/tests/emu/%.o: model/%.c
 	@mkdir -p $(@D)
@@ -232,6 +235,8 @@ $(FUZZ_BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
 $(FUZZ_BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 $(FUZZ_BUILD)/model/kern_avxvnni.o: KFLAGS := -mavx2 -mfma -mf16c -mavxvnni
 $(FUZZ_BUILD)/model/kern_vnni512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
+$(FUZZ_BUILD)/model/kern_bf16_fma.o: KFLAGS := -mavx2 -mfma -mf16c
+$(FUZZ_BUILD)/model/kern_bf16_512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 $(FUZZ_BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(KFLAGS) -c -o $@ $<

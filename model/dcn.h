@@ -133,6 +133,7 @@ typedef struct dcn_info {
                                    huge pages: buffers of 2 MiB and more
                                    (see dcn_huge_pages) */
     int int8;                   /* opened with dcn_open_opts.int8 */
+    int bf16;                   /* opened with dcn_open_opts.bf16 */
     size_t int8_smoothed;       /* weight tensors the file gives INT8 smoothing
                                    factors for (FORMAT.md §3; used under int8) */
     uint64_t instance_id;       /* unique per dcn_open in this process: tells
@@ -148,6 +149,11 @@ typedef struct dcn_open_opts {
     int int8;                   /* also hold every dense layer as INT8 (7-bit
                                    weights, a scale per output) and score
                                    with it: see PRECISION.md */
+    int bf16;                   /* also hold every dense layer as BF16 and
+                                   score with BF16 dot products (inputs of
+                                   each layer rounded to BF16, float32 sums:
+                                   vdpbf16ps where the CPU has it); not
+                                   with int8. See PRECISION.md */
 } dcn_open_opts;
 
 /* Opens and validates a model file (FORMAT.md). On success stores a handle

@@ -124,7 +124,9 @@ static void plan_split(const kern_set *ks, size_t threads, size_t min_bytes, int
                        const klinear *L, size_t *rgroups, size_t *cgroups) {
     *rgroups = *cgroups = 1;
     if (threads < 2 || !rows) return;
-    double w = L->wq ? (double)L->kq * (double)round_up(L->out, KQ_NR) : (double)kern_packed_bytes(L);
+    double w = L->wq    ? (double)L->kq * (double)round_up(L->out, KQ_NR)
+               : L->wbf ? (double)L->kbf * (double)round_up(L->out, 16) * 2.0
+                        : (double)kern_packed_bytes(L);
     double x = (double)rows * (double)L->in * sizeof(float);
     double c = 2.0 * (double)rows * (double)L->in * (double)L->out_pad / SPLIT_FLOPS_PER_BYTE;
     double h = (double)min_bytes / SPLIT_HANDOFF_DIV;
@@ -418,8 +420,9 @@ static const float *mlp(const dcn_model *md, dcn_scratch *s, const klinear *L, s
 static void lin_x0(const dcn_model *m, dcn_scratch *s, const plan *p, const klinear *L, float *y, size_t ldy,
                    kepi e) {
     /* An INT8 layer quantizes whole rows (one scale each): splitting them
-     * would make a row's score depend on what else shares its batch. */
-    if (!p->n_ctx || L->wq) {
+     * would make a row's score depend on what else shares its batch. A
+     * BF16 layer's kernels sum whole rows in one order too. */
+    if (!p->n_ctx || L->wq || L->wbf) {
         e.bias = L->bias;
         gemm(m, s, p->n_rows, s->x0, s->ldd, L, &p->all, 1, y, ldy, &e);
         return;

@@ -55,6 +55,8 @@ static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, 
                         float *y, size_t ldy, const kepi *e) {
     if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
         kern_i8_get(1)->gemm(m, x, ldx, L, y, ldy, e);
+    else if (L->wbf && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
+        kern_bf16_get(1)->gemm(m, x, ldx, L, y, ldy, e);
     else
         gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
 }

@@ -41,10 +41,38 @@ static void gemm_i8_scalar(size_t m, const float *x, size_t ldx, const klinear *
     }
 }
 
+/* The BF16 dot-product reference (a layer with a BF16 copy, read over all
+ * its inputs): kernels.h's rule, written out. */
+static float ftz(float f) {
+    return fabsf(f) < 1.17549435e-38f ? copysignf(0.0f, f) : f;
+}
+
+static void gemm_bf16_scalar(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy,
+                             const kepi *e) {
+    static _Thread_local uint16_t xr[KB_MAX_IN];
+    size_t kb = L->kbf;
+    for (size_t r = 0; r < m; r++) {
+        kern_bf16_row(x + r * ldx, L->in, kb, xr);
+        for (size_t n = 0; n < L->out; n++) {
+            const uint16_t *w = L->wbf + (n / 16) * kb * 16 + (n % 16) * 2;
+            float acc = 0.0f;
+            for (size_t k = 0; k < kb; k += 2, w += 32) {
+                acc = ftz(acc + kern_bf16_to_f32(xr[k + 1]) * kern_bf16_to_f32(w[1]));
+                acc = ftz(acc + kern_bf16_to_f32(xr[k]) * kern_bf16_to_f32(w[0]));
+            }
+            y[r * ldy + n] = epilogue(e, r, n, acc);
+        }
+    }
+}
+
 static void gemm_scalar(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
                         float *y, size_t ldy, const kepi *e) {
     if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in) {
         gemm_i8_scalar(m, x, ldx, L, y, ldy, e);
+        return;
+    }
+    if (L->wbf && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in) {
+        gemm_bf16_scalar(m, x, ldx, L, y, ldy, e);
         return;
     }
     for (size_t r = 0; r < m; r++)

@@ -58,6 +58,45 @@ static int cpu_has_avxvnni(void) {
     return cpu_has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
 }
 
+/* AVX512_BF16: CPUID.(7,1):EAX bit 5. */
+int kern_cpu_avx512bf16(void) {
+    unsigned a, b, c, d;
+    return cpu_has_avx512() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+}
+
+size_t kern_bf16_available(const kern_bf16 **out, size_t max) {
+    size_t n = 0;
+    if (!cpu_has_avx2()) return 0;
+    if (n < max) out[n++] = &kern_bf16_fma;
+    if (n < max && kern_cpu_avx512bf16())
+        out[n++] = &kern_bf16_avx512bf16;
+    else if (n < max && &kern_bf16_avx512bf16_emu)
+        out[n++] = &kern_bf16_avx512bf16_emu;
+    return n;
+}
+
+static const kern_bf16 *bf16_chosen[2];
+static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
+
+static void choose_bf16(void) {
+    const kern_bf16 *ks[4];
+    size_t n = kern_bf16_available(ks, 4);
+    const char *force = getenv("DCN_BF16_KERNEL");
+    for (int wide = 0; wide < 2; wide++) {
+        const kern_bf16 *c = &kern_bf16_fma;
+        for (size_t i = 0; i < n; i++)
+            if (!ks[i]->emulated && (wide || !ks[i]->wide)) c = ks[i];
+        for (size_t i = 0; force && i < n; i++)
+            if (!strcmp(force, ks[i]->name) && (wide || !ks[i]->wide)) c = ks[i];
+        bf16_chosen[wide] = c;
+    }
+}
+
+const kern_bf16 *kern_bf16_get(int wide) {
+    pthread_once(&bf16_once, choose_bf16);
+    return bf16_chosen[wide != 0];
+}
+
 int kern_cpu_vnni(int wide) {
     return wide ? cpu_has_avx512vnni() : cpu_has_avxvnni();
 }
@@ -268,7 +307,38 @@ void kern_quant_span(const float *x, const float *sm, size_t k0, size_t n, size_
     for (size_t k = n > k0 ? n : k0; k < kq; k++) out[k] = 128;
 }
 
+int kern_bf16_pack(klinear *L) {
+    if (L->in > KB_MAX_IN) return 0;
+    size_t op = (L->out + 15) / 16 * 16, kb = (L->in + 1) / 2 * 2;
+    uint16_t *w = kern_alloc(op * kb * sizeof *w);
+    if (!w) return -1;
+    memset(w, 0, op * kb * sizeof *w);
+    /* panel n / 16, pair k / 2, output n % 16, input k % 2 */
+    for (size_t n = 0; n < L->out; n++)
+        for (size_t k = 0; k < L->in; k++)
+            w[((n / 16) * (kb / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2] = kern_f32_to_bf16_daz(kern_weight(L, n, k));
+    free(L->wbf);
+    L->wbf = w, L->kbf = kb;
+    return 0;
+}
+
+/* Branch-free, so that the row loop below vectorises. */
+uint16_t kern_f32_to_bf16_daz(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    uint32_t r = (b + 0x7fffu + (b >> 16 & 1)) >> 16;
+    r = (b & 0x7fffffffu) > 0x7f800000u ? (b >> 16 | 0x40) : r; /* NaN: quiet */
+    r = (b & 0x7f800000u) == 0 ? (b >> 16 & 0x8000) : r;         /* zero, denormal */
+    return (uint16_t)r;
+}
+
+void kern_bf16_row(const float *x, size_t n, size_t kbf, uint16_t *out) {
+    for (size_t k = 0; k < n; k++) out[k] = kern_f32_to_bf16_daz(x[k]);
+    for (size_t k = n; k < kbf; k++) out[k] = 0;
+}
+
 void kern_linear_free(klinear *L) {
+    free(L->wbf);
     free(L->wp);
     free(L->wh);
     free(L->wq);

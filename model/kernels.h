@@ -18,6 +18,10 @@
  *   then runs in INT8 (the scalar set has its reference; the avx2 and
  *   avx512 sets run the INT8 kernel kern_i8_get chooses: VNNI's vpdpbusd
  *   where the CPU has it, else the AVX2 vpmaddubsw kernel).
+ * - Or a BF16 dot-product copy (kern_bf16_pack): a GEMM over all of a
+ *   layer's inputs then rounds its input rows to BF16 and sums pairs of
+ *   BF16 products in float32, as vdpbf16ps does (the kernel kern_bf16_get
+ *   chooses; the scalar set has its reference).
  */
 #ifndef DCN_KERNELS_H
 #define DCN_KERNELS_H
@@ -55,6 +59,12 @@ typedef struct klinear {
      * multiplied by s[k] before quantizing, so the product is unchanged in
      * exact arithmetic while each side's range is evened out. */
     float *qsm;         /* (in) */
+    /* BF16 dot-product copy (kern_bf16_pack), or wbf NULL: panels of 16
+     * outputs, each (kbf / 2) groups of 16 outputs x 2 inputs, 64 bytes,
+     * vdpbf16ps's layout (output j's pair of inputs is 32-bit lane j);
+     * bf16 with denormals flushed to zero, zeros past in and out. */
+    uint16_t *wbf;      /* (round_up(out, 16) / 16, kbf / 2, 16, 2) */
+    size_t kbf;         /* in rounded up to 2 */
 } klinear;
 
 /* INT8 without VNNI: activations as uint8 (zero point 128) times weights
@@ -145,6 +155,35 @@ int kern_cpu_vnni(int wide);
  * 5,461 inputs. */
 #define KERN_I8_ROWS_BYTES ((size_t)256 << 10)
 extern _Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES];
+/* BF16 dot products over all of L's inputs (L->wbf set), the rule every
+ * kernel follows exactly (kern_scalar.c holds the reference): each input
+ * row rounded to BF16 by kern_bf16_row; per output, one float32 sum over
+ * the pairs of inputs in order, first adding the odd input's product, then
+ * the even one's (products of two BF16 are exact in float32), each add
+ * rounded to nearest even and flushed to zero when below FLT_MIN; then
+ * the epilogue as the INT8 kernels apply it. This is vdpbf16ps's
+ * definition, so FMAs on widened BF16 reproduce it bit for bit. */
+typedef struct kern_bf16 {
+    const char *name;   /* "avx512bf16" (vdpbf16ps), "fma" (AVX2 FMAs) */
+    int emulated;       /* compiled against SIMDe for tests */
+    int wide;           /* 512-bit: only the avx512 set runs it */
+    kern_gemm_i8_fn gemm;
+} kern_bf16;
+extern const kern_bf16 kern_bf16_fma;         /* AVX2 + FMA (kern_bf16_fma.c) */
+extern const kern_bf16 kern_bf16_avx512bf16;  /* AVX512_BF16 (kern_bf16_512.c) */
+extern const kern_bf16 kern_bf16_avx512bf16_emu __attribute__((weak));
+/* The BF16 kernels this CPU can run, as kern_i8_available (none without
+ * AVX2; in test binaries the emulated avx512bf16 stands in). */
+size_t kern_bf16_available(const kern_bf16 **out, size_t max);
+/* The BF16 kernel the avx2 set (wide 0) or the avx512 set (wide 1) runs:
+ * avx512bf16 for the avx512 set where the CPU has AVX512_BF16, else fma;
+ * DCN_BF16_KERNEL names another (an emulated one only so). */
+const kern_bf16 *kern_bf16_get(int wide);
+/* Whether this CPU (and OS) runs vdpbf16ps on 512-bit vectors. */
+int kern_cpu_avx512bf16(void);
+/* Widest layer with a BF16 copy: a row of it fits the rows buffer. */
+#define KB_MAX_IN (KERN_I8_ROWS_BYTES / 2)
+
 /* The INT8 kernel the avx2 set (wide 0) or the avx512 set (wide 1) runs,
  * chosen once per process: the widest native one that set may run, or the
  * one DCN_INT8_KERNEL names ("maddubs" keeps the pre-VNNI kernel for
@@ -213,6 +252,16 @@ float kern_quant_row(const float *x, const float *sm, size_t n, size_t kq, uint8
 void kern_quant_span(const float *x, const float *sm, size_t k0, size_t n, size_t kq, float inv, uint8_t *out);
 
 float kern_bf16_to_f32(uint16_t h);
+/* float to BF16 as vcvtneps2bf16 rounds: nearest even, NaN kept quiet,
+ * denormal inputs to a zero of their sign (the dot products' rule). */
+uint16_t kern_f32_to_bf16_daz(float f);
+/* A row of n floats rounded so (kern_f32_to_bf16_daz) into out, zeros up
+ * to kbf: the BF16 kernels' operand. */
+void kern_bf16_row(const float *x, size_t n, size_t kbf, uint16_t *out);
+/* Adds L's BF16 dot-product copy from its weights (rounded to BF16 by
+ * kern_f32_to_bf16_daz: exact for BF16 files). Layers wider than
+ * KB_MAX_IN inputs keep none. 0, or -1 when out of memory. */
+int kern_bf16_pack(klinear *L);
 uint16_t kern_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 uint16_t kern_f32_to_f16(float f);  /* round to nearest even; overflow to inf */
 

@@ -9,7 +9,8 @@
  *   used or allocated for, and a tensor the spec does not name is refused.
  * - Embedding tables and vocabularies stay in the mapping; dense weights are
  *   packed for the kernel set (kernels.h): float32, or 16-bit when the file
- *   stores them so, plus an INT8 copy with dcn_open_opts.int8 (PRECISION.md).
+ *   stores them so, plus an INT8 copy with dcn_open_opts.int8 or a BF16
+ *   dot-product copy with dcn_open_opts.bf16 (PRECISION.md).
  *   Packed weights of 2 MiB or more sit in transparent huge pages where the
  *   system allows (kern_alloc): they are streamed.
  * - A loader carries the model being built and the caller's error buffer
@@ -42,6 +43,7 @@ typedef struct loader {
     size_t errlen;
     int widen; /* dcn_open_opts.widen_weights */
     int int8;  /* dcn_open_opts.int8 */
+    int bf16;  /* dcn_open_opts.bf16 */
     uint8_t *kv_used; /* (n_kv) INT8 smoothing keys a layer took */
     size_t smoothed;  /* smoothing keys taken (tensors; a mix C's serves K layers) */
 } loader;
@@ -694,11 +696,14 @@ static int finish_layer(loader *ld, klinear *L, const char *name, size_t n_all, 
     }
     if (!rc && ld->int8 && kern_quantize(L, sm))
         rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory quantizing '%s' to INT8", name);
+    if (!rc && ld->bf16 && kern_bf16_pack(L))
+        rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory rounding '%s' to BF16", name);
     free(sm);
     if (!rc) {
         size_t pb = kern_packed_bytes(L), qb = L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : 0;
-        ld->m->packed_bytes += L->wq ? qb : pb;
-        ld->m->huge_bytes += kern_huge_bytes(pb) + kern_huge_bytes(qb);
+        size_t bb = L->wbf ? L->kbf * ((L->out + 15) / 16 * 16) * sizeof(uint16_t) : 0;
+        ld->m->packed_bytes += L->wq ? qb : L->wbf ? bb : pb;
+        ld->m->huge_bytes += kern_huge_bytes(pb) + kern_huge_bytes(qb) + kern_huge_bytes(bb);
     }
     return rc;
 }
@@ -899,6 +904,7 @@ static int build(loader *ld) {
     in->packed_bytes = m->packed_bytes;
     in->huge_bytes = m->huge_bytes;
     in->int8 = ld->int8;
+    in->bf16 = ld->bf16;
     in->int8_smoothed = ld->smoothed;
     compute_flops(m);
     return 0;
@@ -910,8 +916,13 @@ int dcn_open(const char *path, const dcn_open_opts *opts, dcn_model **out, char 
     dcn_model *m = calloc(1, sizeof *m);
     if (!m) return fail(err, errlen, DCN_ENOMEM, "out of memory");
     m->ks = kern_get();
-    loader ld = {.m = m, .err = err, .errlen = errlen, .widen = opts ? opts->widen_weights : 0, .int8 = opts ? opts->int8 : 0};
+    loader ld = {.m = m, .err = err, .errlen = errlen, .widen = opts ? opts->widen_weights : 0, .int8 = opts ? opts->int8 : 0,
+                 .bf16 = opts ? opts->bf16 : 0};
     int rc;
+    if (ld.int8 && ld.bf16) {
+        rc = fail(err, errlen, DCN_EINVAL, "int8 and bf16 dot products are two precisions: choose one");
+        goto fail;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         rc = fail(err, errlen, DCN_EIO, "cannot open '%s': %s", path, strerror(errno));

@@ -132,6 +132,8 @@ static job share(const kern_set *ks, const float *x, size_t ldx, const klinear *
         j.L.wsc = L->wsc + n0;
         j.L.wzc = L->wzc + n0;
     }
+    if (L->wbf) /* BF16 panels are 16 wide too */
+        j.L.wbf = L->wbf + n0 / 16 * L->kbf * 16;
     j.L.bias = L->bias + n0;
     if (j.e.bias) j.e.bias += n0;
     if (j.e.x0) j.e.x0 += r0 * e->ldx0 + n0;

@@ -165,6 +165,33 @@ EMU_STATIC simde__m256i emu_mm512_cvtneps_pbh(simde__m512 a) {
     return simde__m256i_from_private(r);
 }
 
+/* vdpbf16ps on 32-bit lanes given as integer vectors (the BF16 kernels'
+ * kb_dp in emulated builds): per lane, src + odd product, then + even
+ * product, each add rounded to nearest even with denormal inputs read as
+ * zero and denormal results flushed to zero, as the SDM defines it and
+ * the hardware does (SIMDe 0.7.4 adds the even product first, and sums the
+ * two before adding them). Products of two BF16 are exact in float. */
+EMU_STATIC float emu_ftz(float f) {
+    return fabsf(f) < 1.17549435e-38f ? copysignf(0.0f, f) : f;
+}
+EMU_STATIC float emu_bf16_daz(uint16_t h) {
+    uint32_t u = (h & 0x7f80u) ? (uint32_t)h << 16 : (uint32_t)(h & 0x8000u) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+EMU_STATIC simde__m512 emu_dpbf16_ps_i(simde__m512 src, simde__m512i a, simde__m512i b) {
+    simde__m512_private s_ = simde__m512_to_private(src);
+    simde__m512i_private a_ = simde__m512i_to_private(a), b_ = simde__m512i_to_private(b);
+    for (int i = 0; i < 16; i++) {
+        float acc = emu_ftz(s_.f32[i]);
+        acc = emu_ftz(acc + emu_bf16_daz(a_.u16[2 * i + 1]) * emu_bf16_daz(b_.u16[2 * i + 1]));
+        acc = emu_ftz(acc + emu_bf16_daz(a_.u16[2 * i]) * emu_bf16_daz(b_.u16[2 * i]));
+        s_.f32[i] = acc;
+    }
+    return simde__m512_from_private(s_);
+}
+
 /* ---------------------------------------------------------------- masked memory
  * Lanes whose mask bit is clear are neither read nor written: the tests
  * place buffers at the end of a page-sized allocation only where the real

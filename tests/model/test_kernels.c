@@ -5,7 +5,8 @@
  * weights stored as float32; embedding-row conversions on odd lengths and
  * unaligned pointers; float <-> half conversions, exhaustively; large
  * buffers (kern_alloc) on huge-page boundaries and advised into them; the
- * host's huge-page setting as read. */
+ * host's huge-page setting as read; every INT8 and BF16 dot-product kernel
+ * equals its scalar reference bit for bit. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -380,6 +381,168 @@ Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
         check_i8_kernel(ks[q], 7, 1023, 65, KEPI_CROSS, 0, 0);
         check_i8_kernel(ks[q], 30, 17, 20000, KEPI_BIAS, 0, 0);
         check_i8_kernel(ks[q], 5, 33, KQ_MAX_IN, KEPI_BIAS, 0, 1);
+    }
+}
+
+Test(kernels, every_bf16_kernel_runs_native_or_emulated) {
+    const kern_bf16 *ks[4];
+    size_t n = kern_bf16_available(ks, 4);
+    char line[256];
+    int at = snprintf(line, sizeof line, "BF16 dot-product kernels tested:");
+    for (size_t i = 0; i < n; i++)
+        at += snprintf(line + at, sizeof line - (size_t)at, " %s (%s)", ks[i]->name,
+                       ks[i]->emulated ? "emulated, SIMDe" : "native");
+    fprintf(stderr, "%s; the avx2 set serves with %s, the avx512 set with %s\n", line, kern_bf16_get(0)->name,
+            kern_bf16_get(1)->name);
+    const kern_set *sets[3];
+    if (kern_available(sets, 3) == 1) {
+        cr_assert_eq(n, 0, "no BF16 kernel without AVX2");
+        return;
+    }
+    cr_assert_eq(n, 2, "expected fma and avx512bf16 (native or emulated): %s", line);
+    cr_assert_str_eq(ks[0]->name, "fma");
+    cr_assert(!kern_bf16_get(0)->wide, "the avx2 set never runs a 512-bit kernel");
+    if (!getenv("DCN_BF16_KERNEL"))
+        for (int wide = 0; wide < 2; wide++) cr_assert(!kern_bf16_get(wide)->emulated, "an emulated kernel only by name");
+}
+
+/* The rounding rule against the instruction's definition: nearest even,
+ * ties both ways, NaN quiet, denormals to signed zeros, the largest finite
+ * floats to infinity; and a row is rounded so with zeros after it. */
+Test(kernels, bf16_rounding_rule) {
+    static const struct {
+        uint32_t in;
+        uint16_t out;
+    } c[] = {
+        {0x3f800000u, 0x3f80}, {0x3f808000u, 0x3f80}, {0x3f818000u, 0x3f82}, {0x3f808001u, 0x3f81},
+        {0xbf80ffffu, 0xbf81}, {0x00000000u, 0x0000}, {0x80000000u, 0x8000}, {0x00000001u, 0x0000},
+        {0x807fffffu, 0x8000}, {0x00800000u, 0x0080}, {0x7f7fffffu, 0x7f80}, {0x7f800000u, 0x7f80},
+        {0xff800000u, 0xff80}, {0x7f800001u, 0x7fc0}, {0xffc00000u, 0xffc0},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        float f;
+        memcpy(&f, &c[i].in, 4);
+        cr_assert_eq(kern_f32_to_bf16_daz(f), c[i].out, "0x%08x -> 0x%04x, want 0x%04x", c[i].in,
+                     kern_f32_to_bf16_daz(f), c[i].out);
+    }
+    float x[5] = {1.0f, -2.5f, 1e-40f, 3.0f, 0.1f};
+    uint16_t r[8];
+    memset(r, 0xff, sizeof r);
+    kern_bf16_row(x, 5, 6, r);
+    const uint16_t want[6] = {0x3f80, 0xc020, 0x0000, 0x4040, 0x3dcd, 0};
+    cr_assert_eq(memcmp(r, want, sizeof want), 0);
+    cr_assert_eq(r[6], 0xffff, "nothing written past kbf");
+}
+
+/* One BF16 case for kernel k against the scalar BF16 reference: the same
+ * rounded rows, the same sums in the same order, the same epilogue, so the
+ * results are equal bit for bit (NaN for NaN). The fma kernel keeps sums
+ * below FLT_MIN as denormals where the instruction flushes them, so no
+ * case here makes one (the zero and denormal rows sum to exact zeros).
+ * Rows: random of varied magnitude, a zero row, a denormal one, one with a
+ * NaN and one with an infinity. Columns past out are never written. The
+ * reference itself stays within the rounding of its inputs of the float64
+ * dot product of the BF16-rounded operands. */
+static void check_bf16_kernel(const kern_bf16 *k, size_t m, size_t out, size_t in, int kind) {
+    size_t ldx = in + 3, ldy = out + 5;
+    float *w = malloc(out * in * sizeof *w), *b = malloc(out * sizeof *b), *x = malloc(m * ldx * sizeof *x);
+    float *x0 = malloc(m * ldy * sizeof *x0), *xl = malloc(m * ldy * sizeof *xl);
+    float *bs = malloc(m * sizeof *bs), *ys = malloc(m * ldy * sizeof *ys), *yk = malloc(m * ldy * sizeof *yk);
+    cr_assert(w && b && x && x0 && xl && bs && ys && yk);
+    for (size_t i = 0; i < out * in; i++) w[i] = frand();
+    for (size_t i = 0; i < out; i++) b[i] = frand();
+    for (size_t i = 0; i < m * ldx; i++) x[i] = frand() * (float)(1 + i % 5);
+    for (size_t i = 0; i < m * ldy; i++) x0[i] = frand(), xl[i] = frand(), ys[i] = yk[i] = -7.0f;
+    for (size_t r = 0; r < m; r++) bs[r] = frand() + 1.5f;
+    if (m > 1) memset(x + ldx, 0, in * sizeof *x);
+    if (m > 2) {
+        memset(x + 2 * ldx, 0, in * sizeof *x);
+        x[2 * ldx] = 1e-40f, x[2 * ldx + in - 1] = -3e-40f;
+    }
+    if (m > 3) x[3 * ldx + in / 2] = NAN;
+    if (m > 4) x[4 * ldx + in - 1] = -INFINITY;
+    klinear L;
+    cr_assert_eq(kern_pack(&L, w, b, out, in, kern_scalar.nr), 0);
+    cr_assert_eq(kern_bf16_pack(&L), 0);
+    cr_assert(L.wbf && L.kbf == (in + 1) / 2 * 2);
+    krange all = {0, (uint32_t)in};
+    kepi e = {.kind = kind, .bias = L.bias, .x0 = x0, .ldx0 = ldy, .xl = xl, .ldxl = ldy,
+              .bscale = kind == KEPI_CROSS ? bs : NULL};
+    kern_scalar.gemm(m, x, ldx, &L, &all, 1, ys, ldy, &e);
+    k->gemm(m, x, ldx, &L, yk, ldy, &e);
+    for (size_t r = 0; r < m; r++)
+        for (size_t n = 0; n < ldy; n++) {
+            float a = ys[r * ldy + n], c = yk[r * ldy + n];
+            if (n >= out) {
+                cr_assert_eq(c, -7.0f, "%s wrote past out=%zu at (%zu,%zu)", k->name, out, r, n);
+                continue;
+            }
+            cr_assert((a != a && c != c) || !memcmp(&a, &c, sizeof a),
+                      "%s m=%zu out=%zu in=%zu kind=%d at (%zu,%zu): %.9g vs reference %.9g", k->name, m, out, in,
+                      kind, r, n, c, a);
+            if (kind != KEPI_BIAS || r == 3 || r == 4) continue;
+            double d = 0.0, s = 0.0;
+            for (size_t kk = 0; kk < in; kk++) {
+                double p = (double)kern_bf16_to_f32(kern_f32_to_bf16_daz(x[r * ldx + kk])) *
+                           kern_bf16_to_f32(kern_f32_to_bf16_daz(w[n * in + kk]));
+                d += p, s += fabs(p);
+            }
+            cr_assert(fabs(a - (d + b[n])) <= 6e-8 * (double)in * s + 1e-7 * fabs(b[n]) + 1e-30,
+                      "reference %g, float64 %g", a, d + b[n]);
+        }
+    kern_linear_free(&L);
+    free(w), free(b), free(x), free(x0), free(xl), free(bs), free(ys), free(yk);
+}
+
+/* Every BF16 kernel (fma, avx512bf16; emulated where this CPU lacks it)
+ * equals the scalar BF16 reference (so the SIMDe emulation equals the
+ * instruction where the CPU has it) on awkward sizes (odd inputs: a padded
+ * pair; partial panels and column blocks), rows that leave partial tiles
+ * and several row blocks (100 rows; 20 rows of 20,000 inputs: blocks of
+ * 6), every epilogue; and a row as wide as the rows buffer allows. Through
+ * a kern_set too: a layer with a BF16 copy read over all its inputs runs
+ * the set's BF16 kernel, and over a part of them its float panels. */
+Test(kernels, bf16_kernels_equal_reference, .timeout = 300) {
+    const kern_bf16 *ks[4];
+    size_t nk = kern_bf16_available(ks, 4);
+    /* Where the CPU has the instruction, its emulation is checked too. */
+    if (nk == 2 && !ks[1]->emulated && &kern_bf16_avx512bf16_emu) ks[nk++] = &kern_bf16_avx512bf16_emu;
+    static const size_t rows[] = {1, 5, 6, 7, 13, 49, 100};
+    for (size_t q = 0; q < nk; q++) {
+        for (size_t i = 0; i < NSIZES; i++)
+            for (size_t j = 0; j < NSIZES; j++) {
+                if (sizes[i] * sizes[j] > 70000) continue;
+                for (int kind = KEPI_BIAS; kind <= KEPI_CROSS; kind++)
+                    check_bf16_kernel(ks[q], rows[(i + j + (size_t)kind) % 7], sizes[i], sizes[j], kind);
+            }
+        check_bf16_kernel(ks[q], 100, 65, 1023, KEPI_RELU);
+        check_bf16_kernel(ks[q], 7, 1023, 65, KEPI_CROSS);
+        check_bf16_kernel(ks[q], 20, 17, 20000, KEPI_BIAS);
+        check_bf16_kernel(ks[q], 2, 5, KB_MAX_IN, KEPI_BIAS);
+    }
+    const kern_set *sets[3];
+    size_t ns = kern_available(sets, 3);
+    for (size_t i = 0; i < ns; i++) {
+        size_t m = 9, out = 40, in = 30;
+        float w[40 * 30], x[9 * 30], y1[9 * 40], y2[9 * 40];
+        for (size_t t = 0; t < sizeof w / sizeof w[0]; t++) w[t] = frand();
+        for (size_t t = 0; t < sizeof x / sizeof x[0]; t++) x[t] = frand();
+        klinear L, Lr;
+        cr_assert_eq(kern_pack(&L, w, NULL, out, in, sets[i]->nr), 0);
+        cr_assert_eq(kern_pack(&Lr, w, NULL, out, in, kern_scalar.nr), 0);
+        cr_assert_eq(kern_bf16_pack(&L), 0);
+        cr_assert_eq(kern_bf16_pack(&Lr), 0);
+        krange all = {0, (uint32_t)in}, part = {0, (uint32_t)in / 2};
+        kepi e = {.kind = KEPI_BIAS, .bias = L.bias};
+        sets[i]->gemm(m, x, in, &L, &all, 1, y1, out, &e);
+        kern_scalar.gemm(m, x, in, &Lr, &all, 1, y2, out, &e);
+        cr_assert_eq(memcmp(y1, y2, sizeof y1), 0, "%s: a BF16 layer over all its inputs", sets[i]->name);
+        sets[i]->gemm(m, x, in, &L, &part, 1, y1, out, &e);
+        klinear Lf; /* over a part: the float panels, as without the copy */
+        cr_assert_eq(kern_pack(&Lf, w, NULL, out, in, sets[i]->nr), 0);
+        sets[i]->gemm(m, x, in, &Lf, &part, 1, y2, out, &e);
+        cr_assert_eq(memcmp(y1, y2, sizeof y1), 0, "%s: a BF16 layer over part of its inputs", sets[i]->name);
+        kern_linear_free(&L), kern_linear_free(&Lr), kern_linear_free(&Lf);
     }
 }
 
