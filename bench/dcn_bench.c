@@ -80,6 +80,7 @@ typedef struct opts {
     int widen;                        /* run: dcn_open_opts.widen_weights */
     int cols;                         /* one slice with a dcn_team where dcn_team_pays */
     int int8;                         /* run: dcn_open_opts.int8 */
+    int bf16;                         /* run: dcn_open_opts.bf16 */
 } opts;
 
 static void usage(FILE *f)
@@ -90,6 +91,7 @@ static void usage(FILE *f)
           "                       [--pool ROWS] [--seed N] [--retries N] [--foreign-max F]\n"
           "                       [--widen 1]   (16-bit dense weights widened to f32 at load)\n"
           "                       [--int8 1]    (dense layers quantized to INT8 at load)\n"
+          "                       [--bf16 1]    (BF16 dot products: dense layers and their inputs in BF16)\n"
           "                       [--cols 0|1]  (1, the default: on T > 1 threads, a batch for\n"
           "                                      which dcn_team_pays is scored whole by a dcn_team\n"
           "                                      that splits its heavy layers; 0: always by rows)\n"
@@ -168,6 +170,7 @@ static int parse_args(int argc, char **argv, opts *o)
         else if (!strcmp(k, "--widen")) o->widen = atoi(v);
         else if (!strcmp(k, "--cols")) o->cols = atoi(v);
         else if (!strcmp(k, "--int8")) o->int8 = atoi(v);
+        else if (!strcmp(k, "--bf16")) o->bf16 = atoi(v);
         else {
         bad:
             fprintf(stderr, "dcn-bench: bad argument %s %s\n", k, v);
@@ -971,11 +974,12 @@ static int measure_pair(team *t, const row_pool *p, plan_fn plan_at, const void 
 
 /* Opens a model with its pages pre-faulted; exits the process on failure
  * (this is a command-line tool, not library code). */
-static dcn_model *open_model(const char *path, int widen, int int8)
+static dcn_model *open_model(const char *path, int widen, int int8, int bf16)
 {
     char err[512];
     dcn_model *m = NULL;
-    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1, .widen_weights = widen, .int8 = int8};
+    dcn_open_opts oo = {.verify_checksum = 0, .warmup = 1, .widen_weights = widen, .int8 = int8,
+                       .bf16 = bf16};
     double t0 = now_s();
     int rc = dcn_open(path, &oo, &m, err, sizeof err);
     if (rc < 0) {
@@ -1007,7 +1011,7 @@ static void plan_plain(size_t i, const void *ctx, batch_plan *bp)
 /* `run`: one JSON line per (threads, batch) point. Returns 0 or 1. */
 static int cmd_run(const opts *o)
 {
-    dcn_model *m = open_model(o->model, o->widen, o->int8);
+    dcn_model *m = open_model(o->model, o->widen, o->int8, o->bf16);
     const dcn_info *in = dcn_model_info(m);
     size_t max_b = 0;
     for (size_t k = 0; k < o->n_batches; k++)
@@ -1047,10 +1051,10 @@ static int cmd_run(const opts *o)
                    "\"samples_per_s\": %.2f, \"gflops\": %.3f, \"flops_per_row\": %.0f, "
                    "\"lat_ms_median\": %.4f, \"lat_ms_p99\": %.4f, \"lat_ms_mean\": %.4f, "
                    "\"lat_ms_min\": %.4f, \"foreign_cpu\": %.4f, \"steal\": %.4f, \"tries\": %d, "
-                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"int8\": %d, \"split\": \"%s\"}\n",
+                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"int8\": %d, \"bf16\": %d, \"split\": \"%s\"}\n",
                    dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
                    r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
-                   r.steal, tries, pool_rows, in->packed_bytes, o->widen, in->int8,
+                   r.steal, tries, pool_rows, in->packed_bytes, o->widen, in->int8, in->bf16,
                    uses_cols(t, B) ? "team" : "rows");
             fflush(stdout);
             fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
@@ -1121,7 +1125,7 @@ static void plan_share(size_t i, const void *ctx, batch_plan *bp)
  * Returns 0 or 1. */
 static int cmd_share(const opts *o)
 {
-    dcn_model *m = open_model(o->model, o->widen, o->int8);
+    dcn_model *m = open_model(o->model, o->widen, o->int8, o->bf16);
     const dcn_info *in = dcn_model_info(m);
     size_t R = o->req_rows;
     size_t n_req = o->pool_rows / R;
@@ -1241,7 +1245,7 @@ static int cmd_dump(const opts *o)
         fputs("dcn-bench dump: --out is required\n", stderr);
         return 1;
     }
-    dcn_model *m = open_model(o->model, o->widen, o->int8);
+    dcn_model *m = open_model(o->model, o->widen, o->int8, o->bf16);
     size_t n = o->dump_rows;
     row_pool p;
     float *prob = malloc(n * sizeof *prob), *logit = malloc(n * sizeof *logit);

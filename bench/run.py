@@ -17,12 +17,13 @@ Steps (each one's output goes to bench/out/, which git ignores):
      engine's;
   6b. reduced precision: dlrmv2-bf16 (dense weights stored BF16) also run
      with them widened to float32 at load (`--widen 1`); every FP32 model
-     again with INT8 dense layers (`--int8 1`), and ONNX Runtime on its own
+     again with BF16 dot products (`--bf16 1`: vdpbf16ps where the CPU has
+     AVX512_BF16) and with INT8 dense layers (`--int8 1`), and ONNX Runtime on its own
      INT8 graph of each (quantize_onnx.py: what its quantize_dynamic makes,
      DynamicQuantizeMatMul with 7-bit weights); and what each costs on the
      real Criteo rows with the bundled trained model (tools/export.py --eval
-     for BF16, bench/precision_eval.py through dcnserve for INT8, without
-     and with calibration by tools/calibrate.py);
+     for BF16 weights, bench/precision_eval.py through dcnserve for --bf16
+     and for INT8, without and with calibration by tools/calibrate.py);
   7. context sharing: `dcn-bench share` (a request of 100 candidates whose
      context is about half of x0) on a stacked and a parallel model, and the
      others;
@@ -33,7 +34,7 @@ Steps (each one's output goes to bench/out/, which git ignores):
 
 usage: run.py --bench BUILD/dcn-bench [--quick] [--models k1,k2]
               [--batches 1,16,...] [--threads 1,2] [--min-time S] [--no-ort]
-              [--no-share] [--no-int8] [--out DIR] [--wait-quiet S] [--fix-noisy S]
+              [--no-share] [--no-int8] [--no-bf16] [--out DIR] [--wait-quiet S] [--fix-noisy S]
               [--repeat N]
 --quick: short points (0.2 s, no re-runs) to check that everything runs; its
 figures are not meant to be quoted. A full run takes about 6 minutes on 2 cores,
@@ -211,7 +212,7 @@ def precision_table(res):
     BF16 weights (16-bit panels, and widened at load), INT8 dense layers
     (also against ONNX Runtime's INT8 graph of quantize_onnx.py); batch 1
     also against its weight-streaming floor."""
-    ours = {(p["model"], p["batch"], p["threads"], p.get("widen", 0), p.get("int8", 0)): p
+    ours = {(p["model"], p["batch"], p["threads"], p.get("widen", 0), p.get("int8", 0), p.get("bf16", 0)): p
             for p in res["engine"] + res["variants"]}
     ort = {(p["key"], p["batch"], p["threads"]): p for p in res["ort"]}
     bw1 = stream_for(res["peak"], 1)
@@ -221,16 +222,17 @@ def precision_table(res):
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = lambda kv: (TABLE_MODELS.index(kv[0][0]) if kv[0][0] in TABLE_MODELS else 99,
-                        kv[0][3] + 2 * kv[0][4], kv[0][2], kv[0][1])
-    for (model, b, t, w, q), p in sorted(ours.items(), key=order):
+                        kv[0][3] + 2 * kv[0][4] + 4 * kv[0][5], kv[0][2], kv[0][1])
+    for (model, b, t, w, q, bf), p in sorted(ours.items(), key=order):
         fp32 = model[:-5] if model.endswith("-bf16") else model
-        if not (w or q or model.endswith("-bf16")):
+        if not (w or q or bf or model.endswith("-bf16")):
             continue
-        kind = "INT8" if q else ("BF16, widened to FP32 at load" if w else "BF16 (16-bit panels)")
+        kind = ("INT8" if q else "BF16 dot products (--bf16)" if bf
+                else "BF16, widened to FP32 at load" if w else "BF16 (16-bit panels)")
         mb = p.get("packed_bytes", 0) / 1e6
         # one row cannot be split by rows: batch 1 streams the weights on one thread
         floor = p["packed_bytes"] / (bw1 * 1e9) * 1e3 if bw1 and p.get("packed_bytes") and b == 1 and t == 1 else None
-        base, o = ours.get((fp32, b, t, 0, 0)), ort.get((fp32, b, t))
+        base, o = ours.get((fp32, b, t, 0, 0, 0)), ort.get((fp32, b, t))
         oq = ort.get((fp32 + "-int8", b, t)) if q else None
         lines.append(
             f"| {model} | {kind} | {mb:.0f} | {b} | {t} | {p['lat_ms_median']:.3f} | {fmt(floor, '.3f')} | "
@@ -279,7 +281,8 @@ def keep_best(points):
     most samples/s, with the spread of all its tries recorded."""
     best = {}
     for p in points:
-        k = (p.get("model", p.get("key")), p["batch"], p["threads"], p.get("widen", 0), p.get("int8", 0))
+        k = (p.get("model", p.get("key")), p["batch"], p["threads"], p.get("widen", 0), p.get("int8", 0),
+             p.get("bf16", 0))
         tries = best.get(k, {}).get("sweeps", []) + [p["samples_per_s"]]
         if k not in best or p["samples_per_s"] > best[k]["samples_per_s"]:
             best[k] = dict(p)
@@ -310,14 +313,16 @@ def precision_bf16(py, out):
             "command": shown, "summary": "; ".join(lines) + "."}
 
 
-def precision_int8(py, dcnserve, out=None):
-    """The cost of --int8 on real data: the bundled trained model served by
-    dcnserve in float and in INT8, the same Criteo rows posted to both. With
-    out, the model calibrated first (tools/calibrate.py on the unlabeled
-    Criteo rows, other rows than those scored)."""
+def precision_int8(py, dcnserve, out=None, flag="--int8"):
+    """The cost of --int8 (or flag: --bf16) on real data: the bundled trained
+    model served by dcnserve in float and with the flag, the same Criteo rows
+    posted to both. With out, the model calibrated first (tools/calibrate.py
+    on the unlabeled Criteo rows, other rows than those scored)."""
     model = os.path.join(ROOT, "model", "default", "criteo-dcn.dcn")
-    what = "INT8 on real data (the bundled trained model served by dcnserve with and without --int8)"
-    shown = "bench/precision_eval.py --dcnserve build/release/dcnserve --model model/default/criteo-dcn.dcn --flags=--int8"
+    name = {"--int8": "INT8", "--bf16": "BF16 dot products"}[flag]
+    what = f"{name} on real data (the bundled trained model served by dcnserve with and without {flag})"
+    shown = ("bench/precision_eval.py --dcnserve build/release/dcnserve --model model/default/criteo-dcn.dcn "
+             f"--flags={flag}")
     if out:
         cal = os.path.join(out, "criteo-dcn-calibrated.dcn")
         ccmd = [py, os.path.join(ROOT, "tools", "calibrate.py"), model, "--rows",
@@ -329,7 +334,7 @@ def precision_int8(py, dcnserve, out=None):
         if subprocess.run(ccmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT).returncode != 0:
             return {"what": what, "command": shown, "summary": "failed: tools/calibrate.py"}
         model = cal
-    cmd = [py, os.path.join(HERE, "precision_eval.py"), "--dcnserve", dcnserve, "--model", model, "--flags=--int8"]
+    cmd = [py, os.path.join(HERE, "precision_eval.py"), "--dcnserve", dcnserve, "--model", model, f"--flags={flag}"]
     if not os.access(dcnserve, os.X_OK):
         return {"what": what, "command": shown, "summary": f"not run: {dcnserve} is not built (make all)"}
     got = run_json(cmd)
@@ -365,7 +370,8 @@ def fix_noisy(res, a, bench, mdir, timing, ort_ok, limit=0.05):
         if kind in ("engine", "variants"):
             new = run_json([bench, "run", "--model", os.path.join(mdir, f"{p['model']}.dcn"),
                             "--batches", str(p["batch"]), "--threads", str(p["threads"]),
-                            "--widen", str(p.get("widen", 0)), "--int8", str(p.get("int8", 0))] + timing)
+                            "--widen", str(p.get("widen", 0)), "--int8", str(p.get("int8", 0)),
+                            "--bf16", str(p.get("bf16", 0))] + timing)
         elif kind == "ort":
             if not ort_ok:
                 continue
@@ -397,6 +403,7 @@ def main():
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-share", action="store_true")
     ap.add_argument("--no-int8", action="store_true", help="skip the INT8 runs")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the BF16 dot-product runs")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="run the engine and ORT sweeps N times, keeping each point's best (both sides alike)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
@@ -483,6 +490,10 @@ def main():
                 log(f"engine: {k}, INT8 dense layers")
                 res["variants"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"), "--int8", "1",
                                              "--batches", a.batches, "--threads", a.threads] + timing)
+            if not a.no_bf16:
+                log(f"engine: {k}, BF16 dot products")
+                res["variants"] += run_json([bench, "run", "--model", os.path.join(mdir, f"{k}.dcn"), "--bf16", "1",
+                                             "--batches", a.batches, "--threads", a.threads] + timing)
             if ort_ok and k in ort_keys:
                 log(f"ONNX Runtime: {k}")
                 got = run_json(["node", os.path.join(HERE, "ort_bench.js"), "--models", mdir,
@@ -506,6 +517,9 @@ def main():
     if any(k in WIDEN_MODELS for k in keys):
         log("BF16 on real data (tools/export.py --eval)")
         res["precision"].append(precision_bf16(py, out))
+    if not a.no_bf16:
+        log("BF16 dot products on real data (bench/precision_eval.py)")
+        res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve"), flag="--bf16"))
     if not a.no_int8:
         log("INT8 on real data (bench/precision_eval.py)")
         res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve")))

@@ -55,6 +55,7 @@ static const opt opts[] = {
     O("warmup", T_BOOL, warmup, "1", "pre-fault every page of the model before serving it"),
     O("verify", T_BOOL, verify, "0", "check the model file's CRC-32 before serving it"),
     O("int8", T_BOOL, int8, "0", "score with the dense layers quantized to INT8 at load (faster, approximate: PRECISION.md)"),
+    O("bf16", T_BOOL, bf16, "0", "score with BF16 dot products: dense weights and each layer's inputs rounded to BF16, float32 sums (vdpbf16ps; approximate: PRECISION.md)"),
     O("admin-token", T_STR, admin_token, "", "bearer token for /admin/*; empty: loopback clients only"),
     O("access-log", T_BOOL, access_log, "0", "log one line per request"),
     O("log-level", T_STR, log_level, "info", "debug, info, warn or error"),
@@ -200,6 +201,10 @@ int cfg_parse(srv_config *c, int argc, char **argv)
         fprintf(stderr, "dcnserve: invalid configuration: check port (<= 65535), max-batch-rows (1..2^20), "
                         "max-queue-rows (>= 1), max-candidates (1..2^24), workers (<= 1024), loops (<= 256), small-batch-threads (<= 256), "
                         "conn-memory-bytes (>= 4096), busy-status (429|503), log-level\n");
+        return -1;
+    }
+    if (c->int8 && c->bf16) {
+        fprintf(stderr, "dcnserve: --int8 and --bf16 are two precisions: choose one\n");
         return -1;
     }
     if (c->max_candidates > c->max_queue_rows) c->max_candidates = c->max_queue_rows;

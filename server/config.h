@@ -45,6 +45,7 @@ typedef struct srv_config {
     int warmup;                  /* pre-fault the model file at load */
     int verify;                  /* check the model's CRC-32 at load */
     int int8;                    /* score with INT8 dense layers (dcn_open_opts.int8) */
+    int bf16;                    /* score with BF16 dot products (dcn_open_opts.bf16) */
     const char *admin_token;     /* "": /admin only from loopback */
     int access_log;
     const char *log_level;

@@ -779,7 +779,7 @@ static enum MHD_Result send_model(srv *s, srv_req *r)
         "name", in->name, "version", in->version, "description", in->description ? in->description : "",
         "format_version", (json_int_t)in->format_version, "file_bytes", (json_int_t)in->file_bytes,
         "crc32", in->has_crc32 ? json_string(crc) : json_null(), "kernels", dcn_kernels_name(),
-        "dense_precision", in->int8 ? "int8" : "as stored", "dense_bytes", (json_int_t)in->packed_bytes,
+        "dense_precision", in->int8 ? "int8" : in->bf16 ? "bf16" : "as stored", "dense_bytes", (json_int_t)in->packed_bytes,
         "huge_page_bytes", (json_int_t)in->huge_bytes, "huge_pages", dcn_huge_pages(),
         "int8_smoothed", (json_int_t)in->int8_smoothed, "loaded_at", loaded_unix,
         "features", "dense", dense, "sparse", sparse,
@@ -860,7 +860,8 @@ static enum MHD_Result send_metrics(srv *s, srv_req *r)
 /* Opens, validates and exercises a model file off the loop thread. */
 static int load_model(const srv_config *c, dcn_model **out, char *err, size_t errlen)
 {
-    dcn_open_opts o = {.verify_checksum = c->verify, .warmup = c->warmup, .int8 = c->int8};
+    dcn_open_opts o = {.verify_checksum = c->verify, .warmup = c->warmup, .int8 = c->int8,
+                       .bf16 = c->bf16};
     int rc = dcn_open(c->model_path, &o, out, err, errlen);
     if (rc < 0) return rc;
     /* one row with every feature missing: proves the engine runs this model */

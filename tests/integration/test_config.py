@@ -126,6 +126,11 @@ def check_int8(t, srv, v):
     t.assertEqual(srv.request_json("GET", "/v1/model")[2]["dense_precision"], "int8")
 
 
+def check_bf16(t, srv, v):
+    t.assertEqual(srv.request_json("GET", "/v1/model")[2]["dense_precision"], "bf16")
+    t.assertEqual(srv.rank(ONE)[0], 200)
+
+
 def check_admin_token(t, srv, v):
     t.assertEqual(srv.request("POST", "/admin/reload")[0], 403)
     st, _, data = srv.request("POST", "/admin/reload", headers={"Authorization": f"Bearer {v}"})
@@ -165,6 +170,7 @@ EFFECTS = {
     "max-body-bytes": check_max_body_bytes,
     "lenient": check_lenient,
     "int8": check_int8,
+    "bf16": check_bf16,
     "admin-token": check_admin_token,
     "access-log": check_access_log,
     "idle-timeout-s": check_idle_timeout,
