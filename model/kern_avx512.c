@@ -12,7 +12,22 @@
 
 typedef __m512 V;
 #define VW 16
-#define MR 12
+/* Tiles of 8 rows x 32 outputs (16 accumulators, not the 24 of the AVX2
+ * shape widened), K blocks of 512 inputs, packed row blocks of 64 rows:
+ * measured against 12 x 32, K 128, 192 rows (and 14 x 32, 6 x 32, 4 x 32;
+ * K 256 to 768; blocks of 32 to 192 rows) on Zen 5, whose zmm FMA issues
+ * once a cycle: one thread +10-35% on dlrmv2 and criteo-full from batch 16
+ * (102 GFLOP/s at batch 256, 87% of the measured peak); two threads +5-22%
+ * from batch 64 (bench/README.md). Fewer accumulators cover the FMA
+ * latency at that rate; 8-row tiles leave fewer short tiles when a batch
+ * is split between threads. All three can be set at compile time for such
+ * comparisons. */
+#ifndef MR
+#define MR 8
+#endif
+#ifndef MC
+#define MC (MR * 8)
+#endif
 #ifdef KERN_EMULATED
 #define KSET kern_avx512_emu
 #else
@@ -30,7 +45,9 @@ typedef __m512 V;
 #define vload_bf16(p) \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
 #define vload_i8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))))
-#define KC 128
+#ifndef KC
+#define KC 512
+#endif
 #define vmin(a, b) _mm512_min_ps((a), (b))
 #define vmul(a, b) _mm512_mul_ps((a), (b))
 #define vsub(a, b) _mm512_sub_ps((a), (b))
