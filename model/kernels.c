@@ -75,21 +75,29 @@ size_t kern_bf16_available(const kern_bf16 **out, size_t max) {
     return n;
 }
 
-static const kern_bf16 *bf16_chosen[2];
-static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
-
-static void choose_bf16(void) {
-    const kern_bf16 *ks[4];
-    size_t n = kern_bf16_available(ks, 4);
-    const char *force = getenv("DCN_BF16_KERNEL");
+/* The kernels kern_i8_get and kern_bf16_get hand each set (wide 0: the
+ * avx2 set, 1: avx512): the widest native one it may run, else dflt, or
+ * the one the variable env names. */
+static void choose_dot(size_t (*avail)(const kern_dot **, size_t), const kern_dot *dflt, const char *env,
+                       const kern_dot *out[2]) {
+    const kern_dot *ks[4];
+    size_t n = avail(ks, 4);
+    const char *force = getenv(env);
     for (int wide = 0; wide < 2; wide++) {
-        const kern_bf16 *c = &kern_bf16_fma;
+        const kern_dot *c = dflt;
         for (size_t i = 0; i < n; i++)
             if (!ks[i]->emulated && (wide || !ks[i]->wide)) c = ks[i];
         for (size_t i = 0; force && i < n; i++)
             if (!strcmp(force, ks[i]->name) && (wide || !ks[i]->wide)) c = ks[i];
-        bf16_chosen[wide] = c;
+        out[wide] = c;
     }
+}
+
+static const kern_bf16 *bf16_chosen[2];
+static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
+
+static void choose_bf16(void) {
+    choose_dot(kern_bf16_available, &kern_bf16_fma, "DCN_BF16_KERNEL", bf16_chosen);
 }
 
 const kern_bf16 *kern_bf16_get(int wide) {
@@ -122,17 +130,7 @@ static const kern_i8 *i8_chosen[2];
 static pthread_once_t i8_once = PTHREAD_ONCE_INIT;
 
 static void choose_i8(void) {
-    const kern_i8 *ks[4];
-    size_t n = kern_i8_available(ks, 4);
-    const char *force = getenv("DCN_INT8_KERNEL");
-    for (int wide = 0; wide < 2; wide++) {
-        const kern_i8 *c = &kern_i8_maddubs;
-        for (size_t i = 0; i < n; i++) /* the widest native kernel the set may run */
-            if (!ks[i]->emulated && (wide || !ks[i]->wide)) c = ks[i];
-        for (size_t i = 0; force && i < n; i++)
-            if (!strcmp(force, ks[i]->name) && (wide || !ks[i]->wide)) c = ks[i];
-        i8_chosen[wide] = c;
-    }
+    choose_dot(kern_i8_available, &kern_i8_maddubs, "DCN_INT8_KERNEL", i8_chosen);
 }
 
 const kern_i8 *kern_i8_get(int wide) {

@@ -131,12 +131,15 @@ void kern_avx2_gemm_i8(size_t m, const float *x, size_t ldx, const klinear *L, f
  * gives the scalar INT8 reference's integer sums exactly. */
 typedef void (*kern_gemm_i8_fn)(size_t m, const float *x, size_t ldx, const klinear *L, float *y, size_t ldy,
                                 const kepi *e);
-typedef struct kern_i8 {
-    const char *name;   /* "maddubs", "avxvnni", "avx512vnni" */
+/* A kernel of a layer's reduced-precision copy (INT8 here, BF16 below),
+ * over all of its inputs. */
+typedef struct kern_dot {
+    const char *name;   /* "maddubs", "avxvnni", "avx512vnni"; "fma", "avx512bf16" */
     int emulated;       /* compiled against SIMDe for tests (KERN_EMULATED) */
     int wide;           /* 512-bit: only the avx512 set runs it */
     kern_gemm_i8_fn gemm;
-} kern_i8;
+} kern_dot;
+typedef kern_dot kern_i8;
 extern const kern_i8 kern_i8_maddubs;    /* AVX2 (kern_avx2.c) */
 extern const kern_i8 kern_i8_avxvnni;    /* AVX-VNNI, 256-bit (kern_avxvnni.c) */
 extern const kern_i8 kern_i8_avx512vnni; /* AVX512-VNNI, 512-bit (kern_vnni512.c) */
@@ -163,12 +166,7 @@ extern _Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES];
  * rounded to nearest even and flushed to zero when below FLT_MIN; then
  * the epilogue as the INT8 kernels apply it. This is vdpbf16ps's
  * definition, so FMAs on widened BF16 reproduce it bit for bit. */
-typedef struct kern_bf16 {
-    const char *name;   /* "avx512bf16" (vdpbf16ps), "fma" (AVX2 FMAs) */
-    int emulated;       /* compiled against SIMDe for tests */
-    int wide;           /* 512-bit: only the avx512 set runs it */
-    kern_gemm_i8_fn gemm;
-} kern_bf16;
+typedef kern_dot kern_bf16; /* "avx512bf16" (vdpbf16ps), "fma" (AVX2 FMAs) */
 extern const kern_bf16 kern_bf16_fma;         /* AVX2 + FMA (kern_bf16_fma.c) */
 extern const kern_bf16 kern_bf16_avx512bf16;  /* AVX512_BF16 (kern_bf16_512.c) */
 extern const kern_bf16 kern_bf16_avx512bf16_emu __attribute__((weak));

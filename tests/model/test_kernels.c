@@ -276,29 +276,36 @@ Test(kernels, gemm_int8, .timeout = 120) {
     cr_assert(q[0] == 160 && q[1] == 1 && q[2] == 160 && q[3] == 192 && q[4] == 128 && q[7] == 128);
 }
 
-/* Says which INT8 kernels the tests below run and how, and which one each
- * set serves with. On any CPU with AVX2 all three are there, native or
+/* The kernels of one reduced precision (`what`): says which ran native and
+ * which emulated; expects want of them, first named first, where the CPU
+ * has AVX2 (none without), a narrow kernel for the avx2 set (get(0)), and
+ * no emulated one served unless the variable env names it. */
+static void check_dot_list(const char *what, const kern_dot **ks, size_t n, const kern_dot *(*get)(int),
+                           size_t want, const char *first, const char *env) {
+    char line[256];
+    int at = snprintf(line, sizeof line, "%s kernels tested:", what);
+    for (size_t i = 0; i < n; i++)
+        at += snprintf(line + at, sizeof line - (size_t)at, " %s (%s)", ks[i]->name,
+                       ks[i]->emulated ? "emulated, SIMDe" : "native");
+    fprintf(stderr, "%s; the avx2 set serves with %s, the avx512 set with %s\n", line, get(0)->name, get(1)->name);
+    const kern_set *sets[3];
+    if (kern_available(sets, 3) == 1) {
+        cr_assert_eq(n, 0, "no %s kernel without AVX2", what);
+        return;
+    }
+    cr_assert_eq(n, want, "expected %zu %s kernels (native or emulated): %s", want, what, line);
+    cr_assert_str_eq(ks[0]->name, first);
+    cr_assert(!get(0)->wide, "the avx2 set never runs a 512-bit kernel");
+    if (!getenv(env))
+        for (int wide = 0; wide < 2; wide++) cr_assert(!get(wide)->emulated, "an emulated kernel only by name");
+}
+
+/* On any CPU with AVX2 the three INT8 kernels are there, native or
  * emulated. */
 Test(kernels, every_int8_kernel_runs_native_or_emulated) {
     const kern_i8 *ks[4];
     size_t n = kern_i8_available(ks, 4);
-    char line[256];
-    int at = snprintf(line, sizeof line, "INT8 kernels tested:");
-    for (size_t i = 0; i < n; i++)
-        at += snprintf(line + at, sizeof line - (size_t)at, " %s (%s)", ks[i]->name,
-                       ks[i]->emulated ? "emulated, SIMDe" : "native");
-    fprintf(stderr, "%s; the avx2 set serves with %s, the avx512 set with %s\n", line, kern_i8_get(0)->name,
-            kern_i8_get(1)->name);
-    const kern_set *sets[3];
-    if (kern_available(sets, 3) == 1) {
-        cr_assert_eq(n, 0, "no INT8 kernel without AVX2");
-        return;
-    }
-    cr_assert_eq(n, 3, "expected maddubs, avxvnni and avx512vnni (native or emulated): %s", line);
-    cr_assert_str_eq(ks[0]->name, "maddubs");
-    cr_assert(!kern_i8_get(0)->wide, "the avx2 set never runs a 512-bit kernel");
-    if (!getenv("DCN_INT8_KERNEL"))
-        for (int wide = 0; wide < 2; wide++) cr_assert(!kern_i8_get(wide)->emulated, "an emulated kernel only by name");
+    check_dot_list("INT8", ks, n, kern_i8_get, 3, "maddubs", "DCN_INT8_KERNEL");
 }
 
 /* One INT8 case for kernel k against the scalar INT8 reference: the same
@@ -387,23 +394,7 @@ Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
 Test(kernels, every_bf16_kernel_runs_native_or_emulated) {
     const kern_bf16 *ks[4];
     size_t n = kern_bf16_available(ks, 4);
-    char line[256];
-    int at = snprintf(line, sizeof line, "BF16 dot-product kernels tested:");
-    for (size_t i = 0; i < n; i++)
-        at += snprintf(line + at, sizeof line - (size_t)at, " %s (%s)", ks[i]->name,
-                       ks[i]->emulated ? "emulated, SIMDe" : "native");
-    fprintf(stderr, "%s; the avx2 set serves with %s, the avx512 set with %s\n", line, kern_bf16_get(0)->name,
-            kern_bf16_get(1)->name);
-    const kern_set *sets[3];
-    if (kern_available(sets, 3) == 1) {
-        cr_assert_eq(n, 0, "no BF16 kernel without AVX2");
-        return;
-    }
-    cr_assert_eq(n, 2, "expected fma and avx512bf16 (native or emulated): %s", line);
-    cr_assert_str_eq(ks[0]->name, "fma");
-    cr_assert(!kern_bf16_get(0)->wide, "the avx2 set never runs a 512-bit kernel");
-    if (!getenv("DCN_BF16_KERNEL"))
-        for (int wide = 0; wide < 2; wide++) cr_assert(!kern_bf16_get(wide)->emulated, "an emulated kernel only by name");
+    check_dot_list("BF16 dot-product", ks, n, kern_bf16_get, 2, "fma", "DCN_BF16_KERNEL");
 }
 
 /* The rounding rule against the instruction's definition: nearest even,
