@@ -493,7 +493,7 @@ static void check_bf16_kernel(const kern_bf16 *k, size_t m, size_t out, size_t i
  * 6), every epilogue; and a row as wide as the rows buffer allows. Through
  * a kern_set too: a layer with a BF16 copy read over all its inputs runs
  * the set's BF16 kernel, and over a part of them its float panels. */
-Test(kernels, bf16_kernels_equal_reference, .timeout = 300) {
+Test(kernels, bf16_kernels_equal_reference) {
     const kern_bf16 *ks[4];
     size_t nk = kern_bf16_available(ks, 4);
     /* Where the CPU has the instruction, its emulation is checked too. */
