@@ -313,7 +313,7 @@ def precision_bf16(py, out):
             "command": shown, "summary": "; ".join(lines) + "."}
 
 
-def precision_int8(py, dcnserve, out=None, flag="--int8"):
+def precision_served(py, dcnserve, out=None, flag="--int8"):
     """The cost of --int8 (or flag: --bf16) on real data: the bundled trained
     model served by dcnserve in float and with the flag, the same Criteo rows
     posted to both. With out, the model calibrated first (tools/calibrate.py
@@ -519,11 +519,11 @@ def main():
         res["precision"].append(precision_bf16(py, out))
     if not a.no_bf16:
         log("BF16 dot products on real data (bench/precision_eval.py)")
-        res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve"), flag="--bf16"))
+        res["precision"].append(precision_served(py, os.path.join(os.path.dirname(bench), "dcnserve"), flag="--bf16"))
     if not a.no_int8:
         log("INT8 on real data (bench/precision_eval.py)")
-        res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve")))
-        res["precision"].append(precision_int8(py, os.path.join(os.path.dirname(bench), "dcnserve"), out))
+        res["precision"].append(precision_served(py, os.path.join(os.path.dirname(bench), "dcnserve")))
+        res["precision"].append(precision_served(py, os.path.join(os.path.dirname(bench), "dcnserve"), out))
     for k in share_keys:
         log(f"context sharing: {k}")
         res["share"] += run_json([bench, "share", "--model", os.path.join(mdir, f"{k}.dcn"),

@@ -124,9 +124,7 @@ static void plan_split(const kern_set *ks, size_t threads, size_t min_bytes, int
                        const klinear *L, size_t *rgroups, size_t *cgroups) {
     *rgroups = *cgroups = 1;
     if (threads < 2 || !rows) return;
-    double w = L->wq    ? (double)L->kq * (double)round_up(L->out, KQ_NR)
-               : L->wbf ? (double)L->kbf * (double)round_up(L->out, 16) * 2.0
-                        : (double)kern_packed_bytes(L);
+    double w = (double)(L->wq ? kern_i8_bytes(L) : L->wbf ? kern_bf16_bytes(L) : kern_packed_bytes(L));
     double x = (double)rows * (double)L->in * sizeof(float);
     double c = 2.0 * (double)rows * (double)L->in * (double)L->out_pad / SPLIT_FLOPS_PER_BYTE;
     double h = (double)min_bytes / SPLIT_HANDOFF_DIV;

@@ -70,10 +70,8 @@ static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, 
  * (kern_vnni512.c), else the AVX2 vpmaddubsw kernel. */
 static void gemm_avx512(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
                         float *y, size_t ldy, const kepi *e) {
-    if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
-        kern_i8_get(1)->gemm(m, x, ldx, L, y, ldy, e);
-    else if (L->wbf && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in)
-        kern_bf16_get(1)->gemm(m, x, ldx, L, y, ldy, e);
+    if (kern_all_inputs(L, rg, n_rg) && (L->wq || L->wbf)) /* INT8 or BF16 copy */
+        (L->wq ? kern_i8_get(1) : kern_bf16_get(1))->gemm(m, x, ldx, L, y, ldy, e);
     else
         gemm_simd(m, x, ldx, L, rg, n_rg, y, ldy, e);
 }

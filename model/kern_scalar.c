@@ -67,12 +67,8 @@ static void gemm_bf16_scalar(size_t m, const float *x, size_t ldx, const klinear
 
 static void gemm_scalar(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg,
                         float *y, size_t ldy, const kepi *e) {
-    if (L->wq && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in) {
-        gemm_i8_scalar(m, x, ldx, L, y, ldy, e);
-        return;
-    }
-    if (L->wbf && n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in) {
-        gemm_bf16_scalar(m, x, ldx, L, y, ldy, e);
+    if (kern_all_inputs(L, rg, n_rg) && (L->wq || L->wbf)) {
+        (L->wq ? gemm_i8_scalar : gemm_bf16_scalar)(m, x, ldx, L, y, ldy, e);
         return;
     }
     for (size_t r = 0; r < m; r++)

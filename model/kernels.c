@@ -232,6 +232,14 @@ size_t kern_packed_bytes(const klinear *L) {
     return L->out_pad * L->in * (L->wt == KW_F32 ? sizeof(float) : sizeof(uint16_t));
 }
 
+size_t kern_i8_bytes(const klinear *L) {
+    return L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : 0;
+}
+
+size_t kern_bf16_bytes(const klinear *L) {
+    return L->wbf ? L->kbf * ((L->out + 15) / 16 * 16) * sizeof(uint16_t) : 0;
+}
+
 float kern_weight(const klinear *L, size_t n, size_t k) {
     size_t at = ((n / L->nr) * L->in + k) * L->nr + n % L->nr;
     switch (L->wt) {

@@ -81,6 +81,12 @@ typedef struct krange {
     uint32_t k0, k1;
 } krange;
 
+/* Whether ranges rg cover all of L's inputs in one run: the GEMMs that a
+ * layer's INT8 or BF16 copy serves (they read whole rows). */
+static inline int kern_all_inputs(const klinear *L, const krange *rg, size_t n_rg) {
+    return n_rg == 1 && rg[0].k0 == 0 && rg[0].k1 == L->in;
+}
+
 enum { KEPI_BIAS, KEPI_RELU, KEPI_CROSS };
 
 /* What the GEMM does with each accumulator acc(r, n) before storing y(r, n):
@@ -228,8 +234,11 @@ size_t kern_huge_bytes(size_t n);
 enum { KTHP_UNKNOWN, KTHP_ALWAYS, KTHP_MADVISE, KTHP_NEVER };
 int kern_thp_mode(const char *path);
 int kern_thp_host(void);
-/* Bytes of the packed weights. */
+/* Bytes of the packed weights; of the INT8 copy and of the BF16 copy (0
+ * where the layer has none). */
 size_t kern_packed_bytes(const klinear *L);
+size_t kern_i8_bytes(const klinear *L);
+size_t kern_bf16_bytes(const klinear *L);
 /* Weight (n, k) of a packed layer as float32 (tests, the scalar oracle). */
 float kern_weight(const klinear *L, size_t n, size_t k);
 void kern_linear_free(klinear *L);

@@ -700,8 +700,7 @@ static int finish_layer(loader *ld, klinear *L, const char *name, size_t n_all, 
         rc = fail(ld->err, ld->errlen, DCN_ENOMEM, "out of memory rounding '%s' to BF16", name);
     free(sm);
     if (!rc) {
-        size_t pb = kern_packed_bytes(L), qb = L->wq ? L->kq * ((L->out + KQ_NR - 1) / KQ_NR * KQ_NR) : 0;
-        size_t bb = L->wbf ? L->kbf * ((L->out + 15) / 16 * 16) * sizeof(uint16_t) : 0;
+        size_t pb = kern_packed_bytes(L), qb = kern_i8_bytes(L), bb = kern_bf16_bytes(L);
         ld->m->packed_bytes += L->wq ? qb : L->wbf ? bb : pb;
         ld->m->huge_bytes += kern_huge_bytes(pb) + kern_huge_bytes(qb) + kern_huge_bytes(bb);
     }

@@ -347,9 +347,9 @@ Test(golden, context_sharing_equals_broadcast, .timeout = 120) {
 }
 
 /* Scores every case in float and opened with o (a reduced precision) on
- * the same rows; expects every score within each of float's, and returns
- * in *st the rows compared, those that differ, the mean and the largest
- * |score change|. */
+ * the same rows; expects every score within `each` of float's and most of
+ * them changed (the reduced path ran); returns the rows compared, those
+ * that differ, the mean and the largest |score change|. */
 typedef struct closeness {
     size_t compared, differ;
     double mean, worst;
