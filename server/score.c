@@ -6,12 +6,15 @@
  * scratch, so a prepared state's first batch touches no fresh page; the id
  * arrays start with IDS_START ids each and grow when a batch needs more
  * (multi-hot counts are not known in advance), kept for the next batch.
- * The stash is a list of states for one model under one mutex, with its
- * two counters; states are built and freed outside the mutex, which is
- * held only to link, unlink and count. A worker's state keeps the state it
- * replaced (`retired`) until score_after frees it.
+ * The stash is a list of states for any of its live models, and the list
+ * of those models, under one mutex with its two counters; states are built
+ * and freed outside the mutex, which is held only to link, unlink and
+ * count. A worker (score_worker: the pool slot's state pointer) holds a
+ * few states in most-recently-used order and keeps the states it dropped
+ * (`retired`) until score_after frees them.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __GLIBC__ /* defined by the headers above */
@@ -43,22 +46,30 @@ typedef struct score_state {
     idv *ids;                   /* (ns) */
     const int64_t **idp;        /* (ns) */
     float *scores, *logits;     /* (cap) */
-    struct score_state *next;   /* in the stash */
-    struct score_state *retired; /* the state this one replaced, freed by score_after */
+    struct score_state *next;   /* in the stash, or in a worker's retired list */
 } score_state;
 
+/* What a pool slot's state pointer holds: one worker's states, one per
+ * model, the most recently used first. */
+typedef struct score_worker {
+    score_state *held[SCORE_MODELS_PER_WORKER];
+    size_t n_held;
+    unsigned forgets_seen;      /* the stash's `forgets` when it last pruned */
+    score_state *retired;       /* replaced or pruned, freed by score_after */
+} score_worker;
+
 struct score_stash {
-    pthread_mutex_t mu;         /* guards every field below */
-    uint64_t model_id;          /* the model of every state in `ready` */
-    score_state *ready;         /* prepared, not taken yet */
+    pthread_mutex_t mu;         /* guards every field below but `forgets` */
+    uint64_t *live;             /* (n_live) models states are prepared for */
+    size_t n_live, cap_live;
+    score_state *ready;         /* prepared, not taken yet, any live model */
     score_stats stats;
+    atomic_uint forgets;        /* score_forget calls: workers prune on a change */
 };
 
-void score_state_free(void *ctx, void *state)
+static void state_free(score_state *s)
 {
-    score_state *s = state;
     if (!s) return;
-    score_state_free(ctx, s->retired); /* never more than one deep: see state_for */
     dcn_scratch_free(s->scratch);
     dcn_team_free(s->team);
     free(s->dense);
@@ -77,8 +88,27 @@ void score_state_free(void *ctx, void *state)
     free(s);
 }
 
+static void free_list(score_state *s)
+{
+    while (s) {
+        score_state *nx = s->next;
+        state_free(s);
+        s = nx;
+    }
+}
+
+void score_state_free(void *ctx, void *state)
+{
+    score_worker *w = state;
+    if (!w) return;
+    for (size_t i = 0; i < w->n_held; i++) state_free(w->held[i]);
+    free_list(w->retired);
+    free(w);
+}
+
 /* Builds a state for model m and batches of up to cap rows, its memory
- * written once (pre-faulted); NULL if out of memory. */
+ * written once (pre-faulted); with a team of team_helpers threads when m
+ * has layers heavy enough to share. NULL when out of memory. */
 static score_state *state_new(const dcn_model *m, size_t cap, size_t team_helpers)
 {
     const dcn_info *in = dcn_model_info(m);
@@ -103,12 +133,12 @@ static score_state *state_new(const dcn_model *m, size_t cap, size_t team_helper
     s->logits = malloc(cap * sizeof(float));
     if (!s->scratch || !s->dense || !s->seg_dense || !s->dshared || !s->sshared || !s->seg_rows ||
         !s->off || !s->offp || !s->ids || !s->idp || !s->scores || !s->logits) {
-        score_state_free(NULL, s);
+        state_free(s);
         return NULL;
     }
     for (size_t f = 0; f < s->ns; f++) {
         if (!(s->ids[f].v = malloc(IDS_START * sizeof(int64_t)))) {
-            score_state_free(NULL, s);
+            state_free(s);
             return NULL;
         }
         s->ids[f].cap = IDS_START;
@@ -127,7 +157,7 @@ static score_state *state_new(const dcn_model *m, size_t cap, size_t team_helper
 }
 
 /* Appends n ids; returns 0 or -1. (n = 0 returns at once: v->v may still
- * be NULL, and memcpy with a NULL pointer is undefined even for 0 bytes.) */
+ * be NULL, and memcpy from or to NULL is undefined even for 0 bytes.) */
 static int idv_add(idv *v, const int64_t *src, size_t n)
 {
     if (!n) return 0;
@@ -144,82 +174,109 @@ static int idv_add(idv *v, const int64_t *src, size_t n)
     return 0;
 }
 
-/* Under the stash's lock: gives `old` back to the stash if it is for the
- * stash's model (a worker that took the new model's state and then got a
- * batch of the old model, decoded before the swap, returns it for its next
- * batch rather than freeing it), then unlinks a state for the model
- * model_id. Returns that state (the caller owns it) or NULL; *returned says
- * whether old went to the stash (the caller no longer owns it). */
-static score_state *stash_swap(score_stash *st, score_state *old, uint64_t model_id, int *returned)
+/* Under the stash's lock. */
+static int is_live(const score_stash *st, uint64_t id)
 {
-    *returned = 0;
-    if (!st) return NULL;
-    score_state *s = NULL;
+    for (size_t i = 0; i < st->n_live; i++)
+        if (st->live[i] == id) return 1;
+    return 0;
+}
+
+/* Moves the worker's states of models no longer live to its retired list
+ * (freed by score_after); only when a score_forget ran since it last
+ * looked: one atomic load a batch otherwise. */
+static void prune(score_stash *st, score_worker *w)
+{
+    unsigned f = atomic_load_explicit(&st->forgets, memory_order_acquire);
+    if (f == w->forgets_seen) return;
+    w->forgets_seen = f;
+    size_t k = 0;
     pthread_mutex_lock(&st->mu);
-    if (old && old->model_id == st->model_id) {
-        old->next = st->ready;
-        st->ready = old;
-        *returned = 1;
-    } else if (st->ready && st->model_id == model_id) {
-        s = st->ready;
-        st->ready = s->next;
-        s->next = NULL;
+    for (size_t i = 0; i < w->n_held; i++) {
+        score_state *s = w->held[i];
+        if (is_live(st, s->model_id)) {
+            w->held[k++] = s;
+        } else {
+            s->next = w->retired;
+            w->retired = s;
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    w->n_held = k;
+}
+
+/* Takes a prepared state for model id out of the stash, giving `evict`
+ * (a state the worker drops, or NULL) back to it if its model is live;
+ * under one lock. Returns the state taken or NULL; *kept says whether the
+ * stash took evict. */
+static score_state *stash_swap(score_stash *st, score_state *evict, uint64_t id, int *kept)
+{
+    *kept = 0;
+    if (!st) return NULL;
+    pthread_mutex_lock(&st->mu);
+    score_state *s = NULL, **pp = &st->ready;
+    for (; *pp; pp = &(*pp)->next) {
+        if ((*pp)->model_id == id) {
+            s = *pp;
+            *pp = s->next;
+            s->next = NULL;
+            break;
+        }
+    }
+    if (evict && is_live(st, evict->model_id)) {
+        evict->next = st->ready;
+        st->ready = evict;
+        *kept = 1;
     }
     pthread_mutex_unlock(&st->mu);
     return s;
 }
 
-static void free_list(score_state *s)
+/* Makes w->held[0] a state for m: found in place (no lock), else taken from
+ * the stash or built here (counted); a worker holding states for
+ * SCORE_MODELS_PER_WORKER models drops the least recently used one (back
+ * to the stash, or retired when its model is gone). */
+static int state_for(const score_ctx *c, score_worker *w, const dcn_model *m)
 {
-    while (s) {
-        score_state *nx = s->next;
-        score_state_free(NULL, s);
-        s = nx;
-    }
-}
-
-/* Gives *state a state for m: the one there if it matches (no lock), else
- * a prepared one, else a new one. Returns 0 or RK_ENOMEM (*state is then
- * NULL). A prepared state keeps the one it replaces in `retired`, for
- * score_after to free once the batch is back (freeing a scratch and joining
- * a team took 0.01 to 2 ms); a new one is built only after the old one is
- * freed (or given back), so that a worker never holds two scratches it
- * built. */
-static int state_for(const score_ctx *c, void **state, const dcn_model *m)
-{
-    score_state *s = *state;
     uint64_t id = dcn_model_info(m)->instance_id;
-    if (s && s->model_id == id) return 0;
-    if (s && s->retired) { /* only without score_after: keep one at most */
-        score_state_free(NULL, s->retired);
-        s->retired = NULL;
-    }
-    int returned;
-    score_state *ns = stash_swap(c->stash, s, id, &returned);
-    if (returned) s = NULL;
-    if (ns) {
-        ns->retired = s;
-        *state = ns;
+    if (c->stash) prune(c->stash, w);
+    for (size_t i = 0; i < w->n_held; i++) {
+        if (w->held[i]->model_id != id) continue;
+        score_state *s = w->held[i];
+        memmove(w->held + 1, w->held, i * sizeof *w->held);
+        w->held[0] = s;
         return 0;
     }
-    score_state_free(NULL, s);
-    *state = NULL;
-    if (!(ns = state_new(m, c->max_batch_rows, c->team_helpers))) return RK_ENOMEM;
-    if (c->stash) {
-        pthread_mutex_lock(&c->stash->mu);
-        c->stash->stats.built_on_request++;
-        pthread_mutex_unlock(&c->stash->mu);
+    score_state *evict = w->n_held == SCORE_MODELS_PER_WORKER ? w->held[w->n_held - 1] : NULL;
+    int kept = 0;
+    score_state *ns = stash_swap(c->stash, evict, id, &kept);
+    if (evict) {
+        w->n_held--;
+        if (!kept) {
+            evict->next = w->retired;
+            w->retired = evict;
+        }
     }
-    *state = ns;
+    if (!ns) {
+        if (!(ns = state_new(m, c->max_batch_rows, c->team_helpers))) return RK_ENOMEM;
+        if (c->stash) {
+            pthread_mutex_lock(&c->stash->mu);
+            c->stash->stats.built_on_request++;
+            pthread_mutex_unlock(&c->stash->mu);
+        }
+    }
+    memmove(w->held + 1, w->held, w->n_held * sizeof *w->held);
+    w->held[0] = ns;
+    w->n_held++;
     return 0;
 }
 
 void score_after(void *ctx, void **state)
 {
-    score_state *s = *state;
-    if (s && s->retired) {
-        score_state_free(ctx, s->retired);
-        s->retired = NULL;
+    score_worker *w = *state;
+    if (w && w->retired) {
+        free_list(w->retired);
+        w->retired = NULL;
     }
 }
 
@@ -231,6 +288,7 @@ int score_stash_init(score_ctx *c)
         free(st);
         return RK_ENOMEM;
     }
+    atomic_init(&st->forgets, 0);
     c->stash = st;
     return 0;
 }
@@ -240,20 +298,16 @@ void score_stash_destroy(score_ctx *c)
     score_stash *st = c->stash;
     if (!st) return;
     free_list(st->ready);
+    free(st->live);
     pthread_mutex_destroy(&st->mu);
     free(st);
     c->stash = NULL;
 }
 
 /* Gives the heap's free pages back to the OS. The states a reload replaced
- * were allocated on the thread that prepared them and freed by the workers
- * after the swap, in the middle of its heap, while the next ones already
- * lived elsewhere: glibc keeps such freed pages resident (it trims only the
- * top of a heap), and with libuv's threadpool spreading reloads over
- * several arenas, resident memory climbed by a few sets of states over the
- * first tens of reloads (measured: +14 MB with the default model, 2
- * workers). Called after a prepare, off every request path (0.2 to 1 ms,
- * each arena locked in turn). */
+ * are large (scratch, staging) and freed in pieces, which glibc keeps in its
+ * arenas: without a trim the process's resident memory only grows across
+ * reloads. */
 static void trim_heap(void)
 {
 #ifdef __GLIBC__
@@ -265,26 +319,71 @@ int score_prepare(score_ctx *c, const dcn_model *m, size_t n)
 {
     score_stash *st = c->stash;
     if (!st) return RK_EINTERNAL;
+    uint64_t id = dcn_model_info(m)->instance_id;
+    /* room in the live list first: nothing to undo after the states */
+    pthread_mutex_lock(&st->mu);
+    int room = 1;
+    if (!is_live(st, id) && st->n_live == st->cap_live) {
+        size_t cap = st->cap_live ? 2 * st->cap_live : 4;
+        uint64_t *nl = realloc(st->live, cap * sizeof *nl);
+        if (nl) {
+            st->live = nl;
+            st->cap_live = cap;
+        } else {
+            room = 0;
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (!room) return RK_ENOMEM;
     /* built outside the lock: workers keep taking states meanwhile */
-    score_state *list = NULL;
+    score_state *list = NULL, *last = NULL;
     for (size_t i = 0; i < n; i++) {
         score_state *s = state_new(m, c->max_batch_rows, c->team_helpers);
         if (!s) {
             free_list(list);
             return RK_ENOMEM;
         }
+        if (!last) last = s;
         s->next = list;
         list = s;
     }
     pthread_mutex_lock(&st->mu);
-    score_state *old = st->ready;
-    st->ready = list;
-    st->model_id = dcn_model_info(m)->instance_id;
+    if (!is_live(st, id)) st->live[st->n_live++] = id;
+    if (last) {
+        last->next = st->ready;
+        st->ready = list;
+    }
     st->stats.prepared += n;
     pthread_mutex_unlock(&st->mu);
-    free_list(old);
-    trim_heap();
     return 0;
+}
+
+void score_forget(score_ctx *c, const dcn_model *m)
+{
+    score_stash *st = c->stash;
+    if (!st) return;
+    uint64_t id = dcn_model_info(m)->instance_id;
+    score_state *gone = NULL;
+    pthread_mutex_lock(&st->mu);
+    for (size_t i = 0; i < st->n_live; i++) {
+        if (st->live[i] != id) continue;
+        st->live[i] = st->live[--st->n_live];
+        break;
+    }
+    for (score_state **pp = &st->ready; *pp;) {
+        score_state *s = *pp;
+        if (s->model_id == id) {
+            *pp = s->next;
+            s->next = gone;
+            gone = s;
+        } else {
+            pp = &s->next;
+        }
+    }
+    atomic_fetch_add_explicit(&st->forgets, 1, memory_order_release);
+    pthread_mutex_unlock(&st->mu);
+    free_list(gone);
+    trim_heap();
 }
 
 score_stats score_get_stats(score_ctx *c)
@@ -301,9 +400,11 @@ int score_batch(void *ctx, void **state, batch_work *w)
 {
     const score_ctx *c = ctx;
     const dcn_model *m = w->key;
-    int rc = state_for(c, state, m);
+    score_worker *wk = *state;
+    if (!wk && !(wk = *state = calloc(1, sizeof *wk))) return RK_ENOMEM;
+    int rc = state_for(c, wk, m);
     if (rc < 0) return rc;
-    score_state *s = *state;
+    score_state *s = wk->held[0];
     if (w->n_rows > s->cap) return DCN_ETOOBIG;
     size_t nd = s->nd, ns = s->ns, S = w->n_segs;
 

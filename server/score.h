@@ -10,37 +10,41 @@
  *   any request in the batch gives it; then each segment (request slice)
  *   contributes its context value once. Otherwise every row gets the
  *   candidate's value where given and its request's context value elsewhere.
- * - A worker's state (scratch and staging buffers, for one model) is
- *   replaced when a batch comes with another model than the last one (the
- *   first batch after start or after a reload).
+ * - A worker's state pointer holds its states (scratch and staging
+ *   buffers), one per model, for up to SCORE_MODELS_PER_WORKER models, the
+ *   most recently used first: a server serving several models or versions
+ *   keeps each worker's state for each of them, and a batch of any of them
+ *   finds its state without a lock. A batch for a model the worker holds
+ *   no state for takes one (first batch after start, after a version was
+ *   loaded, or a model beyond the worker's last few).
  * - Prepared states: building a state costs allocation, first-touch page
  *   faults (the scratch is pre-faulted on purpose) and, for big models,
  *   thread creation: about 1.5 ms on the default model against ~0.1 ms for
  *   a batch. score_prepare builds them off the request path (the server
- *   calls it at start-up before it listens, and on the reload's background
- *   thread after the new model loaded and before it is swapped in) into the
- *   ctx's stash, one per worker. A worker that needs a state for a model
- *   takes one from the stash under the stash's mutex and builds one itself
- *   only if none is left for that model (counted: built_on_request). A
- *   worker whose state matches the batch's model takes no lock.
- * - Traffic across a reload: a request decoded against the old model may
- *   be scored after its worker took the new model's state. The worker then
- *   builds an old-model state on the request path (the only case left,
- *   counted) and gives the new one back to the stash for its next batch,
- *   so the other workers still find theirs.
- * - The stash holds states for one model only: a prepare replaces it and
- *   frees the states left from the model before (a worker that never got a
- *   batch leaves its one behind); score_stash_destroy frees what is left at
- *   shutdown. So states for a model nobody serves any more live until the
- *   next reload at most.
- * - Memory: from a reload's prepare until each worker's first batch on the
- *   new model, the workers' old states and the prepared new ones exist
- *   together: the scratch memory briefly doubles, as the model mapping
- *   does (old and new model are both mapped until the old one's last
- *   request is answered). A worker frees its old state in score_after,
- *   once the batch that took the new one is back (pool.h): freeing a
- *   scratch and joining a team cost up to ~2 ms on a big model, which would
- *   otherwise fall on that batch.
+ *   calls it at start-up before it listens, and on the loading thread for
+ *   each new model or version after it loaded and before it is served)
+ *   into the ctx's stash, one per worker, and marks the model live. A
+ *   worker that needs a state takes one from the stash under the stash's
+ *   mutex and builds one itself only if none is left for that model
+ *   (counted: built_on_request). A worker that drops a state (it holds
+ *   states for SCORE_MODELS_PER_WORKER models already) gives it back to
+ *   the stash if its model is still live, so other workers find it.
+ * - Unloading: score_forget(m) marks m no longer live and frees its states
+ *   in the stash; each worker notices at its next batch (one atomic load:
+ *   the stash counts forgets) and retires the states it holds for models
+ *   no longer live. A request decoded against a model just forgotten may
+ *   still come (a reload's old model: its in-flight requests): its worker
+ *   builds a state on the request path (the only case left, counted) and
+ *   retires it at its next batch after another forget, or when it is the
+ *   least recently used.
+ * - Memory: each live model costs one state per worker (its scratch sized
+ *   for max_batch_rows, plus a team's threads on heavy models), so a
+ *   server with k versions loaded holds k times the scratch of one. From a
+ *   reload's prepare until the old model is forgotten both exist, as both
+ *   models' mappings do until the old one's last request is answered. A
+ *   worker frees the states it retired in score_after, once the batch is
+ *   back (pool.h): freeing a scratch and joining a team cost up to ~2 ms on
+ *   a big model, which would otherwise fall on that batch.
  * - Batches of a few rows on a model with heavy layers are bound by the
  *   bytes of weights they stream: each worker's scratch then has a dcn_team
  *   of team_helpers threads that share those layers by columns, rows or
@@ -52,11 +56,10 @@
  *   state's team is created by the preparing thread and used by the worker
  *   that takes it: the stash's mutex orders the hand-over.
  * - Ownership: the stash owns its states until a worker takes one; then the
- *   worker's pool slot owns it until it is replaced (freed by score_after,
- *   or at once before a build on the request path, or given back to the
- *   stash if it is for the stash's model) or the worker exits
- *   (score_state_free). The score_ctx (and its stash) belongs to whoever
- *   made the pool and outlives it.
+ *   worker's pool slot owns it until it is dropped (given back to the stash
+ *   if its model is live, else retired and freed by score_after) or the
+ *   worker exits (score_state_free). The score_ctx (and its stash) belongs
+ *   to whoever made the pool and outlives it.
  */
 #ifndef SRV_SCORE_H
 #define SRV_SCORE_H
@@ -72,6 +75,11 @@ typedef struct score_target {
 } score_target;
 
 typedef struct score_stash score_stash;
+
+/* Models a worker keeps a state for at once (least recently used dropped). */
+#ifndef SCORE_MODELS_PER_WORKER
+#define SCORE_MODELS_PER_WORKER 4
+#endif
 
 typedef struct score_ctx {
     size_t max_batch_rows;
@@ -101,11 +109,14 @@ int score_stash_init(score_ctx *c);
 /* Frees the stash and every state left in it; after the pool is stopped. */
 void score_stash_destroy(score_ctx *c);
 /* Builds n states for model m (any thread; m referenced by the caller
- * meanwhile) and makes them the stash, freeing whatever it held (states of
- * the model before, left by workers that had no batch since). Returns 0,
- * or RK_ENOMEM / RK_EINTERNAL (no stash) with the stash unchanged and
- * nothing left allocated. */
+ * meanwhile), adds them to the stash and marks m live (states of other
+ * live models stay). Returns 0, or RK_ENOMEM / RK_EINTERNAL (no stash)
+ * with the stash unchanged and nothing left allocated. */
 int score_prepare(score_ctx *c, const dcn_model *m, size_t n);
+/* Marks m no longer live: frees its states in the stash, and each worker
+ * retires the ones it holds at its next batch. Any thread; m referenced
+ * by the caller meanwhile (its instance id is read). */
+void score_forget(score_ctx *c, const dcn_model *m);
 /* The stash's counters (zeros without a stash); any thread. */
 score_stats score_get_stats(score_ctx *c);
 

@@ -198,16 +198,20 @@ static void score_whole(score_ctx *c, void **state, req *r)
     } while (0)
 
 /* The stash step by step, on this thread: prepared states are taken, not
- * built; a batch of the old model after a reload builds one (counted) and
- * gives the new model's state back, which the next batch takes again. */
+ * built; two live models each keep their state in the worker (no build,
+ * no stash trip when batches alternate); a forgotten model's state is
+ * retired by the worker and a batch for it afterwards builds one
+ * (counted); a worker holding states for more models than it keeps gives
+ * the least recently used back to the stash, where it is taken again. */
 static void check_stash(void)
 {
+    enum { NM = SCORE_MODELS_PER_WORKER + 2 };
     char err[256];
-    dcn_model *m[2];
-    req r[2];
+    dcn_model *m[NM];
+    req r[NM];
     unsigned seed = 3;
     memset(r, 0, sizeof r);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < NM; i++) {
         CHECK(dcn_open(MODEL_PATH, NULL, &m[i], err, sizeof err) == 0, "%s (run from the repository root)", err);
         r[i].model = m[i];
         r[i].t.rq = random_request(m[i], &seed);
@@ -223,20 +227,38 @@ static void check_stash(void)
     score_whole(&c, &state, &r[0]); /* takes the prepared state */
     CHECK_STATS(&c, 1, 0);
     CHECK(score_prepare(&c, m[1], 1) == 0, "score_prepare");
-    score_whole(&c, &state, &r[1]); /* the reload: takes model 1's */
-    score_after(&c, &state);        /* frees model 0's */
+    score_whole(&c, &state, &r[1]); /* a second model: takes its prepared state */
+    score_after(&c, &state);
     CHECK_STATS(&c, 2, 0);
-    score_whole(&c, &state, &r[0]); /* model 0 after the reload: built here */
-    CHECK_STATS(&c, 2, 1);
-    score_whole(&c, &state, &r[1]); /* model 1's state was given back: taken again */
-    CHECK_STATS(&c, 2, 1);
-    CHECK(score_prepare(&c, m[1], 2) == 0, "score_prepare"); /* frees nothing taken */
+    for (int k = 0; k < 3; k++) { /* alternating: both held, nothing built */
+        score_whole(&c, &state, &r[0]);
+        score_whole(&c, &state, &r[1]);
+    }
+    CHECK_STATS(&c, 2, 0);
+    score_forget(&c, m[0]);         /* model 0 unloaded: its state retired */
     score_whole(&c, &state, &r[1]);
-    CHECK_STATS(&c, 4, 1);
+    score_after(&c, &state);
+    CHECK_STATS(&c, 2, 0);
+    score_whole(&c, &state, &r[0]); /* an in-flight request of model 0: built here */
+    CHECK_STATS(&c, 2, 1);
+    /* more live models than a worker keeps: the least recently used goes
+     * back to the stash and is taken from there, not built */
+    for (int i = 2; i < NM; i++) CHECK(score_prepare(&c, m[i], 1) == 0, "score_prepare");
+    for (int i = 1; i < NM; i++) score_whole(&c, &state, &r[i]);
+    score_after(&c, &state);
+    CHECK_STATS(&c, NM, 1);
+    score_whole(&c, &state, &r[1]); /* dropped to the stash by the loop above: taken again */
+    score_after(&c, &state);
+    CHECK_STATS(&c, NM, 1);
+    for (int i = 0; i < NM; i++) {
+        float want = r[i].t.scores[0];
+        score_whole(&c, &state, &r[i]); /* same scores whichever state */
+        CHECK(r[i].t.scores[0] == want, "model %d: %.9g then %.9g", i, (double)want, (double)r[i].t.scores[0]);
+    }
     score_after(&c, &state);
     score_state_free(&c, state);
-    score_stash_destroy(&c); /* the two prepared last, never taken */
-    for (int i = 0; i < 2; i++) {
+    score_stash_destroy(&c); /* the states given back, never taken again */
+    for (int i = 0; i < NM; i++) {
         rk_request_free((rk_request *)r[i].t.rq);
         free(r[i].t.scores);
         free(r[i].t.logits);
@@ -308,6 +330,7 @@ int main(void)
             completed += drain(p); /* the workers score meanwhile */
             pthread_join(th, NULL);
             CHECK(pr.rc == 0, "score_prepare: %d", pr.rc);
+            score_forget(&sc, cur);
             dcn_release(cur);
             cur = nm;
             swaps++;
