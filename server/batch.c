@@ -15,13 +15,18 @@
 #include "proto/rk.h"
 #include "server/batch.h"
 
+typedef struct jlist {
+    batch_job *head, *tail;
+} jlist;
+
 struct batch_queue {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     batch_opts o;
-    batch_job *head, *tail;
+    jlist jobs[2];              /* [0]: normal, [1]: low priority */
     batch_task *task_head, *task_tail;
-    size_t queued_rows;
+    size_t queued_rows;         /* normal jobs only */
+    size_t low_rows;            /* low-priority jobs */
     int closed;
 };
 
@@ -62,7 +67,9 @@ int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns)
     pthread_mutex_lock(&q->mu);
     if (q->closed) {
         rc = RK_EUNAVAIL;
-    } else if (job->n_rows == 0 || q->queued_rows + job->n_rows > q->o.max_queue_rows) {
+    } else if (job->n_rows == 0 ||
+               (job->low ? q->low_rows + job->n_rows > q->o.max_low_rows
+                         : q->queued_rows + job->n_rows > q->o.max_queue_rows)) {
         rc = RK_EBUSY;
     } else {
         job->enq_ns = now_ns;
@@ -75,10 +82,12 @@ int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns)
             job->chunk_rows = (uint32_t)c;
         }
         if (job->chunk_rows > q->o.max_batch_rows) job->chunk_rows = (uint32_t)q->o.max_batch_rows;
-        if (q->tail) q->tail->next = job;
-        else q->head = job;
-        q->tail = job;
-        q->queued_rows += job->n_rows;
+        jlist *l = &q->jobs[job->low != 0];
+        if (l->tail) l->tail->next = job;
+        else l->head = job;
+        l->tail = job;
+        if (job->low) q->low_rows += job->n_rows;
+        else q->queued_rows += job->n_rows;
         /* a large job can feed several workers at once */
         if (job->chunk_rows < job->n_rows) pthread_cond_broadcast(&q->cond);
         else pthread_cond_signal(&q->cond);
@@ -118,30 +127,33 @@ static int seg_push(batch_seg **v, size_t *n, size_t *cap, batch_seg s)
     return 0;
 }
 
-/* Unlinks the head job. */
-static void pop_head(batch_queue *q)
+/* Unlinks the head job of l. */
+static void pop_head(jlist *l)
 {
-    batch_job *j = q->head;
-    q->head = j->next;
-    if (!q->head) q->tail = NULL;
+    batch_job *j = l->head;
+    l->head = j->next;
+    if (!l->head) l->tail = NULL;
     j->next = NULL;
 }
 
-/* Cuts one batch from the head of the queue (mutex held). Returns NULL only
+/* The row count of the list l (mutex held). */
+static size_t *rows_of(batch_queue *q, const jlist *l) { return l == &q->jobs[0] ? &q->queued_rows : &q->low_rows; }
+
+/* Cuts one batch from the head of list l (mutex held). Returns NULL only
  * when out of memory. */
-static batch_work *cut(batch_queue *q, uint64_t now)
+static batch_work *cut(batch_queue *q, jlist *l, uint64_t now)
 {
     batch_work *w = calloc(1, sizeof *w);
-    size_t cap = 0, ecap = 0;
+    size_t cap = 0, ecap = 0, *rows = rows_of(q, l);
     if (!w) return NULL;
-    while (q->head) {
-        batch_job *j = q->head;
+    while (l->head) {
+        batch_job *j = l->head;
         uint32_t left = j->n_rows - j->next_row;
         if (j->deadline_ns && j->deadline_ns <= now) {
             if (seg_push(&w->expired, &w->n_expired, &ecap, (batch_seg){j, j->next_row, left}) < 0) break;
-            q->queued_rows -= left;
+            *rows -= left;
             j->next_row = j->n_rows;
-            pop_head(q);
+            pop_head(l);
             continue;
         }
         if (w->n_segs && j->key != w->key) break;
@@ -153,9 +165,9 @@ static batch_work *cut(batch_queue *q, uint64_t now)
         w->key = j->key;
         w->n_rows += k;
         j->next_row += k;
-        q->queued_rows -= k;
+        *rows -= k;
         if (j->next_row == j->n_rows) {
-            pop_head(q);
+            pop_head(l);
         } else {
             /* one chunk of a split job per batch; let another worker take the next */
             pthread_cond_signal(&q->cond);
@@ -184,26 +196,28 @@ batch_work *batch_take(batch_queue *q)
             w->task->next = NULL;
             break;
         }
-        if (!q->head) {
+        /* normal jobs first; low-priority ones only when none waits */
+        jlist *l = q->jobs[0].head ? &q->jobs[0] : &q->jobs[1];
+        if (!l->head) {
             if (q->closed) break;
             pthread_cond_wait(&q->cond, &q->mu);
             continue;
         }
         uint64_t now = batch_now_ns();
-        if (q->o.max_delay_us && !q->closed && q->queued_rows < q->o.max_batch_rows) {
-            uint64_t due = q->head->enq_ns + q->o.max_delay_us * 1000u;
-            if (q->head->deadline_ns && q->head->deadline_ns < due) due = q->head->deadline_ns;
+        if (l == &q->jobs[0] && q->o.max_delay_us && !q->closed && q->queued_rows < q->o.max_batch_rows) {
+            uint64_t due = l->head->enq_ns + q->o.max_delay_us * 1000u;
+            if (l->head->deadline_ns && l->head->deadline_ns < due) due = l->head->deadline_ns;
             if (now < due) {
                 struct timespec ts = {(time_t)(due / 1000000000u), (long)(due % 1000000000u)};
                 pthread_cond_timedwait(&q->cond, &q->mu, &ts);
                 continue;
             }
         }
-        w = cut(q, now);
+        w = cut(q, l, now);
         if (w && (w->n_segs || w->n_expired)) break;
         batch_free(w);
         w = NULL;
-        if (!q->head) continue;
+        if (!l->head) continue;
         /* out of memory: back off briefly rather than spin */
         pthread_mutex_unlock(&q->mu);
         nanosleep(&(struct timespec){0, 1000000}, NULL);
@@ -218,22 +232,26 @@ batch_work *batch_expire(batch_queue *q, uint64_t now_ns)
     batch_work *w = NULL;
     size_t ecap = 0;
     pthread_mutex_lock(&q->mu);
-    batch_job **pp = &q->head, *prev = NULL;
-    while (*pp) {
-        batch_job *j = *pp;
-        if (j->deadline_ns && j->deadline_ns <= now_ns) {
-            if (!w && !(w = calloc(1, sizeof *w))) break;
-            uint32_t left = j->n_rows - j->next_row;
-            if (seg_push(&w->expired, &w->n_expired, &ecap, (batch_seg){j, j->next_row, left}) < 0) break;
-            q->queued_rows -= left;
-            j->next_row = j->n_rows;
-            *pp = j->next;
-            if (q->tail == j) q->tail = prev;
-            j->next = NULL;
-            continue;
+    for (int li = 0; li < 2; li++) {
+        jlist *l = &q->jobs[li];
+        size_t *rows = rows_of(q, l);
+        batch_job **pp = &l->head, *prev = NULL;
+        while (*pp) {
+            batch_job *j = *pp;
+            if (j->deadline_ns && j->deadline_ns <= now_ns) {
+                if (!w && !(w = calloc(1, sizeof *w))) break;
+                uint32_t left = j->n_rows - j->next_row;
+                if (seg_push(&w->expired, &w->n_expired, &ecap, (batch_seg){j, j->next_row, left}) < 0) break;
+                *rows -= left;
+                j->next_row = j->n_rows;
+                *pp = j->next;
+                if (l->tail == j) l->tail = prev;
+                j->next = NULL;
+                continue;
+            }
+            prev = j;
+            pp = &j->next;
         }
-        prev = j;
-        pp = &j->next;
     }
     pthread_mutex_unlock(&q->mu);
     if (w && !w->n_expired) {
@@ -263,6 +281,14 @@ size_t batch_queued_rows(batch_queue *q)
 {
     pthread_mutex_lock(&q->mu);
     size_t n = q->queued_rows;
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
+size_t batch_low_rows(batch_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    size_t n = q->low_rows;
     pthread_mutex_unlock(&q->mu);
     return n;
 }

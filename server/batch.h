@@ -28,6 +28,11 @@
  * - Every row of every pushed job comes back exactly once, scored or
  *   expired, until batch_close; then batch_take returns the remaining work
  *   and finally NULL.
+ * - Priority: a job marked `low` (shadow scoring) waits in a second list
+ *   that a worker cuts from only when no normal job waits; its rows count
+ *   against max_low_rows, not max_queue_rows, so they never make the queue
+ *   refuse a request. Under sustained load such jobs are not taken, and
+ *   their deadline returns them expired (dropped first).
  * - Tasks: besides rows, the loop may queue small units of other work (the
  *   server decodes large request bodies this way). A task is handed out
  *   before any row, in FIFO order, as a batch_work with `task` set and no
@@ -49,6 +54,7 @@ typedef struct batch_job {
     int whole;                  /* never split across workers by rows: the
                                  * engine splits its heavy layers across the
                                  * idle workers instead (dcn_team_pays) */
+    int low;                    /* low priority: taken only when no other job waits */
     uint64_t enq_ns;            /* set by batch_push */
     /* private, guarded by the queue mutex */
     uint32_t next_row;          /* rows before it are taken */
@@ -85,6 +91,7 @@ typedef struct batch_work {
 typedef struct batch_opts {
     size_t max_batch_rows;      /* rows per batch */
     size_t max_queue_rows;      /* rows waiting at once */
+    size_t max_low_rows;        /* rows of low-priority jobs waiting at once (0: none taken) */
     uint64_t max_delay_us;      /* 0: never wait while a worker is idle */
     size_t split_min_rows;      /* jobs larger than this are split */
     size_t workers;             /* used to size split chunks */
@@ -97,7 +104,8 @@ batch_queue *batch_new(const batch_opts *o);
 void batch_destroy(batch_queue *q); /* after every taker has stopped */
 
 /* Queues every row of job (n_rows >= 1). Returns 0, RK_EBUSY if the queue
- * cannot take n_rows more rows, RK_EUNAVAIL after batch_close. */
+ * cannot take n_rows more rows (of its priority), RK_EUNAVAIL after
+ * batch_close. */
 int batch_push(batch_queue *q, batch_job *job, uint64_t now_ns);
 
 /* Queues a task (run by the pool on a worker, handed back on the done-list).
@@ -119,8 +127,10 @@ void batch_close(batch_queue *q);
 
 void batch_free(batch_work *w);
 
-/* Rows and jobs waiting (a snapshot). */
+/* Rows waiting, of normal jobs (a snapshot). */
 size_t batch_queued_rows(batch_queue *q);
+/* Rows of low-priority jobs waiting (a snapshot). */
+size_t batch_low_rows(batch_queue *q);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t batch_now_ns(void);

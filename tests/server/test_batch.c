@@ -262,3 +262,49 @@ Test(batch, tasks_go_first_in_order_and_survive_close)
     cr_assert_null(batch_take(q));
     batch_destroy(q);
 }
+
+Test(batch, low_priority_jobs_wait_for_the_normal_ones_and_have_their_own_bound)
+{
+    batch_opts o = opts(64, 10, 1);
+    o.max_low_rows = 6;
+    batch_queue *q = batch_new(&o);
+    uint64_t now = batch_now_ns();
+    batch_job s1 = job(4, &K2), s2 = job(3, &K2), a = job(10, &K1), b = job(2, &K1), s3 = job(2, &K2);
+    s1.low = s2.low = s3.low = 1;
+    cr_assert_eq(batch_push(q, &s1, now), 0);
+    cr_assert_eq(batch_push(q, &s2, now), RK_EBUSY, "over max_low_rows");
+    cr_assert_eq(batch_push(q, &a, now), 0, "a full normal queue beside low rows");
+    cr_assert_eq(batch_queued_rows(q), 10);
+    cr_assert_eq(batch_low_rows(q), 4);
+    cr_assert_eq(batch_push(q, &b, now), RK_EBUSY, "low rows never count against max_queue_rows");
+    batch_work *w = batch_take(q); /* pushed after s1, taken first */
+    cr_assert_eq(w->n_segs, 1);
+    cr_assert_eq(w->segs[0].job, &a);
+    batch_free(w);
+    cr_assert_eq(batch_push(q, &b, now), 0);
+    w = batch_take(q);
+    cr_assert_eq(w->segs[0].job, &b);
+    batch_free(w);
+    w = batch_take(q); /* nothing normal left: the low job */
+    cr_assert_eq(w->segs[0].job, &s1);
+    cr_assert_eq(w->n_rows, 4);
+    cr_assert_eq(batch_low_rows(q), 0);
+    batch_free(w);
+    /* a low job's deadline drops it when normal work keeps coming */
+    s3.deadline_ns = now + 1000;
+    cr_assert_eq(batch_push(q, &s3, now), 0);
+    batch_work *e = batch_expire(q, now + 2000);
+    cr_assert_not_null(e);
+    cr_assert_eq(e->n_expired, 1);
+    cr_assert_eq(e->expired[0].job, &s3);
+    cr_assert_eq(batch_low_rows(q), 0);
+    batch_free(e);
+    /* max_low_rows 0: no low job at all */
+    batch_opts o0 = opts(64, 10, 1);
+    batch_queue *q0 = batch_new(&o0);
+    batch_job s4 = job(1, &K2);
+    s4.low = 1;
+    cr_assert_eq(batch_push(q0, &s4, now), RK_EBUSY);
+    batch_destroy(q0);
+    batch_destroy(q);
+}
