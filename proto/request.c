@@ -18,6 +18,11 @@
  *   only between characters (fail, utf8_prefix): a byte that starts no
  *   valid character is written as U+FFFD, so the answer that carries the
  *   message is JSON and the log that may quote it stays readable.
+ * - The routing fields ("model", "version", "routing_key") are checked
+ *   before anything else a JSON object can get wrong, by one function
+ *   (route_from_dom) that rk_peek_route's fallback shares: the server reads
+ *   them with rk_peek_route (the bottom of this file) before it knows which
+ *   model to decode against, and gets the error rk_decode would give.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -220,6 +225,98 @@ static int get_count(json_t *root, const char *key, int64_t min, int64_t *out, c
     return 0;
 }
 
+/* ------------------------------------------------------------ routing fields
+ *
+ * "model", "version" and "routing_key" pick the model that scores the
+ * request (rk.h: rk_route). Four readers must agree on them: the DOM
+ * decoder and rk_peek_route's fallback (both through route_from_dom, the one
+ * place that words their errors), the fast decoder and rk_peek_route's scan
+ * (both of which only accept a valid member and leave every doubt to
+ * route_from_dom). version_digits is the one rule for a version string,
+ * routing_key_int the one text of an integer key.
+ */
+
+static const char msg_model[] = "model: expected a string of 1 to 64 bytes";
+static const char msg_version[] = "version: expected an integer from 1 to 2^53, or a string of its decimal digits";
+static const char msg_routing_key[] = "routing_key: expected a string of at most 256 bytes, or an integer";
+
+/* Reads a version string (n bytes): decimal digits only (leading zeros
+ * allowed), of value 1 to RK_VERSION_MAX. Returns 1 with the value in *out,
+ * or 0. */
+static int version_digits(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (uint64_t)(s[i] - '0'); /* v <= 2^53 before: no overflow */
+        if (v > RK_VERSION_MAX) return 0;
+    }
+    if (!v) return 0; /* empty, or zero */
+    *out = v;
+    return 1;
+}
+
+/* Writes an integer routing key as its decimal text. */
+static void routing_key_int(char *dst, int64_t v)
+{
+    snprintf(dst, RK_ROUTING_KEY_MAX + 1, "%lld", (long long)v);
+}
+
+/* Reads the routing members of the request object root into r (zeroed
+ * first, and again on failure). Returns 0 or RK_ESCHEMA with the message
+ * of the first bad member, in the order model, version, routing_key. */
+static int route_from_dom(json_t *root, rk_route *r, char *err, size_t errlen)
+{
+    const char *msg;
+    json_t *v;
+    memset(r, 0, sizeof *r);
+    v = json_object_get(root, "model");
+    if (v && !json_is_null(v)) {
+        size_t n = json_string_length(v); /* 0 for anything else than a string */
+        msg = msg_model;
+        if (!json_is_string(v) || n < 1 || n > RK_MODEL_MAX) goto bad;
+        memcpy(r->model, json_string_value(v), n);
+        r->has_model = 1;
+    }
+    v = json_object_get(root, "version");
+    if (v && !json_is_null(v)) {
+        msg = msg_version;
+        if (json_is_integer(v)) {
+            json_int_t i = json_integer_value(v);
+            if (i < 1 || (uint64_t)i > RK_VERSION_MAX) goto bad;
+            r->version = (uint64_t)i;
+        } else if (!json_is_string(v) || !version_digits(json_string_value(v), json_string_length(v), &r->version)) {
+            goto bad;
+        }
+    }
+    v = json_object_get(root, "routing_key");
+    if (v && !json_is_null(v)) {
+        msg = msg_routing_key;
+        if (json_is_integer(v)) {
+            routing_key_int(r->routing_key, (int64_t)json_integer_value(v));
+        } else {
+            size_t n = json_string_length(v);
+            if (!json_is_string(v) || n > RK_ROUTING_KEY_MAX) goto bad;
+            memcpy(r->routing_key, json_string_value(v), n);
+        }
+        r->has_routing_key = 1;
+    }
+    return 0;
+bad:
+    memset(r, 0, sizeof *r);
+    return fail(err, errlen, RK_ESCHEMA, "%s", msg);
+}
+
+/* Copies the routing fields into a request. */
+static void route_to_request(rk_request *rq, const rk_route *r)
+{
+    rq->has_model = r->has_model;
+    memcpy(rq->model, r->model, sizeof rq->model);
+    rq->version = r->version;
+    rq->has_routing_key = r->has_routing_key;
+    memcpy(rq->routing_key, r->routing_key, sizeof rq->routing_key);
+}
+
 int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
                   rk_request **out, char *err, size_t errlen)
 {
@@ -229,6 +326,7 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
     idvec ids = {0};
     const char *key;
     char where[160];
+    rk_route route;
     int rc, strict = lim ? lim->strict : 1;
     size_t max_cands = lim && lim->max_candidates ? lim->max_candidates : 10000;
 
@@ -243,10 +341,13 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
         rc = fail(err, errlen, RK_ESCHEMA, "the request must be a JSON object");
         goto fail;
     }
+    /* first, as rk_peek_route reads them (rk.h) */
+    if ((rc = route_from_dom(root, &route, err, errlen)) < 0) goto fail;
     json_object_foreach(root, key, v) {
         if (strcmp(key, "request_id") && strcmp(key, "context") && strcmp(key, "candidates") &&
             strcmp(key, "top_k") && strcmp(key, "deadline_ms") && strcmp(key, "return") &&
-            strcmp(key, "strict")) {
+            strcmp(key, "strict") && strcmp(key, "model") && strcmp(key, "version") &&
+            strcmp(key, "routing_key")) {
             rc = fail(err, errlen, RK_ESCHEMA, "unknown field \"%.*s\"", utf8_prefix(key, QUOTE_BYTES), key);
             goto fail;
         }
@@ -271,6 +372,7 @@ int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_lim
     rq->n_dense = nd;
     rq->n_sparse = ns;
     rq->top_k = -1;
+    route_to_request(rq, &route);
 
     v = json_object_get(root, "strict");
     if (v && !json_is_boolean(v)) {
@@ -569,31 +671,28 @@ static int32_t hex4(const char *p)
     return v;
 }
 
-/* Reads the rest of a string that holds an escape, unescaping it into
- * sbuf; start is the first byte after the quote, p the first backslash.
- * Returns 0 (d->s, d->slen set), FB or RK_ENOMEM. */
-static int read_string_escaped(fdec *d, const char *start, const char *p)
+/* Unescapes the rest of a string, from p (inside it, after the opening
+ * quote) to its closing quote, into out (cap bytes of room), checking it as
+ * jansson does: valid UTF-8, no raw control byte, the JSON escapes only, \u
+ * surrogates in pairs, no \u0000. Returns 0 with the length in *n and the
+ * byte after the closing quote in *after; FB when the string is not one
+ * jansson takes, the body ends first, or it needs more than cap bytes. */
+static int unescape_str(const char *p, const char *end, char *out, size_t cap, size_t *n, const char **after)
 {
-    /* the unescaped string is never longer than what is left of the body */
-    size_t room = (size_t)(d->end - start) + 1;
-    if (room > d->scap) {
-        char *nb = realloc(d->sbuf, room);
-        if (!nb) return RK_ENOMEM;
-        d->sbuf = nb;
-        d->scap = room;
-    }
-    char *o = d->sbuf;
-    memcpy(o, start, (size_t)(p - start));
-    o += p - start;
-    const char *end = d->end;
+    char *o = out, *oend = out + cap;
     for (;;) {
         if (p >= end) return FB;
         unsigned char c = (unsigned char)*p;
-        if (str_plain[c]) { *o++ = (char)c; p++; continue; }
+        if (str_plain[c]) {
+            if (o == oend) return FB;
+            *o++ = (char)c;
+            p++;
+            continue;
+        }
         if (c == '"') break;
         if (c >= 0x80) {
             size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
-            if (!k) return FB;
+            if (!k || (size_t)(oend - o) < k) return FB;
             memcpy(o, p, k);
             o += k;
             p += k;
@@ -601,18 +700,19 @@ static int read_string_escaped(fdec *d, const char *start, const char *p)
         }
         if (c != '\\' || end - p < 2) return FB; /* a control byte, or a lone backslash */
         p++;
+        int32_t v;
         switch (*p++) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '/': *o++ = '/'; break;
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;
-        case 't': *o++ = '\t'; break;
-        case 'u': {
+        case '"': v = '"'; break;
+        case '\\': v = '\\'; break;
+        case '/': v = '/'; break;
+        case 'b': v = '\b'; break;
+        case 'f': v = '\f'; break;
+        case 'n': v = '\n'; break;
+        case 'r': v = '\r'; break;
+        case 't': v = '\t'; break;
+        case 'u':
             if (end - p < 4) return FB;
-            int32_t v = hex4(p);
+            v = hex4(p);
             p += 4;
             if (v <= 0) return FB; /* not hex, or \u0000 */
             if (v >= 0xDC00 && v <= 0xDFFF) return FB; /* a lone low surrogate */
@@ -623,29 +723,50 @@ static int read_string_escaped(fdec *d, const char *start, const char *p)
                 p += 6;
                 v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00);
             }
-            if (v < 0x80) {
-                *o++ = (char)v;
-            } else if (v < 0x800) {
-                *o++ = (char)(0xC0 | v >> 6);
-                *o++ = (char)(0x80 | (v & 0x3F));
-            } else if (v < 0x10000) {
-                *o++ = (char)(0xE0 | v >> 12);
-                *o++ = (char)(0x80 | (v >> 6 & 0x3F));
-                *o++ = (char)(0x80 | (v & 0x3F));
-            } else {
-                *o++ = (char)(0xF0 | v >> 18);
-                *o++ = (char)(0x80 | (v >> 12 & 0x3F));
-                *o++ = (char)(0x80 | (v >> 6 & 0x3F));
-                *o++ = (char)(0x80 | (v & 0x3F));
-            }
             break;
-        }
         default: return FB;
         }
+        size_t k = v < 0x80 ? 1 : v < 0x800 ? 2 : v < 0x10000 ? 3 : 4;
+        if ((size_t)(oend - o) < k) return FB;
+        if (k == 1) {
+            *o++ = (char)v;
+        } else if (k == 2) {
+            *o++ = (char)(0xC0 | v >> 6);
+            *o++ = (char)(0x80 | (v & 0x3F));
+        } else if (k == 3) {
+            *o++ = (char)(0xE0 | v >> 12);
+            *o++ = (char)(0x80 | (v >> 6 & 0x3F));
+            *o++ = (char)(0x80 | (v & 0x3F));
+        } else {
+            *o++ = (char)(0xF0 | v >> 18);
+            *o++ = (char)(0x80 | (v >> 12 & 0x3F));
+            *o++ = (char)(0x80 | (v >> 6 & 0x3F));
+            *o++ = (char)(0x80 | (v & 0x3F));
+        }
     }
+    *n = (size_t)(o - out);
+    *after = p + 1;
+    return 0;
+}
+
+/* Reads the rest of a string that holds an escape, unescaping it into
+ * sbuf; start is the first byte after the quote, p the first backslash.
+ * Returns 0 (d->s, d->slen set), FB or RK_ENOMEM. */
+static int read_string_escaped(fdec *d, const char *start, const char *p)
+{
+    /* the unescaped string is never longer than what is left of the body */
+    size_t room = (size_t)(d->end - start) + 1, pre = (size_t)(p - start), n;
+    if (room > d->scap) {
+        char *nb = realloc(d->sbuf, room);
+        if (!nb) return RK_ENOMEM;
+        d->sbuf = nb;
+        d->scap = room;
+    }
+    memcpy(d->sbuf, start, pre);
+    int rc = unescape_str(p, d->end, d->sbuf + pre, room - pre, &n, &d->p);
+    if (rc) return rc;
     d->s = d->sbuf;
-    d->slen = (size_t)(o - d->sbuf);
-    d->p = p + 1;
+    d->slen = pre + n;
     return 0;
 }
 
@@ -1053,6 +1174,56 @@ static int read_count(fdec *d, int64_t min, int64_t *out)
     return 0;
 }
 
+/* Readers of the routing members (after whitespace), each null or a value
+ * that route_from_dom accepts, into rq; return 0, FB or RK_ENOMEM. */
+static int read_model(fdec *d, rk_request *rq)
+{
+    int rc;
+    if (peek(d) == 'n') return read_word(d, "null", 4);
+    if ((rc = read_string(d))) return rc;
+    if (d->slen < 1 || d->slen > RK_MODEL_MAX) return FB;
+    memcpy(rq->model, d->s, d->slen);
+    rq->model[d->slen] = 0;
+    rq->has_model = 1;
+    return 0;
+}
+
+static int read_version(fdec *d, rk_request *rq)
+{
+    int rc;
+    char c = peek(d);
+    if (c == 'n') return read_word(d, "null", 4);
+    if (c == '"') {
+        if ((rc = read_string(d))) return rc;
+        return version_digits(d->s, d->slen, &rq->version) ? 0 : FB;
+    }
+    fnum num;
+    if ((rc = read_number(d, &num))) return rc;
+    if (!num.is_int || num.i < 1 || (uint64_t)num.i > RK_VERSION_MAX) return FB;
+    rq->version = (uint64_t)num.i;
+    return 0;
+}
+
+static int read_routing_key(fdec *d, rk_request *rq)
+{
+    int rc;
+    char c = peek(d);
+    if (c == 'n') return read_word(d, "null", 4);
+    if (c == '"') {
+        if ((rc = read_string(d))) return rc;
+        if (d->slen > RK_ROUTING_KEY_MAX) return FB;
+        memcpy(rq->routing_key, d->s, d->slen);
+        rq->routing_key[d->slen] = 0;
+    } else {
+        fnum num;
+        if ((rc = read_number(d, &num))) return rc;
+        if (!num.is_int) return FB;
+        routing_key_int(rq->routing_key, num.i);
+    }
+    rq->has_routing_key = 1;
+    return 0;
+}
+
 int rk_decode_fast(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
                    rk_request **out, char *err, size_t errlen)
 {
@@ -1096,7 +1267,8 @@ int rk_decode_fast(const dcn_model *m, const char *body, size_t len, const rk_li
 
     static const struct { const char *name; size_t len; } keys[] = {
         {"request_id", 10}, {"context", 7}, {"candidates", 10}, {"top_k", 5},
-        {"deadline_ms", 11}, {"return", 6}, {"strict", 6},
+        {"deadline_ms", 11}, {"return", 6}, {"strict", 6}, {"model", 5},
+        {"version", 7}, {"routing_key", 11},
     };
     if ((rc = expect(&d, '{'))) goto fail;
     if (peek(&d) == '}') { rc = FB; goto fail; } /* no candidates */
@@ -1135,6 +1307,9 @@ int rk_decode_fast(const dcn_model *m, const char *body, size_t len, const rk_li
             }
             break;
         case 6: rc = read_bool(&d, &strict); break;
+        case 7: rc = read_model(&d, rq); break;
+        case 8: rc = read_version(&d, rq); break;
+        case 9: rc = read_routing_key(&d, rq); break;
         }
         if (rc) goto fail;
         c = take(&d);
@@ -1178,4 +1353,197 @@ int rk_decode(const dcn_model *m, const char *body, size_t len, const rk_limits 
     int rc = rk_decode_fast(m, body, len, lim, out, err, errlen);
     if (rc != FB) return rc;
     return rk_decode_dom(m, body, len, lim, out, err, errlen);
+}
+
+/* ------------------------------------------------------------ route pre-scan
+ *
+ * rk_peek_route reads the top-level object's keys and skips every value but
+ * the three routing members, without checking what it skips: it must be
+ * right on every body jansson takes, and only stay inside the body on the
+ * others. Whatever it cannot judge on its own (an escaped key, a routing
+ * member twice, one that is not a valid value, a top level not well formed)
+ * goes to jansson, through route_from_dom, so that errors are worded once.
+ */
+
+/* Byte classes of the scan: what ends a number or a literal (PK_DELIM), and
+ * what matters inside a nested value (PK_QUOTE, PK_OPEN, PK_CLOSE). */
+enum { PK_DELIM = 1, PK_QUOTE = 2, PK_OPEN = 4, PK_CLOSE = 8 };
+static const uint8_t pk_class[256] = {
+    [' '] = PK_DELIM, ['\t'] = PK_DELIM, ['\n'] = PK_DELIM, ['\r'] = PK_DELIM, [','] = PK_DELIM,
+    ['}'] = PK_DELIM | PK_CLOSE, [']'] = PK_DELIM | PK_CLOSE, ['"'] = PK_QUOTE,
+    ['{'] = PK_OPEN, ['['] = PK_OPEN,
+};
+
+static const char *pk_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+/* Skips the rest of a string, from p (after the opening quote). Returns the
+ * byte after the closing quote, or NULL when the body ends first. The byte
+ * after a backslash never ends the string; nothing else is checked. Each
+ * byte is looked at by memchr about twice at most: the next quote is found
+ * once and kept while the backslashes before it are stepped over. */
+static const char *pk_skip_string(const char *p, const char *end)
+{
+    const char *q = NULL;
+    for (;;) {
+        if (!q || q < p) {
+            if (p >= end || !(q = memchr(p, '"', (size_t)(end - p)))) return NULL;
+        }
+        const char *b = memchr(p, '\\', (size_t)(q - p));
+        if (!b) return q + 1;
+        p = b + 2; /* b < q: still inside the body */
+    }
+}
+
+/* Skips a value starting at p (after whitespace): a string, an array or
+ * object (by counting brackets, strings skipped), or a number or literal (up
+ * to the next delimiter). Returns the byte after it, or NULL when the body
+ * ends first or nothing is there. */
+static const char *pk_skip_value(const char *p, const char *end)
+{
+    if (p >= end) return NULL;
+    uint8_t k = pk_class[(unsigned char)*p];
+    if (k & PK_QUOTE) return pk_skip_string(p + 1, end);
+    if (k & PK_OPEN) {
+        size_t depth = 1;
+        for (p++; p < end;) {
+            k = pk_class[(unsigned char)*p++];
+            if (k & PK_QUOTE) {
+                if (!(p = pk_skip_string(p, end))) return NULL;
+            } else if (k & PK_OPEN) {
+                depth++;
+            } else if ((k & PK_CLOSE) && !--depth) {
+                return p;
+            }
+        }
+        return NULL;
+    }
+    const char *s = p;
+    while (p < end && !(pk_class[(unsigned char)*p] & PK_DELIM)) p++;
+    return p > s ? p : NULL;
+}
+
+/* Reads a JSON integer at p (no fraction, no exponent: jansson keeps those
+ * as reals) within int64. Returns the byte after it with the value in *out,
+ * or NULL for anything else. */
+static const char *pk_int(const char *p, const char *end, int64_t *out)
+{
+    int neg = 0;
+    uint64_t v = 0;
+    if (p < end && *p == '-') { neg = 1; p++; }
+    if (p >= end || *p < '0' || *p > '9') return NULL;
+    if (*p == '0') {
+        p++; /* a zero stands alone */
+    } else {
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            unsigned dg = (unsigned)(*p - '0');
+            if (v > (UINT64_MAX - dg) / 10) return NULL;
+            v = v * 10 + dg;
+            if (v > (uint64_t)INT64_MAX + 1) return NULL;
+        }
+    }
+    if (p < end && (*p == '.' || *p == 'e' || *p == 'E' || (*p >= '0' && *p <= '9'))) return NULL;
+    if (!neg && v > (uint64_t)INT64_MAX) return NULL;
+    *out = !neg ? (int64_t)v : v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
+    return p;
+}
+
+/* Reads the value of routing member k (0 model, 1 version, 2 routing_key)
+ * at p (after whitespace) into r: null, or a value route_from_dom accepts,
+ * read as it reads it. Returns the byte after it, or NULL for anything else
+ * (jansson then judges). */
+static const char *pk_member(int k, const char *p, const char *end, rk_route *r)
+{
+    const char *after;
+    size_t n;
+    int64_t i;
+    if (p >= end) return NULL;
+    if (*p == 'n') return end - p >= 4 && !memcmp(p, "null", 4) ? p + 4 : NULL;
+    if (k == 0) {
+        if (*p != '"' || unescape_str(p + 1, end, r->model, RK_MODEL_MAX, &n, &after) || !n) return NULL;
+        r->model[n] = 0;
+        r->has_model = 1;
+        return after;
+    }
+    if (k == 1) {
+        if (*p != '"') {
+            if (!(after = pk_int(p, end, &i)) || i < 1 || (uint64_t)i > RK_VERSION_MAX) return NULL;
+            r->version = (uint64_t)i;
+            return after;
+        }
+        /* read in place unless escaped: digits of any length (leading
+         * zeros), and any other byte makes it invalid */
+        const char *s = p + 1, *q = memchr(s, '"', (size_t)(end - s));
+        char buf[64];
+        if (q && !memchr(s, '\\', (size_t)(q - s))) {
+            n = (size_t)(q - s);
+            after = q + 1;
+        } else if (unescape_str(s, end, buf, sizeof buf, &n, &after)) {
+            return NULL;
+        } else {
+            s = buf;
+        }
+        return version_digits(s, n, &r->version) ? after : NULL;
+    }
+    if (*p == '"') {
+        if (unescape_str(p + 1, end, r->routing_key, RK_ROUTING_KEY_MAX, &n, &after)) return NULL;
+        r->routing_key[n] = 0;
+    } else {
+        if (!(after = pk_int(p, end, &i))) return NULL;
+        routing_key_int(r->routing_key, i);
+    }
+    r->has_routing_key = 1;
+    return after;
+}
+
+int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t errlen)
+{
+    static const struct { const char *name; size_t len; } keys[] = {
+        {"model", 5}, {"version", 7}, {"routing_key", 11},
+    };
+    const char *p = body, *end = body + len;
+    unsigned seen = 0;
+    memset(out, 0, sizeof *out);
+    if (err && errlen) err[0] = 0;
+
+    p = pk_ws(p, end);
+    if (p >= end || *p != '{') return RK_ROUTE_UNREADABLE; /* whatever it is, not an object */
+    p = pk_ws(p + 1, end);
+    if (p < end && *p == '}') return 0;
+    for (;;) {
+        if (p >= end || *p != '"') goto dom;
+        const char *key = p + 1, *q = memchr(key, '"', (size_t)(end - key));
+        if (!q || memchr(key, '\\', (size_t)(q - key))) goto dom; /* cut short, or an escaped key */
+        size_t klen = (size_t)(q - key);
+        p = pk_ws(q + 1, end);
+        if (p >= end || *p != ':') goto dom;
+        p = pk_ws(p + 1, end);
+        int k = 0;
+        while (k < 3 && (keys[k].len != klen || memcmp(keys[k].name, key, klen))) k++;
+        if (k < 3) {
+            if (seen & 1u << k) goto dom; /* a duplicate: jansson refuses the body */
+            seen |= 1u << k;
+            p = pk_member(k, p, end, out);
+        } else {
+            p = pk_skip_value(p, end);
+        }
+        if (!p) goto dom;
+        p = pk_ws(p, end);
+        if (p >= end) goto dom;
+        if (*p == '}') return 0;
+        if (*p != ',') goto dom;
+        p = pk_ws(p + 1, end);
+    }
+
+dom:;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    int rc = RK_ROUTE_UNREADABLE;
+    if (root && json_is_object(root)) rc = route_from_dom(root, out, err, errlen);
+    else memset(out, 0, sizeof *out);
+    json_decref(root);
+    return rc;
 }

@@ -4,8 +4,12 @@
  * Typical use (one thread per request object):
  *
  *     rk_request *rq;
+ *     rk_route rt;
  *     char err[256];
- *     int rc = rk_decode(model, body, len, &opts, &rq, err, sizeof err);
+ *     int rc = rk_peek_route(body, len, &rt, err, sizeof err); (several models served)
+ *     if (rc < 0) { send the error as below }
+ *     model = rc == 0 ? the one rt names (model, version, routing_key) : the default;
+ *     rc = rk_decode(model, body, len, &opts, &rq, err, sizeof err);
  *     if (rc < 0) { send rk_error_json(rc, err) with rk_http_status... }
  *     ... score rq->n_cands rows into scores[] ...
  *     size_t *order = ...; size_t n = rk_rank(scores, rq->n_cands, rq->top_k, order);
@@ -72,6 +76,14 @@ typedef struct rk_limits {
     int strict;                 /* default of the request's "strict" option */
 } rk_limits;
 
+/* Sizes of the routing fields, which pick the model that scores a request
+ * (proto/API.md): "model" 1 to RK_MODEL_MAX bytes, "version" 1 to
+ * RK_VERSION_MAX, "routing_key" at most RK_ROUTING_KEY_MAX bytes (all after
+ * unescaping; strings are valid UTF-8 without NUL). */
+#define RK_MODEL_MAX 64
+#define RK_VERSION_MAX (UINT64_C(1) << 53)
+#define RK_ROUTING_KEY_MAX 256
+
 /* A decoded ranking request. Feature values are already mapped through the
  * model: dense values as floats (double rounded to float), sparse ids as
  * table rows (-1: zero vector).
@@ -79,6 +91,12 @@ typedef struct rk_limits {
  * value wins over the context's where given. */
 typedef struct rk_request {
     json_t *request_id;         /* any JSON value, or NULL; referenced */
+    /* Routing, as rk_peek_route reads it; null in the body: not given. */
+    int has_model;
+    char model[RK_MODEL_MAX + 1];               /* NUL-terminated, when has_model */
+    uint64_t version;                           /* 1 to RK_VERSION_MAX; 0: not given */
+    int has_routing_key;
+    char routing_key[RK_ROUTING_KEY_MAX + 1];   /* NUL-terminated; an integer as its decimal text */
     size_t n_cands;
     json_t **cand_ids;          /* (n_cands) string or integer; referenced */
     int64_t top_k;              /* -1: all */
@@ -105,6 +123,10 @@ typedef struct rk_request {
  * in *out (free with rk_request_free) and returns 0; on failure returns a
  * negative rk_err, writes a message naming the field into err and stores
  * NULL. The model is only read. body need not be NUL-terminated.
+ * Of the errors a JSON object can have, those of the routing fields come
+ * first (model, then version, then routing_key), before unknown fields and
+ * everything else: so the error is the one rk_peek_route reports, whichever
+ * model the server decodes against.
  *
  * Two decoders stand behind it. rk_decode_fast reads the body once, without
  * a DOM, resolving feature names and mapping ids as it goes; it accepts only
@@ -124,6 +146,51 @@ int rk_decode_fast(const dcn_model *m, const char *body, size_t len, const rk_li
 int rk_decode_dom(const dcn_model *m, const char *body, size_t len, const rk_limits *lim,
                   rk_request **out, char *err, size_t errlen);
 void rk_request_free(rk_request *rq); /* NULL is fine */
+
+/* The routing fields of a body, read before it is decoded. */
+typedef struct rk_route {
+    int has_model;
+    char model[RK_MODEL_MAX + 1];               /* NUL-terminated, when has_model */
+    uint64_t version;                           /* 1 to RK_VERSION_MAX; 0: not given */
+    int has_routing_key;
+    char routing_key[RK_ROUTING_KEY_MAX + 1];   /* NUL-terminated; an integer as its decimal text */
+} rk_route;
+
+/* Reads only the top-level "model", "version" and "routing_key" members of
+ * body (len bytes, need not be NUL-terminated), so that the server can pick
+ * the model to decode against. *out is zeroed first, err emptied (errlen
+ * > 0), and both stay so unless said below. Returns:
+ * - 0 with the members found in *out (absent or null: not set);
+ * - RK_ESCHEMA with a message in err, when one of them has the wrong type or
+ *   size: exactly when rk_decode, against any model, fails with that code
+ *   and that message (the body is a JSON object jansson reads, and the
+ *   routing fields' errors come first), allocation failures aside;
+ * - RK_ROUTE_UNREADABLE (positive) when the body is not a JSON object it
+ *   can read: the caller decodes against its default model and rk_decode
+ *   reports the error.
+ * Whenever rk_decode accepts a body, this returns 0 with the very model,
+ * version and routing key of the decoded request. For a body rk_decode
+ * refuses for another reason (not JSON, a duplicate key, a bad feature...),
+ * it returns 0 (with whatever members it read: strings of the sizes above,
+ * valid UTF-8 without NUL) or RK_ROUTE_UNREADABLE; never RK_ESCHEMA.
+ *
+ * Cost: one forward pass over the top level, converting nothing but the
+ * three members: strings are skipped at memchr speed (looking for '"' and
+ * '\\'), nested arrays and objects by counting brackets (one table lookup
+ * a byte, their strings skipped as above), numbers and literals up to the
+ * next delimiter. Nothing is validated beyond what finding the members
+ * needs, nothing is allocated, and a body whose first byte (after spaces)
+ * is not '{' is UNREADABLE at once. It falls back to jansson (json_loadb
+ * with JSON_REJECT_DUPLICATES on the whole body: a full parse that builds a
+ * tree, as rk_decode_dom does) only when a top-level key holds a backslash
+ * escape; when a routing member appears twice, is of the wrong type or size,
+ * or is cut short; when the top level is not well formed; and for a version
+ * string over 64 bytes that holds an escape (leading zeros). So of the bodies
+ * rk_decode accepts, only those escaping a top-level key (or such a
+ * version) pay for the fallback; of the others, those it hands to jansson
+ * pay for one more parse, as failing bodies do in rk_decode. */
+#define RK_ROUTE_UNREADABLE 2
+int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t errlen);
 
 /* Orders n scores by descending score, ties by input order (stable), and
  * writes the first min(n, top_k) indices into order (n entries of room);

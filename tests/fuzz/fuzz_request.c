@@ -21,6 +21,13 @@
  * is also decoded by each: the fast one must either hand the body back
  * (RK_DECODE_FALLBACK, nothing stored) or build exactly the request the
  * jansson one builds (a differential test of the hand-written parser).
+ * rk_peek_route reads each body once and is held to rk.h's promises: on a
+ * JSON object (jansson's word) it must give what route_oracle, an
+ * independent reading of API.md's rules over jansson's tree, expects; on
+ * anything else 0 or RK_ROUTE_UNREADABLE, never a routing error; and
+ * against each model's rk_decode, an accepted body peeks to the same
+ * routing fields, and a routing error is the same code and message both
+ * ways.
  */
 #include <jansson.h>
 
@@ -160,6 +167,10 @@ static void check_same(const rk_request *a, const rk_request *b)
     FZ_CHECK(a->top_k == b->top_k && a->deadline_ms == b->deadline_ms && a->want_logits == b->want_logits,
              "options differ");
     FZ_CHECK((!a->request_id && !b->request_id) || json_equal(a->request_id, b->request_id), "request_id differs");
+    FZ_CHECK(a->has_model == b->has_model && !strcmp(a->model, b->model), "model differs");
+    FZ_CHECK(a->version == b->version, "version differs");
+    FZ_CHECK(a->has_routing_key == b->has_routing_key && !strcmp(a->routing_key, b->routing_key),
+             "routing_key differs");
     for (size_t i = 0; i < n; i++) FZ_CHECK(json_equal(a->cand_ids[i], b->cand_ids[i]), "candidate %zu id", i);
     FZ_CHECK(same_floats(a->ctx_dense, b->ctx_dense, nd, NULL), "context dense differs");
     FZ_CHECK(!memcmp(a->ctx_off, b->ctx_off, (ns + 1) * sizeof *a->ctx_off), "context offsets differ");
@@ -192,6 +203,140 @@ static void differential(const dcn_model *m, const uint8_t *data, size_t size, c
 }
 #endif
 
+/* ------------------------------------------------------------ routing */
+
+/* What rk_peek_route must give for a body: known (jansson reads it as an
+ * object) with code 0 and the fields, or RK_ESCHEMA and the name of the
+ * first bad member (model, version, routing_key); or unknown (0 or
+ * RK_ROUTE_UNREADABLE allowed). */
+typedef struct route_want {
+    int known, code;
+    const char *bad;            /* when code is RK_ESCHEMA */
+    rk_route r;
+} route_want;
+
+/* API.md's rules, read again over jansson's tree, apart from request.c. */
+static void route_oracle(const uint8_t *data, size_t size, route_want *w)
+{
+    memset(w, 0, sizeof *w);
+    json_t *root = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL), *v;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return;
+    }
+    w->known = 1;
+    if ((v = json_object_get(root, "model")) && !json_is_null(v)) {
+        size_t n = json_string_length(v);
+        if (!json_is_string(v) || !n || n > 64) { w->bad = "model:"; goto bad; }
+        memcpy(w->r.model, json_string_value(v), n);
+        w->r.has_model = 1;
+    }
+    if ((v = json_object_get(root, "version")) && !json_is_null(v)) {
+        uint64_t x = 0;
+        if (json_is_integer(v)) {
+            if (json_integer_value(v) < 1 || json_integer_value(v) > 9007199254740992LL) { w->bad = "version:"; goto bad; }
+            x = (uint64_t)json_integer_value(v);
+        } else if (json_is_string(v)) {
+            const char *s = json_string_value(v);
+            size_t n = json_string_length(v), i = 0;
+            while (i < n && s[i] == '0') i++;
+            if (!n || n - i > 16 || strspn(s + i, "0123456789") != n - i) { w->bad = "version:"; goto bad; }
+            for (; i < n; i++) x = x * 10 + (uint64_t)(s[i] - '0');
+            if (x < 1 || x > 9007199254740992ULL) { w->bad = "version:"; goto bad; }
+        } else {
+            w->bad = "version:";
+            goto bad;
+        }
+        w->r.version = x;
+    }
+    if ((v = json_object_get(root, "routing_key")) && !json_is_null(v)) {
+        if (json_is_integer(v)) {
+            snprintf(w->r.routing_key, sizeof w->r.routing_key, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        } else {
+            size_t n = json_string_length(v);
+            if (!json_is_string(v) || n > 256) { w->bad = "routing_key:"; goto bad; }
+            memcpy(w->r.routing_key, json_string_value(v), n);
+        }
+        w->r.has_routing_key = 1;
+    }
+    json_decref(root);
+    return;
+bad:
+    memset(&w->r, 0, sizeof w->r);
+    w->code = RK_ESCHEMA;
+    json_decref(root);
+}
+
+static int same_route(const rk_route *a, const rk_route *b)
+{
+    return a->has_model == b->has_model && !strcmp(a->model, b->model) && a->version == b->version &&
+           a->has_routing_key == b->has_routing_key && !strcmp(a->routing_key, b->routing_key);
+}
+
+/* Peeks the body and checks it against the oracle; returns the code, the
+ * fields in *r and the message in err. */
+static int check_peek(const uint8_t *data, size_t size, rk_route *r, char *err, size_t errlen)
+{
+    route_want w;
+    route_oracle(data, size, &w);
+    int pr = rk_peek_route((const char *)data, size, r, err, errlen);
+    FZ_CHECK(pr == 0 || pr == RK_ESCHEMA || pr == RK_ROUTE_UNREADABLE, "rk_peek_route returned %d", pr);
+    FZ_CHECK(memchr(r->model, 0, sizeof r->model) && memchr(r->routing_key, 0, sizeof r->routing_key),
+             "unterminated routing fields");
+    if (pr) {
+        rk_route zero;
+        memset(&zero, 0, sizeof zero);
+        FZ_CHECK(!memcmp(r, &zero, sizeof zero), "a refusal left routing fields set");
+    }
+    if (pr == RK_ESCHEMA) {
+        check_refusal_message(pr, err);
+    } else {
+        FZ_CHECK(!err[0], "a message without RK_ESCHEMA: %s", err);
+        json_t *s;
+        FZ_CHECK((s = json_string(r->model)) != NULL, "the model name is not UTF-8");
+        json_decref(s);
+        FZ_CHECK((s = json_string(r->routing_key)) != NULL, "the routing key is not UTF-8");
+        json_decref(s);
+        FZ_CHECK(r->has_model ? strlen(r->model) >= 1 && strlen(r->model) <= RK_MODEL_MAX : !r->model[0],
+                 "model size");
+        FZ_CHECK(r->version <= RK_VERSION_MAX, "version past 2^53");
+        FZ_CHECK(r->has_routing_key || !r->routing_key[0], "routing key without has_routing_key");
+    }
+    if (!w.known) {
+        FZ_CHECK(pr != RK_ESCHEMA, "a routing error for a body jansson does not read as an object: %s", err);
+        return pr;
+    }
+    FZ_CHECK(pr == w.code, "rk_peek_route returned %d, the oracle %d (%s)", pr, w.code, err);
+    if (pr == RK_ESCHEMA)
+        FZ_CHECK(!strncmp(err, w.bad, strlen(w.bad)), "the error names another field than %s: %s", w.bad, err);
+    else
+        FZ_CHECK(same_route(r, &w.r), "rk_peek_route read other fields than the oracle: \"%s\" %llu \"%s\" vs \"%s\" %llu \"%s\"",
+                 r->model, (unsigned long long)r->version, r->routing_key, w.r.model,
+                 (unsigned long long)w.r.version, w.r.routing_key);
+    return pr;
+}
+
+/* One model's rk_decode answer against the peek. */
+static void check_peek_vs_decode(int pr, const rk_route *r, const char *perr, int rc, const rk_request *rq,
+                                 const char *err)
+{
+    if (rc == 0) {
+        FZ_CHECK(pr == 0, "rk_decode accepted a body rk_peek_route refuses (%d %s)", pr, perr);
+        rk_route got = {.has_model = rq->has_model, .version = rq->version, .has_routing_key = rq->has_routing_key};
+        memcpy(got.model, rq->model, sizeof got.model);
+        memcpy(got.routing_key, rq->routing_key, sizeof got.routing_key);
+        FZ_CHECK(same_route(r, &got), "rk_peek_route and rk_decode read other routing fields");
+    }
+    if (rc == RK_ENOMEM) return;
+    if (pr == RK_ESCHEMA)
+        FZ_CHECK(rc == RK_ESCHEMA && !strcmp(err, perr), "a routing error (%s) rk_decode answers with %d (%s)", perr,
+                 rc, err);
+    if (rc == RK_ESCHEMA && (!strncmp(err, "model:", 6) || !strncmp(err, "version:", 8) ||
+                             !strncmp(err, "routing_key:", 12)))
+        FZ_CHECK(pr == RK_ESCHEMA, "rk_peek_route missed a routing error: %s", err);
+    if (pr == RK_ROUTE_UNREADABLE) FZ_CHECK(rc < 0, "rk_decode accepted an unreadable body");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!models[0]) LLVMFuzzerInitialize(NULL, NULL);
@@ -205,6 +350,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_error_answer(RK_EJSON, msg, s && msg[0] ? msg : NULL);
         json_decref(s);
     }
+    rk_route route;
+    char perr[256] = "";
+    int pr = check_peek(data, size, &route, perr, sizeof perr);
     for (int mi = 0; mi < N_MODELS; mi++) {
         rk_limits lim = {.max_candidates = MAX_CANDS, .strict = mi != 1};
 #ifdef RK_DECODE_FALLBACK
@@ -213,6 +361,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rk_request *rq = (rk_request *)1;
         char err[256] = "";
         int rc = rk_decode(models[mi], (const char *)data, size, &lim, &rq, err, sizeof err);
+        check_peek_vs_decode(pr, &route, perr, rc, rq, err);
         if (rc < 0) {
             FZ_CHECK(!rq, "a refused body left a request");
             FZ_CHECK(rc >= RK_ENOMEM && err[0], "rc %d without a message", rc);
