@@ -80,7 +80,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 STRESS_SRC := $(wildcard tests/model/stress_*.c) $(wildcard tests/server/stress_*.c)
 STRESS_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(STRESS_SRC))
 TSAN_TESTS := $(STRESS_SRC)
-TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops.
+TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops. test_repository. test_status_page.
 
 # Emulated kernel sets (test binaries only): each SIMD file whose
 # instructions not every x86-64 CPU has is compiled a second time against
@@ -119,15 +119,20 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(KFLAGS) -c -o $@ $<
 
-.PHONY: all deps run test unit pytest check bench load golden clean help
+.PHONY: all deps test-deps run test unit pytest check bench load golden clean help
 .SECONDARY:
 .DEFAULT_GOAL := all
 
 all: $(LIBDCN) $(INSPECT) $(DCNSERVE)
 
 # Installs what is missing when run as root, else prints the apt-get line.
-deps:
-	@missing=""; for p in $(DEPS_PKGS); do \
+# test-deps: what only the tests need (headless Chromium renders the status
+# page), kept out of `make run`.
+TEST_PKGS := chromium
+test-deps: PKGS = $(TEST_PKGS)
+deps: PKGS = $(DEPS_PKGS)
+deps test-deps:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -167,9 +172,9 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 pytest: all
 	DCNSERVE=$(DCNSERVE) DCN_INSPECT=$(INSPECT) $(PYTHON) tests/run_py.py
 
-test: deps all unit fuzz-replay pytest
+test: deps test-deps all unit fuzz-replay pytest
 
-check: deps
+check: deps test-deps
 	$(MAKE) SANITIZER=address all unit fuzz-replay
 	$(MAKE) SANITIZER=address pytest
 	$(if $(TSAN_TESTS),$(MAKE) SANITIZER=thread tsan-unit)

@@ -31,7 +31,10 @@ typedef struct opt {
 
 #define O(f, t, field, d, h) {f, t, offsetof(srv_config, field), d, h}
 static const opt opts[] = {
-    O("model", T_STR, model_path, "", "model file (.dcn) to serve (required)"),
+    O("model", T_STR, model_path, "", "model file (.dcn) to serve (this or --model-repository)"),
+    O("model-repository", T_STR, model_repository, "", "directory of models to serve: DIR/<name>/<version>/<file>.dcn (this or --model)"),
+    O("keep-versions", T_U64, keep_versions, "1", "with --model-repository: serve each model's latest N versions that load"),
+    O("poll-s", T_U64, poll_s, "5", "with --model-repository: rescan it every N seconds (0: only on SIGHUP or POST /admin/reload)"),
     O("host", T_STR, host, "0.0.0.0", "IPv4 or IPv6 address to listen on (\"::\" takes both)"),
     O("port", T_U64, port, "8080", "TCP port (0: any free port, logged)"),
     O("workers", T_U64, workers, "0", "worker threads (0: one per usable CPU, cgroup-aware)"),
@@ -56,6 +59,7 @@ static const opt opts[] = {
     O("verify", T_BOOL, verify, "0", "check the model file's CRC-32 before serving it"),
     O("int8", T_BOOL, int8, "0", "score with the dense layers quantized to INT8 at load (faster, approximate: PRECISION.md)"),
     O("bf16", T_BOOL, bf16, "0", "score with BF16 dot products: dense weights and each layer's inputs rounded to BF16, float32 sums (vdpbf16ps; approximate: PRECISION.md)"),
+    O("status-sample-s", T_U64, status_sample_s, "10", "seconds between the samples the status page (GET /status) plots: 90 of them are kept"),
     O("admin-token", T_STR, admin_token, "", "bearer token for /admin/*; empty: loopback clients only"),
     O("access-log", T_BOOL, access_log, "0", "log one line per request"),
     O("log-level", T_STR, log_level, "info", "debug, info, warn or error"),
@@ -190,8 +194,26 @@ int cfg_parse(srv_config *c, int argc, char **argv)
         c->from_flags |= 1ull << (o - opts);
         c->from_env &= ~(1ull << (o - opts));
     }
-    if (!c->model_path || !*c->model_path) {
-        fprintf(stderr, "dcnserve: --model FILE is required (see --help)\n");
+    int has_file = c->model_path && *c->model_path, has_repo = c->model_repository && *c->model_repository;
+    if (has_file && has_repo) {
+        /* one choice: a flag beats a variable (a container image's
+         * DCNSERVE_MODEL gives way to a --model-repository argument) */
+        uint64_t fbit = 0, rbit = 0;
+        for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+            if (!strcmp(opts[i].flag, "model")) fbit = 1ull << i;
+            if (!strcmp(opts[i].flag, "model-repository")) rbit = 1ull << i;
+        }
+        if ((c->from_flags & rbit) && !(c->from_flags & fbit)) c->model_path = "", has_file = 0;
+        else if ((c->from_flags & fbit) && !(c->from_flags & rbit)) c->model_repository = "", has_repo = 0;
+    }
+    if (has_file == has_repo) {
+        fprintf(stderr, has_file ? "dcnserve: --model and --model-repository (both flags, or both variables): give one of them\n"
+                                 : "dcnserve: --model FILE or --model-repository DIR is required (see --help)\n");
+        return -1;
+    }
+    if (!c->keep_versions || c->keep_versions > 64 || c->poll_s > 86400 || !c->status_sample_s ||
+        c->status_sample_s > 3600) {
+        fprintf(stderr, "dcnserve: invalid configuration: keep-versions (1..64), poll-s (<= 86400), status-sample-s (1..3600)\n");
         return -1;
     }
     if (c->port > 65535 || !c->max_batch_rows || c->max_batch_rows > (1u << 20) ||

@@ -20,7 +20,10 @@
 #define CFG_AUTO UINT64_MAX
 
 typedef struct srv_config {
-    const char *model_path;
+    const char *model_path;      /* "" with a repository */
+    const char *model_repository; /* "" with a file */
+    uint64_t keep_versions;      /* latest versions served per model */
+    uint64_t poll_s;             /* repository rescan period; 0: on SIGHUP / reload only */
     const char *host;            /* listen address, IPv4 or IPv6 */
     uint64_t port;
     uint64_t workers;            /* 0: one per usable CPU */
@@ -46,6 +49,7 @@ typedef struct srv_config {
     int verify;                  /* check the model's CRC-32 at load */
     int int8;                    /* score with INT8 dense layers (dcn_open_opts.int8) */
     int bf16;                    /* score with BF16 dot products (dcn_open_opts.bf16) */
+    uint64_t status_sample_s;    /* the status page's sample period */
     const char *admin_token;     /* "": /admin only from loopback */
     int access_log;
     const char *log_level;

@@ -17,9 +17,9 @@
  *   drain timers. A reload runs on the loop that was asked (SIGHUP: loop
  *   0; /admin/reload: the request's loop) and its result comes back there.
  * - Shared state and its guards: the batch queue, pool and scorer's stash
- *   (their own locks); the current model and its load time, and the
- *   `reloading` flag (model_mu: a loop takes a reference under it, a reload
- *   swaps the pointer under it); the phase and the shedding flag (atomics,
+ *   (their own locks); the served models and versions (models.h: its own
+ *   lock; a request routed there holds a reference to its version); the
+ *   `reloading` flag (reload_mu); the phase and the shedding flag (atomics,
  *   written by loop 0 and by any loop respectively); connection counts
  *   (atomics); batch metrics (met_mu of the srv); each loop's request
  *   metrics (that loop's met_mu, taken by the loop for each update and by
@@ -104,13 +104,18 @@
 #include "server/batch.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/models.h"
 #include "server/pool.h"
 #include "server/score.h"
 #include "server/srv.h"
+#include "server/status.h"
 
 /* ------------------------------------------------------------ types */
 
-typedef enum { R_RANK, R_LIVE, R_READY, R_MODEL, R_METRICS, R_RELOAD, R_NOTFOUND, R_METHOD } route;
+typedef enum {
+    R_RANK, R_LIVE, R_READY, R_MODEL, R_MODELS, R_MODEL_ONE, R_V2_MODEL, R_V2_READY, R_METRICS, R_RELOAD,
+    R_CANARY, R_SHADOW, R_STATUS, R_NOTFOUND, R_METHOD
+} route;
 /* READING -> (DECODING -> DECODED ->) QUEUED -> READY -> ANSWERED; the
  * connection is suspended in DECODING and QUEUED. */
 typedef enum { ST_READING, ST_DECODING, ST_DECODED, ST_QUEUED, ST_READY, ST_ANSWERED } req_state;
@@ -149,7 +154,7 @@ typedef struct srv_req {
     met_handler mh;
     req_state st;
     const char *method;         /* MHD's, valid for the request */
-    char path[64];              /* for the access log */
+    char path[160];             /* for the access log */
     int err;                    /* rk_err to answer with, once READY */
     char msg[256];
     int status;                 /* answered status */
@@ -157,7 +162,13 @@ typedef struct srv_req {
     size_t body_len, body_cap;
     int too_big;
     rk_request *rq;
-    dcn_model *model;           /* referenced while the request lives */
+    mv *v;                      /* the version that scores it, referenced while the request lives */
+    mv *shadow_v;               /* the model's shadow version (routing), referenced; or NULL */
+    int is_shadow;              /* a shadow scoring: no connection (shadow_start) */
+    float *primary;             /* a shadow's: the served answer's scores (rq->n_cands) */
+    char route_model[MODELS_NAME_MAX + 1]; /* from the path: "" none */
+    uint64_t route_version;     /* from the path: 0 none */
+    int allow_post;             /* the path's route takes POST (else GET, HEAD) */
     uint64_t t_arrive, t_parsed, t_enq; /* monotonic ns */
     /* written by the threads that account its rows (route_done) */
     atomic_uint rows_left;
@@ -216,6 +227,8 @@ struct srv {
     size_t workers;
     uint64_t decode_offload_bytes; /* the configured value, auto resolved */
     rk_limits lim;
+    rk_limits shadow_lim;       /* lenient: a new version may drop a feature */
+    atomic_size_t shadows;      /* shadow scorings in flight (at most one per worker) */
     double start_unix;
     /* loop 0 only */
     int listen_fd;
@@ -227,11 +240,14 @@ struct srv {
     size_t pick_next;           /* where the acceptor's next search starts */
     size_t conns_closed_at_stop; /* added by each loop as it stops (under loops[0].in_mu) */
     int exit_code;
+    uv_timer_t poll_timer;      /* repository rescans (--poll-s) */
+    uv_timer_t status_timer;    /* the status page's samples (--status-sample-s) */
+    status_ring *status;        /* its samples (own lock) */
     /* shared */
-    pthread_mutex_t model_mu;   /* guards model, model_loaded_unix, reloading */
-    dcn_model *model;
-    double model_loaded_unix;
-    int reloading;
+    srv_models *models;         /* what is served (its own lock) */
+    int single;                 /* exactly one model with one version and no canary: fast routing */
+    pthread_mutex_t reload_mu;  /* guards reloading */
+    int reloading;              /* a models_sync is in flight */
     atomic_int ph;
     atomic_int shedding;        /* a push failed for a full queue; /rank refused at the
                                  * headers until the queue is below half */
@@ -242,12 +258,13 @@ struct srv {
     atomic_size_t n_conns, handing; /* over all loops */
     pthread_mutex_t met_mu;     /* guards met: batch and reload counters */
     met_set met;
-    /* the one reload in flight (reloading) */
+    /* the one reload (models_sync) in flight (reloading) */
     srv_req *reload_waiter;
     srv_loop *reload_loop;
     uv_work_t reload_req;
-    dcn_model *reload_new;
     int reload_rc;
+    int reload_quiet;           /* a poll: logged only when something changed */
+    models_change reload_change;
     char reload_err[256];
 };
 
@@ -285,16 +302,6 @@ static void run_mhd(srv_loop *L);
 
 static int phase_of(srv *s) { return atomic_load_explicit(&s->ph, memory_order_acquire); }
 
-/* A new reference to the model being served (the caller releases it), and
- * when it was loaded. */
-static dcn_model *model_get(srv *s, double *loaded_unix)
-{
-    pthread_mutex_lock(&s->model_mu);
-    dcn_model *m = dcn_retain(s->model);
-    if (loaded_unix) *loaded_unix = s->model_loaded_unix;
-    pthread_mutex_unlock(&s->model_mu);
-    return m;
-}
 
 /* ------------------------------------------------------------ answers */
 
@@ -349,7 +356,7 @@ static enum MHD_Result send_error(srv_req *r, int err, const char *msg)
     }
     if (err == RK_EMETHOD) {
         hdrs[n++] = "Allow";
-        hdrs[n++] = r->path[1] == 'r' || r->path[1] == 'a' ? "POST" : "GET, HEAD";
+        hdrs[n++] = r->allow_post ? "POST" : "GET, HEAD";
     }
     if (r->rt == R_RANK) count_rejection(r, err);
     return send_buf(r, srv_http_status(err), &b, "application/json", hdrs);
@@ -370,35 +377,87 @@ static void req_free(srv_loop *L, srv_req *r)
     else L->live = r->next;
     if (r->next) r->next->prev = r->prev;
     atomic_fetch_sub_explicit(&L->n_live, 1, memory_order_relaxed);
-    if (r->rt == R_RANK) atomic_fetch_sub_explicit(&L->rank_live, 1, memory_order_relaxed);
+    if (r->rt == R_RANK && !r->is_shadow) atomic_fetch_sub_explicit(&L->rank_live, 1, memory_order_relaxed);
     rk_request_free(r->rq);
-    dcn_release(r->model);
+    mv_release(r->v);
+    mv_release(r->shadow_v);
+    free(r->primary);
     free(r->t.scores);
     free(r->t.logits);
     free(r->body);
     free(r);
 }
 
-static route route_of(const char *url, const char *method, met_handler *mh)
+/* Matches url against a route's path template: literal bytes, "{name}"
+ * (1 to MODELS_NAME_MAX bytes up to the next '/') and "{version}" (a
+ * positive decimal number of at most 16 digits, no leading zero), which
+ * go to r's route fields. Returns 1 on a whole match. */
+static int match_route(const char *tpl, const char *url, srv_req *r)
+{
+    while (*tpl) {
+        if (!strncmp(tpl, "{name}", 6)) {
+            size_t n = strcspn(url, "/");
+            if (!n || n > MODELS_NAME_MAX) return 0;
+            memcpy(r->route_model, url, n);
+            r->route_model[n] = 0;
+            url += n;
+            tpl += 6;
+        } else if (!strncmp(tpl, "{version}", 9)) {
+            size_t d = strspn(url, "0123456789");
+            if (!d || d > 16 || url[0] == '0') return 0;
+            uint64_t v = 0;
+            for (size_t i = 0; i < d; i++) v = v * 10 + (uint64_t)(url[i] - '0');
+            r->route_version = v;
+            url += d;
+            tpl += 9;
+        } else if (*tpl++ != *url++) {
+            return 0;
+        }
+    }
+    return *url == 0;
+}
+
+/* The route of r's URL and method (the model and version of the per-model
+ * routes into r); the metrics handler in *mh. Every route is in this
+ * table (tests/integration/test_openapi.py reads it: the OpenAPI document
+ * must list exactly these paths and methods). */
+static route route_of(srv_req *r, const char *url, const char *method, met_handler *mh)
 {
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     int post = !strcmp(method, "POST");
-    struct { const char *path; route rt; int is_post; met_handler mh; } table[] = {
+    static const struct { const char *path; route rt; int is_post; met_handler mh; } table[] = {
         {"/rank", R_RANK, 1, MET_H_RANK},
         {"/v2/health/live", R_LIVE, 0, MET_H_HEALTH},
         {"/healthz", R_LIVE, 0, MET_H_HEALTH},
         {"/v2/health/ready", R_READY, 0, MET_H_HEALTH},
         {"/readyz", R_READY, 0, MET_H_HEALTH},
         {"/v1/model", R_MODEL, 0, MET_H_MODEL},
+        {"/v1/models", R_MODELS, 0, MET_H_MODEL},
+        {"/v1/models/{name}", R_MODEL_ONE, 0, MET_H_MODEL},
+        {"/v1/models/{name}/versions/{version}", R_MODEL, 0, MET_H_MODEL},
+        {"/v1/models/{name}/rank", R_RANK, 1, MET_H_RANK},
+        {"/v1/models/{name}/versions/{version}/rank", R_RANK, 1, MET_H_RANK},
+        {"/v2/models/{name}", R_V2_MODEL, 0, MET_H_MODEL},
+        {"/v2/models/{name}/versions/{version}", R_V2_MODEL, 0, MET_H_MODEL},
+        {"/v2/models/{name}/ready", R_V2_READY, 0, MET_H_HEALTH},
+        {"/v2/models/{name}/versions/{version}/ready", R_V2_READY, 0, MET_H_HEALTH},
         {"/metrics", R_METRICS, 0, MET_H_METRICS},
+        {"/status", R_STATUS, 0, MET_H_METRICS},
         {"/admin/reload", R_RELOAD, 1, MET_H_ADMIN},
+        {"/admin/models/{name}/canary", R_CANARY, 1, MET_H_ADMIN},
+        {"/admin/models/{name}/shadow", R_SHADOW, 1, MET_H_ADMIN},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
-        if (strcmp(url, table[i].path)) continue;
+        r->route_model[0] = 0;
+        r->route_version = 0;
+        if (!match_route(table[i].path, url, r)) continue;
         *mh = table[i].mh;
+        r->allow_post = table[i].is_post;
         if (table[i].is_post ? post : get) return table[i].rt;
         return R_METHOD;
     }
+    r->route_model[0] = 0;
+    r->route_version = 0;
     *mh = MET_H_OTHER;
     return R_NOTFOUND;
 }
@@ -556,12 +615,84 @@ static void req_ready(srv_loop *L, srv_req *r)
     MHD_resume_connection(r->conn);
 }
 
-/* Decodes r's body against r->model (its reference), on a worker thread
- * (batch_task callback) or on the loop; writes only r's decode fields. */
+/* Picks the version that scores r (r->v): the model and version of the
+ * path, else of the body ("model", "version", sticky on "routing_key"),
+ * else the defaults. With a single version served the body is not read
+ * here: check_route compares what the decoder read. */
+static int route_request(srv_req *r, const char *body)
+{
+    srv *s = r->s;
+    const char *name = r->route_model[0] ? r->route_model : NULL, *key = NULL;
+    uint64_t version = r->route_version;
+    rk_route rt;
+    int unreadable = 0;
+    if (!models_single(s->models)) {
+        int rc = rk_peek_route(body, r->body_len, &rt, r->msg, sizeof r->msg);
+        if (rc < 0) return rc;
+        if (rc == RK_ROUTE_UNREADABLE) {
+            unreadable = 1;
+        } else {
+            if (rt.has_model) {
+                if (name && strcmp(name, rt.model)) {
+                    snprintf(r->msg, sizeof r->msg, "model: \"%.64s\" in the body, \"%.64s\" in the path", rt.model, name);
+                    return RK_ESCHEMA;
+                }
+                name = rt.model;
+            }
+            if (rt.version) {
+                if (version && version != rt.version) {
+                    snprintf(r->msg, sizeof r->msg, "version: %llu in the body, %llu in the path",
+                             (unsigned long long)rt.version, (unsigned long long)version);
+                    return RK_ESCHEMA;
+                }
+                version = rt.version;
+            }
+            if (rt.has_routing_key) key = rt.routing_key;
+        }
+    }
+    int rc = models_route(s->models, name, version, key, &r->v, &r->shadow_v, r->msg, sizeof r->msg);
+    if (rc < 0 && unreadable && !name && !version) {
+        /* a body that is not JSON (or not an object) is refused for that
+         * by the decoder, against any model served */
+        mv **all;
+        size_t n = models_serving_list(s->models, &all);
+        if (n) {
+            r->v = all[0];
+            for (size_t i = 1; i < n; i++) mv_release(all[i]);
+            free(all);
+            return 0;
+        }
+    }
+    return rc;
+}
+
+/* After a decode without route_request reading the body: the model and
+ * version it names must be the one served. */
+static int check_route(srv_req *r)
+{
+    const rk_request *rq = r->rq;
+    if (rq->has_model && strcmp(rq->model, r->v->name)) {
+        snprintf(r->msg, sizeof r->msg, "no model \"%.64s\"; models: \"%.64s\"", rq->model, r->v->name);
+        return RK_ENOTFOUND;
+    }
+    if (rq->version && rq->version != r->v->number) {
+        snprintf(r->msg, sizeof r->msg, "model \"%.64s\" has no version %llu serving; serving: %s", r->v->name,
+                 (unsigned long long)rq->version, r->v->label);
+        return RK_ENOTFOUND;
+    }
+    return 0;
+}
+
+/* Routes and decodes r's body, on a worker thread (batch_task callback)
+ * or on the loop; writes only r's decode fields. */
 static void decode_body(srv_req *r)
 {
-    r->dec_rc = rk_decode(r->model, r->body ? r->body : "", r->body_len, &r->s->lim, &r->rq, r->msg,
-                          sizeof r->msg);
+    const char *body = r->body ? r->body : "";
+    r->dec_rc = r->is_shadow ? 0 : route_request(r, body); /* a shadow has its version */
+    if (r->dec_rc == 0)
+        r->dec_rc = rk_decode(r->v->m, body, r->body_len, r->is_shadow ? &r->s->shadow_lim : &r->s->lim, &r->rq,
+                              r->msg, sizeof r->msg);
+    if (r->dec_rc == 0 && !r->is_shadow) r->dec_rc = check_route(r);
     r->t_parsed = batch_now_ns();
 }
 
@@ -574,8 +705,10 @@ static void decode_task(batch_task *t)
 static enum MHD_Result rank_queue(srv_loop *L, srv_req *r)
 {
     srv *s = L->s;
-    free(r->body);
-    r->body = NULL;
+    if (!r->shadow_v) { /* else kept for the shadow's decode */
+        free(r->body);
+        r->body = NULL;
+    }
     if (r->dec_rc < 0) return send_error(r, r->dec_rc, r->msg);
     rk_request *rq = r->rq;
     r->t.rq = rq;
@@ -596,9 +729,9 @@ static enum MHD_Result rank_queue(srv_loop *L, srv_req *r)
      * faster as one batch with its layers split across the idle workers
      * than cut by rows, each worker streaming every weight. */
     size_t piece = rq->n_cands < s->cfg->max_batch_rows ? rq->n_cands : s->cfg->max_batch_rows;
-    r->job = (batch_job){.req = &r->t, .key = r->model, .n_rows = (uint32_t)rq->n_cands,
+    r->job = (batch_job){.req = &r->t, .key = r->v->m, .n_rows = (uint32_t)rq->n_cands,
                          .whole = s->sctx.team_helpers && rq->n_cands > s->cfg->split_min_rows &&
-                                  dcn_team_pays(r->model, piece, s->sctx.team_helpers + 1)};
+                                  dcn_team_pays(r->v->m, piece, s->sctx.team_helpers + 1)};
     if (rq->deadline_ms) {
         r->job.deadline_ns = r->t_arrive + (uint64_t)rq->deadline_ms * 1000000u;
         if (r->job.deadline_ns <= r->t_parsed) {
@@ -640,7 +773,6 @@ static enum MHD_Result rank_start(srv_loop *L, srv_req *r)
                  (unsigned long long)s->cfg->max_body_bytes);
         return send_error(r, RK_ETOOBIG, r->msg);
     }
-    r->model = model_get(s, NULL); /* the request keeps the model it was decoded against */
     if (r->body_len >= s->decode_offload_bytes) {
         r->task = (batch_task){.run = decode_task};
         r->st = ST_DECODING; /* before the push: the task may be back at once */
@@ -652,6 +784,179 @@ static enum MHD_Result rank_start(srv_loop *L, srv_req *r)
     }
     decode_body(r);
     return rank_queue(L, r);
+}
+
+/* ------------------------------------------------------------ shadow scoring */
+
+/* How long a shadow's rows may wait in the low-priority lane before they
+ * are dropped: under sustained load they are never taken. */
+#define SHADOW_DEADLINE_NS 2000000000ull
+
+static void on_expire_timer(uv_timer_t *t);
+
+/* Counts a shadow's outcome and frees it (its loop). */
+static void shadow_end(srv_loop *L, srv_req *S, models_shadow_outcome o, double diff, double corr)
+{
+    if (o == MODELS_SHADOW_FAILED) {
+        char n1[160], m1[600];
+        log_msg(LOG_DEBUG, "shadow scoring failed", "\"model\":\"%s\",\"version\":\"%s\",\"error\":\"%s\"",
+                log_esc(S->v->name, n1, sizeof n1), S->v->label, log_esc(S->msg[0] ? S->msg : "out of memory", m1, sizeof m1));
+    }
+    models_shadow_result(L->s->models, S->v->name, S->v->number, o, diff, corr);
+    atomic_fetch_sub_explicit(&L->s->shadows, 1, memory_order_relaxed);
+    req_free(L, S);
+}
+
+typedef struct ranked {
+    float score;
+    uint32_t i;
+} ranked;
+
+static int by_score(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Writes the ranks of x[0..n) into rank (ties: their mean rank); tmp has
+ * n entries. NaN scores rank as equals of each other, lowest. */
+static void ranks_of(const float *x, size_t n, ranked *tmp, double *rank)
+{
+    for (size_t i = 0; i < n; i++) tmp[i] = (ranked){isnan(x[i]) ? -INFINITY : x[i], (uint32_t)i};
+    qsort(tmp, n, sizeof *tmp, by_score);
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j + 1 < n && tmp[j + 1].score == tmp[i].score) j++;
+        for (size_t k = i; k <= j; k++) rank[tmp[k].i] = (double)(i + j) / 2;
+        i = j + 1;
+    }
+}
+
+/* Spearman's rho of a and b (n >= 2; NaN when either is constant), and
+ * their mean absolute difference in *diff. */
+static double compare_scores(const float *a, const float *b, size_t n, double *diff)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++) d += fabs((double)a[i] - (double)b[i]);
+    *diff = n ? d / (double)n : 0;
+    if (n < 2) return NAN;
+    ranked *tmp = malloc(n * sizeof *tmp);
+    double *ra = malloc(n * sizeof *ra), *rb = malloc(n * sizeof *rb);
+    double rho = NAN;
+    if (tmp && ra && rb) {
+        ranks_of(a, n, tmp, ra);
+        ranks_of(b, n, tmp, rb);
+        double mean = (double)(n - 1) / 2, sab = 0, saa = 0, sbb = 0;
+        for (size_t i = 0; i < n; i++) {
+            sab += (ra[i] - mean) * (rb[i] - mean);
+            saa += (ra[i] - mean) * (ra[i] - mean);
+            sbb += (rb[i] - mean) * (rb[i] - mean);
+        }
+        if (saa > 0 && sbb > 0) rho = sab / sqrt(saa * sbb);
+    }
+    free(tmp);
+    free(ra);
+    free(rb);
+    return rho;
+}
+
+/* After r's answer is encoded: scores the same request with its model's
+ * shadow version, off the critical path. Only while the server is
+ * running with an idle worker and no row waiting (else counted as
+ * skipped): a shadow is its own request object, not tied to r's
+ * connection, decoded by a worker task against the shadow version and
+ * queued in the low-priority lane (batch.h), whose rows wait only for idle
+ * workers and are dropped after SHADOW_DEADLINE_NS. It takes r's body and
+ * scores. */
+static void shadow_start(srv_loop *L, srv_req *r)
+{
+    srv *s = L->s;
+    mv *sv = r->shadow_v;
+    if (!sv) return;
+    r->shadow_v = NULL;
+    srv_req *S = NULL;
+    if (phase_of(s) != PH_RUNNING || !r->body || !r->t.scores || pool_idle_workers(s->pool) == 0 ||
+        batch_queued_rows(s->q) != 0 || atomic_load_explicit(&s->shadows, memory_order_relaxed) >= s->workers ||
+        !(S = calloc(1, sizeof *S))) {
+        models_shadow_result(s->models, sv->name, sv->number, MODELS_SHADOW_SKIPPED, 0, NAN);
+        mv_release(sv);
+        return;
+    }
+    atomic_fetch_add_explicit(&s->shadows, 1, memory_order_relaxed);
+    S->s = s;
+    S->L = L;
+    S->is_shadow = 1;
+    S->rt = R_RANK;
+    S->mh = MET_H_RANK;
+    S->v = sv;
+    S->body = r->body;
+    S->body_len = r->body_len;
+    S->body_cap = r->body_cap;
+    r->body = NULL;
+    S->primary = r->t.scores;
+    r->t.scores = NULL;
+    S->t_arrive = batch_now_ns();
+    snprintf(S->path, sizeof S->path, "(shadow)");
+    S->next = L->live;
+    if (L->live) L->live->prev = S;
+    L->live = S;
+    atomic_fetch_add_explicit(&L->n_live, 1, memory_order_relaxed);
+    S->task = (batch_task){.run = decode_task};
+    S->st = ST_DECODING;
+    if (batch_push_task(s->q, &S->task) != 0) shadow_end(L, S, MODELS_SHADOW_SKIPPED, 0, NAN);
+}
+
+/* A shadow's decode or rows came back (its loop): queue its rows, or
+ * compare its scores with the served ones and count the result. */
+static void shadow_step(srv_loop *L, srv_req *S)
+{
+    srv *s = L->s;
+    if (S->st == ST_DECODING) {
+        free(S->body);
+        S->body = NULL;
+        if (S->dec_rc < 0 || !S->rq->n_cands) {
+            shadow_end(L, S, S->dec_rc < 0 ? MODELS_SHADOW_FAILED : MODELS_SHADOW_SKIPPED, 0, NAN);
+            return;
+        }
+        rk_request *rq = S->rq;
+        S->t.rq = rq;
+        S->t.scores = malloc(rq->n_cands * sizeof(float));
+        S->t.logits = malloc(rq->n_cands * sizeof(float));
+        if (!S->t.scores || !S->t.logits) {
+            shadow_end(L, S, MODELS_SHADOW_FAILED, 0, NAN);
+            return;
+        }
+        uint64_t now = batch_now_ns();
+        S->job = (batch_job){.req = &S->t, .key = S->v->m, .n_rows = (uint32_t)rq->n_cands, .low = 1,
+                             .deadline_ns = now + SHADOW_DEADLINE_NS};
+        atomic_store_explicit(&S->t_first, 0, memory_order_relaxed);
+        atomic_store_explicit(&S->t_last, 0, memory_order_relaxed);
+        atomic_store_explicit(&S->rows_left, S->job.n_rows, memory_order_relaxed);
+        S->st = ST_QUEUED;
+        if (batch_push(s->q, &S->job, now) < 0) {
+            shadow_end(L, S, MODELS_SHADOW_SKIPPED, 0, NAN);
+            return;
+        }
+        if (L->deadline_jobs++ == 0 && !L->expire_running) {
+            uv_timer_start(&L->expire_timer, on_expire_timer, 1, 1);
+            L->expire_running = 1;
+        }
+        return;
+    }
+    if (S->st != ST_QUEUED) return;
+    if (--L->deadline_jobs == 0 && L->expire_running) {
+        uv_timer_stop(&L->expire_timer);
+        L->expire_running = 0;
+    }
+    if (atomic_load_explicit(&S->expired, memory_order_relaxed)) {
+        shadow_end(L, S, MODELS_SHADOW_DROPPED, 0, NAN);
+    } else if (atomic_load_explicit(&S->failed, memory_order_relaxed)) {
+        shadow_end(L, S, MODELS_SHADOW_FAILED, 0, NAN);
+    } else {
+        double diff, rho = compare_scores(S->primary, S->t.scores, S->rq->n_cands, &diff);
+        shadow_end(L, S, MODELS_SHADOW_SCORED, diff, rho);
+    }
 }
 
 /* Appends "name;dur=M.mmm" (us as milliseconds, three decimals) at p;
@@ -709,9 +1014,8 @@ static enum MHD_Result rank_finish(srv_loop *L, srv_req *r)
     if (!order) return send_error(r, RK_ENOMEM, NULL);
     uint64_t t0 = batch_now_ns();
     size_t k = rk_rank(r->t.scores, n, rq->top_k, order);
-    const dcn_info *in = dcn_model_info(r->model);
     rk_buf b = {0};
-    rk_encode_head(&b, rq, in->name, in->version, r->t.scores, r->t.logits, order, k);
+    rk_encode_head(&b, rq, r->v->name, r->v->label, r->t.scores, r->t.logits, order, k);
     free(order);
     uint64_t t1 = batch_now_ns();
     rk_latency lat = {
@@ -722,6 +1026,7 @@ static enum MHD_Result rank_finish(srv_loop *L, srv_req *r)
         .encode_us = (t1 - t0) / 1000,
     };
     rk_encode_tail(&b, &lat);
+    shadow_start(L, r); /* after the encode: it takes the scores and the body */
     char timing[256];
     server_timing(timing, &lat);
     const char *hdrs[] = {"Server-Timing", timing, NULL};
@@ -734,6 +1039,7 @@ static enum MHD_Result rank_finish(srv_loop *L, srv_req *r)
     met_hist_observe(&m->phase_seconds[MET_P_INFERENCE], (t_last - t_first) * 1e-9);
     met_hist_observe(&m->phase_seconds[MET_P_ENCODE], (t1 - t0) * 1e-9);
     pthread_mutex_unlock(&L->met_mu);
+    mv_count(r->v, n, (t1 - r->t_arrive) * 1e-9);
     return send_buf(r, 200, &b, "application/json", hdrs);
 }
 
@@ -747,12 +1053,16 @@ static const char *gate_names[] = {"softmax", "sigmoid", "constant"};
 static const char *combine_names[] = {"stacked", "parallel", "cross_only"};
 static const char *mapping_names[] = {"index", "hex_mod", "hash_mod", "vocab"};
 
-/* Describes the model being served: identity, features and architecture. */
+/* Describes a version being served (the path's, or the default one):
+ * identity, features and architecture. */
 static enum MHD_Result send_model(srv *s, srv_req *r)
 {
-    double loaded_unix;
-    dcn_model *mref = model_get(s, &loaded_unix);
-    const dcn_model *m = mref;
+    mv *v;
+    int rc = models_route(s->models, r->route_model[0] ? r->route_model : NULL, r->route_version, NULL, &v, NULL, r->msg,
+                          sizeof r->msg);
+    if (rc < 0) return send_error(r, rc, r->msg);
+    double loaded_unix = v->loaded_unix;
+    const dcn_model *m = v->m;
     const dcn_info *in = dcn_model_info(m);
     json_t *dense = json_array(), *sparse = json_array(), *bottom = json_array(), *deep = json_array();
     for (size_t j = 0; j < in->n_dense; j++) {
@@ -775,8 +1085,9 @@ static enum MHD_Result send_model(srv *s, srv_req *r)
     for (size_t i = 0; i < in->n_deep; i++) json_array_append_new(deep, json_integer(in->deep_sizes[i]));
     char crc[16];
     snprintf(crc, sizeof crc, "%08x", (unsigned)in->crc32);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:o, s:s, s:s, s:I, s:I, s:s, s:I, s:f, s:{s:o, s:o}, s:{s:I, s:I, s:o, s:{s:s, s:I, s:I, s:I, s:s, s:s, s:b}, s:o, s:s, s:f}}",
-        "name", in->name, "version", in->version, "description", in->description ? in->description : "",
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o, s:s, s:s, s:I, s:I, s:s, s:I, s:f, s:{s:o, s:o}, s:{s:I, s:I, s:o, s:{s:s, s:I, s:I, s:I, s:s, s:s, s:b}, s:o, s:s, s:f}}",
+        "name", v->name, "version", v->label, "model_version", in->version,
+        "description", in->description ? in->description : "",
         "format_version", (json_int_t)in->format_version, "file_bytes", (json_int_t)in->file_bytes,
         "crc32", in->has_crc32 ? json_string(crc) : json_null(), "kernels", dcn_kernels_name(),
         "dense_precision", in->int8 ? "int8" : in->bf16 ? "bf16" : "as stored", "dense_bytes", (json_int_t)in->packed_bytes,
@@ -790,56 +1101,165 @@ static enum MHD_Result send_model(srv *s, srv_req *r)
         "deep", deep, "combine", combine_names[in->combine % 3], "flops_per_row", in->flops_per_row);
     char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    dcn_release(mref);
+    mv_release(v);
     if (!txt) return send_error(r, RK_EINTERNAL, "cannot describe the model");
     rk_buf b = {.data = txt, .len = strlen(txt), .cap = strlen(txt) + 1};
     return send_buf(r, 200, &b, "application/json", NULL);
 }
 
+/* GET /v1/models: every model, its versions and their states; GET
+ * /v1/models/{name}: one of them. */
+static enum MHD_Result send_models(srv *s, srv_req *r)
+{
+    rk_buf b = {0};
+    if (r->rt == R_MODELS) rk_buf_puts(&b, "{\"models\":");
+    int rc = models_json(s->models, r->rt == R_MODELS ? NULL : r->route_model, &b);
+    if (rc < 0) {
+        free(b.data);
+        mv *v = NULL;
+        models_route(s->models, r->route_model, 0, NULL, &v, NULL, r->msg, sizeof r->msg); /* words the 404 */
+        mv_release(v);
+        return send_error(r, RK_ENOTFOUND, r->msg);
+    }
+    if (r->rt == R_MODELS) rk_buf_puts(&b, "}");
+    return send_buf(r, 200, &b, "application/json", NULL);
+}
+
+/* KServe v2 model metadata (GET /v2/models/{name}[/versions/{v}]) and
+ * readiness (.../ready: 200 when that version, or any, serves). */
+static enum MHD_Result send_v2_model(srv *s, srv_req *r)
+{
+    mv *v;
+    int rc = models_route(s->models, r->route_model, r->route_version, NULL, &v, NULL, r->msg, sizeof r->msg);
+    rk_buf b = {0};
+    if (r->rt == R_V2_READY) {
+        int ready = rc == 0 && phase_of(s) == PH_RUNNING;
+        rk_buf_puts(&b, "{\"name\":");
+        rk_buf_json_str(&b, r->route_model, strlen(r->route_model));
+        rk_buf_printf(&b, ",\"ready\":%s}", ready ? "true" : "false");
+        mv_release(v);
+        if (rc == RK_ENOTFOUND) {
+            free(b.data);
+            return send_error(r, rc, r->msg);
+        }
+        return send_buf(r, ready ? 200 : 503, &b, "application/json", NULL);
+    }
+    if (rc < 0) return send_error(r, rc, r->msg);
+    const dcn_info *in = dcn_model_info(v->m);
+    rk_buf_puts(&b, "{\"name\":");
+    rk_buf_json_str(&b, v->name, strlen(v->name));
+    rk_buf_puts(&b, ",\"versions\":[");
+    mv **all;
+    size_t n = models_serving_list(s->models, &all), k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(all[i]->name, v->name)) {
+            rk_buf_puts(&b, k++ ? "," : "");
+            rk_buf_json_str(&b, all[i]->label, strlen(all[i]->label));
+        }
+        mv_release(all[i]);
+    }
+    free(all);
+    rk_buf_puts(&b, "],\"platform\":\"dcnserve\",\"inputs\":[");
+    for (size_t j = 0; j < in->n_dense; j++) {
+        const char *nm = dcn_dense(v->m, j)->name;
+        rk_buf_puts(&b, j ? ",{\"name\":" : "{\"name\":");
+        rk_buf_json_str(&b, nm, strlen(nm));
+        rk_buf_puts(&b, ",\"datatype\":\"FP32\",\"shape\":[-1]}");
+    }
+    for (size_t f = 0; f < in->n_sparse; f++) {
+        const char *nm = dcn_sparse(v->m, f)->name;
+        rk_buf_puts(&b, f || in->n_dense ? ",{\"name\":" : "{\"name\":");
+        rk_buf_json_str(&b, nm, strlen(nm));
+        rk_buf_puts(&b, ",\"datatype\":\"BYTES\",\"shape\":[-1]}");
+    }
+    rk_buf_puts(&b, "],\"outputs\":[{\"name\":\"score\",\"datatype\":\"FP32\",\"shape\":[-1]}]}");
+    mv_release(v);
+    return send_buf(r, 200, &b, "application/json", NULL);
+}
+
+/* POST /admin/models/{name}/canary {"version": v, "percent": p}: sets the
+ * split; {"percent": 0} removes it. POST /admin/models/{name}/shadow
+ * {"version": v}: sets the shadow version; 0 or null stops it. */
+static enum MHD_Result send_canary(srv *s, srv_req *r)
+{
+    json_error_t je;
+    int shadow = r->rt == R_SHADOW;
+    json_t *o = json_loadb(r->body ? r->body : "", r->body_len, JSON_REJECT_DUPLICATES, &je);
+    json_t *jv = o ? json_object_get(o, "version") : NULL, *jp = o ? json_object_get(o, "percent") : NULL;
+    uint64_t version = 0;
+    int rc = 0;
+    if (!o || !json_is_object(o) || (shadow && (json_object_size(o) != 1 || !jv)) ||
+        (!shadow && json_object_size(o) != (size_t)(jv != NULL) + (jp != NULL))) {
+        snprintf(r->msg, sizeof r->msg, shadow ? "expected a JSON object {\"version\": n} (0 or null: no shadow)"
+                                               : "expected a JSON object {\"version\": n, \"percent\": p}");
+        rc = RK_ESCHEMA;
+    } else if (shadow) {
+        if (json_is_integer(jv) && json_integer_value(jv) >= 0 && json_integer_value(jv) <= (1ll << 53)) {
+            version = (uint64_t)json_integer_value(jv);
+        } else if (json_is_string(jv) && json_string_length(jv) && json_string_length(jv) <= 16 &&
+                   strspn(json_string_value(jv), "0123456789") == json_string_length(jv)) {
+            version = strtoull(json_string_value(jv), NULL, 10);
+        } else if (!json_is_null(jv)) {
+            snprintf(r->msg, sizeof r->msg, "version: expected the shadow's version number, or 0 or null");
+            rc = RK_ESCHEMA;
+        }
+    } else if (!jp || !json_is_number(jp)) {
+        snprintf(r->msg, sizeof r->msg, "percent: expected a number from 0 to 100");
+        rc = RK_ESCHEMA;
+    } else if (jv && json_is_integer(jv) && json_integer_value(jv) >= 1) {
+        version = (uint64_t)json_integer_value(jv);
+    } else if (jv && json_is_string(jv) && strspn(json_string_value(jv), "0123456789") == strlen(json_string_value(jv)) &&
+               json_string_length(jv) && json_string_length(jv) <= 16) {
+        version = strtoull(json_string_value(jv), NULL, 10);
+    } else if (json_number_value(jp) != 0) {
+        snprintf(r->msg, sizeof r->msg, "version: expected the canary's version number");
+        rc = RK_ESCHEMA;
+    }
+    double percent = rc == 0 && !shadow ? json_number_value(jp) : 0;
+    json_decref(o);
+    if (rc == 0)
+        rc = shadow ? models_set_shadow(s->models, r->route_model, version, r->msg, sizeof r->msg)
+                    : models_set_canary(s->models, r->route_model, version, percent, r->msg, sizeof r->msg);
+    if (rc < 0) return send_error(r, rc, r->msg);
+    rk_buf b = {0};
+    rk_buf_puts(&b, "{\"status\":\"ok\",\"model\":");
+    models_json(s->models, r->route_model, &b);
+    rk_buf_puts(&b, "}");
+    return send_buf(r, 200, &b, "application/json", NULL);
+}
+
+
+static void sum_metrics(srv *s, met_set *sum, met_loop_stat *ls);
 
 /* Renders /metrics: the shared counters plus every loop's, summed here
  * under each one's lock, and one line per loop for its own figures. */
 static enum MHD_Result send_metrics(srv *s, srv_req *r)
 {
-    double loaded_unix;
-    dcn_model *m = model_get(s, &loaded_unix);
-    const dcn_info *in = dcn_model_info(m);
+    mv **all;
+    size_t n_serving = models_serving_list(s->models, &all);
+    /* the single-model gauges show the first version served */
+    const dcn_info *in = n_serving ? dcn_model_info(all[0]->m) : NULL;
     met_loop_stat *ls = calloc(s->n_loops, sizeof *ls);
     met_set *sum = malloc(sizeof *sum);
     if (!ls || !sum) {
         free(ls);
         free(sum);
-        dcn_release(m);
+        for (size_t i = 0; i < n_serving; i++) mv_release(all[i]);
+        free(all);
         return send_error(r, RK_ENOMEM, NULL);
     }
-    pthread_mutex_lock(&s->met_mu);
-    *sum = s->met;
-    pthread_mutex_unlock(&s->met_mu);
-    uint64_t inflight = 0, now_ns = uv_hrtime();
-    for (size_t i = 0; i < s->n_loops; i++) {
-        srv_loop *L = &s->loops[i];
-        pthread_mutex_lock(&L->met_mu);
-        met_add(sum, &L->met);
-        for (int h = 0; h < MET_N_HANDLERS; h++)
-            for (int k = 0; k < MET_N_STATUS; k++) ls[i].requests += L->met.requests[h][k];
-        pthread_mutex_unlock(&L->met_mu);
-        uint64_t idle_ns = uv_metrics_idle_time(&L->loop), up_ns = now_ns - L->start_ns;
-        ls[i].busy_s = up_ns > idle_ns ? (double)(up_ns - idle_ns) * 1e-9 : 0;
-        struct timespec cpu;
-        if (L->cpu_clock_ok && clock_gettime(L->cpu_clock, &cpu) == 0)
-            ls[i].cpu_s = (double)cpu.tv_sec + (double)cpu.tv_nsec * 1e-9;
-        ls[i].connections = atomic_load_explicit(&L->n_conns, memory_order_relaxed);
-        inflight += atomic_load_explicit(&L->rank_live, memory_order_relaxed);
-    }
+    sum_metrics(s, sum, ls);
+    uint64_t inflight = 0;
+    for (size_t i = 0; i < s->n_loops; i++) inflight += atomic_load_explicit(&s->loops[i].rank_live, memory_order_relaxed);
     met_gauges g = {
         .inflight_requests = inflight,
         .queue_rows = batch_queued_rows(s->q),
         .workers = pool_workers(s->pool),
-        .ready = phase_of(s) == PH_RUNNING,
-        .model_name = in->name,
-        .model_version = in->version,
-        .model_crc32 = in->crc32,
-        .model_loaded_unix_s = loaded_unix,
+        .ready = phase_of(s) == PH_RUNNING && n_serving > 0,
+        .model_name = in ? all[0]->name : "",
+        .model_version = in ? all[0]->label : "",
+        .model_crc32 = in ? in->crc32 : 0,
+        .model_loaded_unix_s = in ? all[0]->loaded_unix : 0,
         .start_unix_s = s->start_unix,
         .n_loops = s->n_loops,
         .loops = ls,
@@ -849,122 +1269,122 @@ static enum MHD_Result send_metrics(srv *s, srv_req *r)
     g.states_built_on_request = st.built_on_request;
     rk_buf b = {0};
     met_render(sum, &g, &b);
+    for (size_t i = 0; i < n_serving; i++) mv_release(all[i]);
+    free(all);
+    models_metrics(s->models, &b); /* after the releases: in_flight counts requests only */
     free(ls);
     free(sum);
-    dcn_release(m);
     return send_buf(r, 200, &b, "text/plain; version=0.0.4; charset=utf-8", NULL);
+}
+
+/* ------------------------------------------------------------ status page */
+
+/* Sums every loop's request metrics into sum (the shared batch metrics
+ * first) and fills ls (n_loops entries, may be NULL) with each loop's own
+ * figures; any thread. */
+static void sum_metrics(srv *s, met_set *sum, met_loop_stat *ls)
+{
+    pthread_mutex_lock(&s->met_mu);
+    *sum = s->met;
+    pthread_mutex_unlock(&s->met_mu);
+    uint64_t now_ns = uv_hrtime();
+    for (size_t i = 0; i < s->n_loops; i++) {
+        srv_loop *L = &s->loops[i];
+        met_loop_stat st = {0};
+        pthread_mutex_lock(&L->met_mu);
+        met_add(sum, &L->met);
+        for (int h = 0; h < MET_N_HANDLERS; h++)
+            for (int k = 0; k < MET_N_STATUS; k++) st.requests += L->met.requests[h][k];
+        pthread_mutex_unlock(&L->met_mu);
+        uint64_t idle_ns = uv_metrics_idle_time(&L->loop), up_ns = now_ns - L->start_ns;
+        st.busy_s = up_ns > idle_ns ? (double)(up_ns - idle_ns) * 1e-9 : 0;
+        struct timespec cpu;
+        if (L->cpu_clock_ok && clock_gettime(L->cpu_clock, &cpu) == 0)
+            st.cpu_s = (double)cpu.tv_sec + (double)cpu.tv_nsec * 1e-9;
+        st.connections = atomic_load_explicit(&L->n_conns, memory_order_relaxed);
+        if (ls) ls[i] = st;
+    }
+}
+
+/* Loop 0's timer: one sample of the cumulative figures for the page. */
+static void on_status_timer(uv_timer_t *t)
+{
+    srv *s = t->data;
+    met_set *sum = malloc(sizeof *sum);
+    met_loop_stat *ls = calloc(s->n_loops, sizeof *ls);
+    status_sample sm = {.t = unix_now(), .n_loops = s->n_loops, .workers = s->workers};
+    if (!sum || !ls || models_status(s->models, &sm) < 0) {
+        free(sum);
+        free(ls);
+        return; /* out of memory: the next tick tries again */
+    }
+    sum_metrics(s, sum, ls);
+    sm.candidates = sum->candidates_scored;
+    sm.shed = sum->rejections[-RK_EBUSY];
+    sm.rank_ok = sum->requests[MET_H_RANK][met_status_index(200)];
+    sm.request_seconds = sum->request_seconds;
+    sm.queue_seconds = sum->phase_seconds[MET_P_QUEUE];
+    sm.worker_busy_s = sum->inference_seconds.sum;
+    for (size_t i = 0; i < s->n_loops; i++) sm.loop_busy_s += ls[i].busy_s;
+    status_push(s->status, &sm);
+    free(sum);
+    free(ls);
+}
+
+static enum MHD_Result send_status(srv *s, srv_req *r)
+{
+    static const char *const phases[] = {"running", "draining", "closing", "stopped"};
+    int ph = phase_of(s);
+    status_info in = {.kernels = dcn_kernels_name(), .start_unix = s->start_unix,
+                      .ready = ph == PH_RUNNING && models_serving(s->models) > 0, .phase = phases[ph & 3]};
+    rk_buf b = {0};
+    status_render(s->status, &in, &b);
+    static const char *const hdrs[] = {"Cache-Control", "no-store", "Content-Security-Policy",
+                                       "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'", NULL};
+    return send_buf(r, 200, &b, "text/html; charset=utf-8", hdrs);
 }
 
 /* ------------------------------------------------------------ reload */
 
-/* Opens, validates and exercises a model file off the loop thread. */
-static int load_model(const srv_config *c, dcn_model **out, char *err, size_t errlen)
-{
-    dcn_open_opts o = {.verify_checksum = c->verify, .warmup = c->warmup, .int8 = c->int8,
-                       .bf16 = c->bf16};
-    int rc = dcn_open(c->model_path, &o, out, err, errlen);
-    if (rc < 0) return rc;
-    /* one row with every feature missing: proves the engine runs this model */
-    const dcn_info *in = dcn_model_info(*out);
-    dcn_scratch *sc = dcn_scratch_new(*out, 1);
-    float *dense = malloc((in->n_dense + 1) * sizeof(float));
-    uint32_t *off = calloc(2, sizeof(uint32_t));
-    const uint32_t **offp = calloc(in->n_sparse + 1, sizeof *offp);
-    const int64_t **idp = calloc(in->n_sparse + 1, sizeof *idp);
-    static const int64_t none[1] = {0};
-    float score = NAN;
-    rc = DCN_ENOMEM;
-    if (sc && dense && off && offp && idp) {
-        for (size_t j = 0; j < in->n_dense; j++) dense[j] = NAN;
-        for (size_t f = 0; f < in->n_sparse; f++) { offp[f] = off; idp[f] = none; }
-        dcn_batch b = {.n_rows = 1, .n_segments = 1, .dense = dense, .seg_dense = dense, .offsets = offp, .ids = idp};
-        rc = dcn_score(*out, sc, &b, &score, NULL);
-        if (rc == 0 && !isfinite(score)) {
-            rc = DCN_EFORMAT;
-            snprintf(err, errlen, "the model scores a row of missing features as %g", (double)score);
-        } else if (rc < 0) {
-            snprintf(err, errlen, "test score failed: %s", dcn_strerror(rc));
-        }
-    } else {
-        snprintf(err, errlen, "out of memory");
-    }
-    dcn_scratch_free(sc);
-    free(dense);
-    free(off);
-    free(offp);
-    free(idp);
-    if (rc < 0) {
-        dcn_release(*out);
-        *out = NULL;
-    } else {
-        if (c->int8 && !in->int8_smoothed)
-            log_msg(LOG_INFO, "INT8 without calibration factors: each row is its own calibration; "
-                              "tools/calibrate.py measures factors that cut the INT8 error by a third to a half",
-                    NULL);
-        if (in->huge_bytes && !strcmp(dcn_huge_pages(), "never"))
-            log_msg(LOG_WARN, "transparent huge pages are off on this host: the model's large dense layers "
-                              "stream from 4 KiB pages, slower (10-20% on batches of one on a 64 MB model); "
-                              "set /sys/kernel/mm/transparent_hugepage/enabled to madvise",
-                    "\"huge_pages\":\"never\",\"huge_page_bytes\":%zu", in->huge_bytes);
-    }
-    return rc;
-}
-
-/* Loads the new model and prepares one worker state per worker for it;
- * on the libuv threadpool. On failure nothing is left: no model, no state. */
+/* Brings the served models in line with the file or the repository
+ * (models_sync: loads, warms, prepares worker states, unloads); on the
+ * libuv threadpool. */
 static void reload_work(uv_work_t *w)
 {
     srv *s = w->data;
-    s->reload_new = NULL;
     s->reload_err[0] = 0;
-    s->reload_rc = load_model(s->cfg, &s->reload_new, s->reload_err, sizeof s->reload_err);
-    if (s->reload_rc < 0) return;
-    if (score_prepare(&s->sctx, s->reload_new, s->workers) < 0) {
-        snprintf(s->reload_err, sizeof s->reload_err, "out of memory for the workers' states");
-        s->reload_rc = DCN_ENOMEM;
-        dcn_release(s->reload_new);
-        s->reload_new = NULL;
-    }
+    s->reload_rc = models_sync(s->models, &s->reload_change, s->reload_err, sizeof s->reload_err);
 }
 
-/* Swaps the new model in (or logs the failure) on the loop that started
- * the reload, and resumes the request that asked for it. */
+/* Logs the outcome on the loop that started the reload, and resumes the
+ * request that asked for it. */
 static void reload_after(uv_work_t *w, int status)
 {
     srv *s = w->data;
     srv_loop *L = s->reload_loop;
     char esc[300];
     int ok = status == 0 && s->reload_rc == 0;
-    dcn_model *old = NULL;
-    pthread_mutex_lock(&s->model_mu);
-    if (ok) {
-        old = s->model;
-        s->model = s->reload_new;
-        s->model_loaded_unix = unix_now();
-    }
-    pthread_mutex_unlock(&s->model_mu);
+    const models_change *ch = &s->reload_change;
     pthread_mutex_lock(&s->met_mu);
-    if (ok) s->met.reloads_ok++;
-    else s->met.reloads_failed++;
-    pthread_mutex_unlock(&s->met_mu);
-    if (ok) {
-        dcn_release(old); /* queued requests keep their own reference */
-        const dcn_info *in = dcn_model_info(s->reload_new);
-        char n1[160], n2[160];
-        log_msg(LOG_INFO, "model reloaded", "\"model\":\"%s\",\"version\":\"%s\"",
-                log_esc(in->name, n1, sizeof n1), log_esc(in->version, n2, sizeof n2));
+    if (ok && !ch->failed) {
+        if (!s->reload_quiet || ch->loaded || ch->unloaded) s->met.reloads_ok++;
     } else {
-        dcn_release(s->reload_new);
-        log_msg(LOG_ERROR, "model reload failed, the old model keeps serving", "\"error\":\"%s\"",
-                log_esc(s->reload_err, esc, sizeof esc));
+        s->met.reloads_failed++;
     }
-    s->reload_new = NULL;
+    pthread_mutex_unlock(&s->met_mu);
+    if (!ok)
+        log_msg(LOG_ERROR, s->cfg->model_repository[0] ? "model repository unreadable, what was served keeps serving"
+                                                       : "model reload failed, the old model keeps serving",
+                "\"error\":\"%s\"", log_esc(s->reload_err, esc, sizeof esc));
+    else if (!s->reload_quiet || ch->loaded || ch->unloaded || ch->failed)
+        log_msg(LOG_INFO, "models synced", "\"loaded\":%u,\"failed\":%u,\"unloading\":%u,\"serving\":%zu", ch->loaded,
+                ch->failed, ch->unloaded, models_serving(s->models));
     srv_req *r = s->reload_waiter;
     s->reload_waiter = NULL;
     s->reload_loop = NULL;
-    pthread_mutex_lock(&s->model_mu);
+    pthread_mutex_lock(&s->reload_mu);
     s->reloading = 0; /* last: another loop may start the next reload from here */
-    pthread_mutex_unlock(&s->model_mu);
+    pthread_mutex_unlock(&s->reload_mu);
     if (r && L->d) { /* no daemon: stopped at the drain deadline, the request abandoned */
         if (!ok) {
             r->err = RK_ERELOAD;
@@ -977,44 +1397,73 @@ static void reload_after(uv_work_t *w, int status)
 }
 
 /* Starts a background reload from loop L (its result comes back there);
- * returns 0, RK_ECONFLICT or RK_EUNAVAIL. */
-static int reload_start(srv_loop *L, srv_req *waiter)
+ * quiet: a poll, logged only if it changes something. Returns 0,
+ * RK_ECONFLICT or RK_EUNAVAIL. */
+static int reload_start(srv_loop *L, srv_req *waiter, int quiet)
 {
     srv *s = L->s;
     int rc = 0;
-    pthread_mutex_lock(&s->model_mu);
+    pthread_mutex_lock(&s->reload_mu);
     if (s->reloading) rc = RK_ECONFLICT;
     else if (phase_of(s) != PH_RUNNING) rc = RK_EUNAVAIL;
     else s->reloading = 1;
-    pthread_mutex_unlock(&s->model_mu);
+    pthread_mutex_unlock(&s->reload_mu);
     if (rc < 0) return rc;
     s->reload_req.data = s;
     s->reload_loop = L;
     s->reload_waiter = waiter;
+    s->reload_quiet = quiet;
     if (uv_queue_work(&L->loop, &s->reload_req, reload_work, reload_after) != 0) {
         s->reload_loop = NULL;
         s->reload_waiter = NULL;
-        pthread_mutex_lock(&s->model_mu);
+        pthread_mutex_lock(&s->reload_mu);
         s->reloading = 0;
-        pthread_mutex_unlock(&s->model_mu);
+        pthread_mutex_unlock(&s->reload_mu);
         return RK_EINTERNAL;
     }
-    log_msg(LOG_INFO, "model reload started", NULL);
+    if (!quiet) log_msg(LOG_INFO, "model reload started", NULL);
     return 0;
 }
 
+static void on_poll(uv_timer_t *t)
+{
+    srv *s = t->data;
+    (void)reload_start(&s->loops[0], NULL, 1); /* one in flight already: the next tick */
+}
+
+/* The answer to POST /admin/reload: what the sync changed, and every
+ * version served. */
 static enum MHD_Result send_reloaded(srv *s, srv_req *r)
 {
     if (r->err) return send_error(r, r->err, r->msg);
-    dcn_model *m = model_get(s, NULL);
-    const dcn_info *in = dcn_model_info(m);
+    const models_change *ch = &s->reload_change;
+    mv **all;
+    size_t n = models_serving_list(s->models, &all);
     rk_buf b = {0};
-    rk_buf_puts(&b, "{\"status\":\"reloaded\",\"model\":{\"name\":");
-    rk_buf_json_str(&b, in->name, strlen(in->name));
-    rk_buf_puts(&b, ",\"version\":");
-    rk_buf_json_str(&b, in->version, strlen(in->version));
-    rk_buf_puts(&b, "}}");
-    dcn_release(m);
+    rk_buf_puts(&b, "{\"status\":\"reloaded\"");
+    if (n) {
+        rk_buf_puts(&b, ",\"model\":{\"name\":");
+        rk_buf_json_str(&b, all[0]->name, strlen(all[0]->name));
+        rk_buf_puts(&b, ",\"version\":");
+        rk_buf_json_str(&b, all[0]->label, strlen(all[0]->label));
+        rk_buf_puts(&b, "}");
+    }
+    rk_buf_printf(&b, ",\"loaded\":%u,\"failed\":%u,\"unloading\":%u", ch->loaded, ch->failed, ch->unloaded);
+    if (ch->failed) {
+        rk_buf_puts(&b, ",\"first_error\":");
+        rk_buf_json_str(&b, ch->first_error, strlen(ch->first_error));
+    }
+    rk_buf_puts(&b, ",\"serving\":[");
+    for (size_t i = 0; i < n; i++) {
+        rk_buf_puts(&b, i ? ",{\"model\":" : "{\"model\":");
+        rk_buf_json_str(&b, all[i]->name, strlen(all[i]->name));
+        rk_buf_puts(&b, ",\"version\":");
+        rk_buf_json_str(&b, all[i]->label, strlen(all[i]->label));
+        rk_buf_puts(&b, "}");
+        mv_release(all[i]);
+    }
+    free(all);
+    rk_buf_puts(&b, "]}");
     return send_buf(r, 200, &b, "application/json", NULL);
 }
 
@@ -1036,7 +1485,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->method = method;
         r->t_arrive = batch_now_ns();
         snprintf(r->path, sizeof r->path, "%s", url);
-        r->rt = route_of(url, method, &r->mh);
+        r->rt = route_of(r, url, method, &r->mh);
         r->next = L->live;
         if (L->live) L->live->prev = r;
         L->live = r;
@@ -1051,6 +1500,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         switch (r->rt) {
         case R_RANK: err = check_rank_headers(r); break;
         case R_RELOAD:
+        case R_CANARY:
+        case R_SHADOW:
             if (!admin_allowed(s, conn)) {
                 err = RK_EFORBIDDEN;
                 snprintf(r->msg, sizeof r->msg, "admin endpoints need a loopback client or the admin token");
@@ -1064,7 +1515,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_size) {
-        if (r->rt == R_RANK && r->st == ST_READING) append_body(r, upload_data, *upload_size);
+        if ((r->rt == R_RANK || r->rt == R_CANARY || r->rt == R_SHADOW) && r->st == ST_READING)
+            append_body(r, upload_data, *upload_size);
         *upload_size = 0;
         if (r->too_big && r->st == ST_READING) return refuse_upload(r);
         return MHD_YES;
@@ -1081,13 +1533,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     case R_LIVE:
         return send_text(r, 200, "application/json", "{\"status\":\"live\"}");
     case R_READY:
-        if (phase_of(s) == PH_RUNNING) return send_text(r, 200, "application/json", "{\"status\":\"ready\"}");
-        return send_text(r, 503, "application/json", "{\"status\":\"draining\"}");
+        if (phase_of(s) != PH_RUNNING) return send_text(r, 503, "application/json", "{\"status\":\"draining\"}");
+        if (!models_serving(s->models))
+            return send_text(r, 503, "application/json", "{\"status\":\"no_model\"}");
+        return send_text(r, 200, "application/json", "{\"status\":\"ready\"}");
     case R_MODEL: return send_model(s, r);
+    case R_MODELS:
+    case R_MODEL_ONE: return send_models(s, r);
+    case R_V2_MODEL:
+    case R_V2_READY: return send_v2_model(s, r);
+    case R_CANARY:
+    case R_SHADOW:
+        if (r->too_big) return send_error(r, RK_ETOOBIG, NULL);
+        return send_canary(s, r);
     case R_METRICS: return send_metrics(s, r);
+    case R_STATUS: return send_status(s, r);
     case R_RELOAD:
         if (r->st == ST_READING) {
-            int rc = reload_start(L, r);
+            int rc = reload_start(L, r, 0);
             if (rc < 0) return send_error(r, rc, rc == RK_ECONFLICT ? "a reload is already running" : NULL);
             r->st = ST_QUEUED;
             MHD_suspend_connection(conn);
@@ -1114,11 +1577,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     }
     if (L->s->cfg->access_log) {
-        char p[160];
-        log_msg(LOG_INFO, "request", "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"us\":%llu,\"candidates\":%zu,\"loop\":%u%s",
+        char p[200], mname[160], mver[100], mfield[300] = "";
+        if (r->v)
+            snprintf(mfield, sizeof mfield, ",\"model\":\"%s\",\"version\":\"%s\"",
+                     log_esc(r->v->name, mname, sizeof mname), log_esc(r->v->label, mver, sizeof mver));
+        log_msg(LOG_INFO, "request", "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"us\":%llu,\"candidates\":%zu%s,\"loop\":%u%s",
                 r->method, log_esc(r->path, p, sizeof p), r->status,
-                (unsigned long long)((batch_now_ns() - r->t_arrive) / 1000), r->rq ? r->rq->n_cands : 0, L->id,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
+                (unsigned long long)((batch_now_ns() - r->t_arrive) / 1000), r->rq ? r->rq->n_cands : 0, mfield,
+                L->id, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
     }
     if (!r->status) {
         pthread_mutex_lock(&L->met_mu);
@@ -1286,6 +1752,8 @@ static void process_inbox(srv_loop *L)
             /* stopped (drain deadline): its connection is gone; the request
              * stays with the abandoned server. Nothing comes back after the
              * workers are joined, so this is only a guard. */
+        } else if (r->is_shadow) {
+            shadow_step(L, r);
         } else if (r->st == ST_DECODING) {
             r->st = ST_DECODED; /* queue its rows from the handler */
             MHD_resume_connection(r->conn);
@@ -1410,6 +1878,8 @@ static void control_check(srv *s)
     pool_stop(s->pool);
     uv_close((uv_handle_t *)&s->accept_timer, on_close_noop);
     uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
+    uv_close((uv_handle_t *)&s->poll_timer, on_close_noop);
+    uv_close((uv_handle_t *)&s->status_timer, on_close_noop);
     uv_close((uv_handle_t *)&s->sig_term, on_close_noop);
     uv_close((uv_handle_t *)&s->sig_int, on_close_noop);
     uv_close((uv_handle_t *)&s->sig_hup, on_close_noop);
@@ -1461,13 +1931,14 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     srv *s = h->data;
     if (signum == SIGHUP) {
-        int rc = reload_start(&s->loops[0], NULL);
+        int rc = reload_start(&s->loops[0], NULL, 0);
         if (rc < 0) log_msg(LOG_WARN, "SIGHUP reload not started", "\"error\":\"%s\"", rk_strerror(rc));
         return;
     }
     int ph = phase_of(s);
     if (ph == PH_RUNNING) {
         atomic_store_explicit(&s->ph, PH_DRAINING, memory_order_release);
+        uv_timer_stop(&s->poll_timer);
         log_msg(LOG_INFO, "draining: not ready, still serving", "\"signal\":%d,\"delay_ms\":%llu", signum,
                 (unsigned long long)s->cfg->drain_delay_ms);
         if (s->cfg->drain_delay_ms) uv_timer_start(&s->drain_timer, on_drain_delay, s->cfg->drain_delay_ms, 0);
@@ -1716,15 +2187,9 @@ int srv_run(const srv_config *cfg)
     s->start_unix = unix_now();
     busy_status = (int)cfg->busy_status;
     met_init(&s->met);
-    pthread_mutex_init(&s->model_mu, NULL);
+    pthread_mutex_init(&s->reload_mu, NULL);
     pthread_mutex_init(&s->met_mu, NULL);
     signal(SIGPIPE, SIG_IGN);
-
-    if (load_model(cfg, &s->model, err, sizeof err) < 0) {
-        log_msg(LOG_ERROR, "cannot load the model", "\"error\":\"%s\"", log_esc(err, esc, sizeof esc));
-        goto fail;
-    }
-    s->model_loaded_unix = unix_now();
 
     size_t workers = cfg->workers ? cfg->workers : pool_default_workers();
     s->workers = workers;
@@ -1733,10 +2198,12 @@ int srv_run(const srv_config *cfg)
     if (s->decode_offload_bytes == CFG_AUTO)
         s->decode_offload_bytes = workers > 2 * s->n_loops ? 0 : OFFLOAD_FEW_CORES_BYTES;
     s->lim = (rk_limits){.max_candidates = cfg->max_candidates, .strict = !cfg->lenient};
+    s->shadow_lim = (rk_limits){.max_candidates = cfg->max_candidates, .strict = 0};
     s->sctx.max_batch_rows = cfg->max_batch_rows;
     size_t sbt = cfg->small_batch_threads ? cfg->small_batch_threads : workers;
     s->sctx.team_helpers = sbt > 1 ? sbt - 1 : 0;
     batch_opts bo = {.max_batch_rows = cfg->max_batch_rows, .max_queue_rows = cfg->max_queue_rows,
+                     .max_low_rows = cfg->max_batch_rows * workers,
                      .max_delay_us = cfg->max_queue_delay_us, .split_min_rows = cfg->split_min_rows,
                      .workers = workers};
     if (!(s->loops = calloc(s->n_loops, sizeof *s->loops)) || !(s->q = batch_new(&bo))) goto fail;
@@ -1745,11 +2212,21 @@ int srv_run(const srv_config *cfg)
             n_init++; /* loop_free undoes its part too */
             goto fail;
         }
-    /* every worker's state for the first model, before any request can come */
-    if (score_stash_init(&s->sctx) < 0 || score_prepare(&s->sctx, s->model, workers) < 0) {
-        log_msg(LOG_ERROR, "out of memory for the workers' states", "\"workers\":%zu", workers);
+    /* every model and every worker's state for it, before any request can come */
+    if (score_stash_init(&s->sctx) < 0 || !(s->models = models_new(cfg, &s->sctx, workers)) ||
+        !(s->status = status_new())) {
+        log_msg(LOG_ERROR, "out of memory", NULL);
         goto fail;
     }
+    models_change ch;
+    if (models_sync(s->models, &ch, err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, cfg->model_repository[0] ? "cannot read the model repository" : "cannot load the model",
+                "\"error\":\"%s\"", log_esc(err, esc, sizeof esc));
+        goto fail;
+    }
+    if (cfg->model_repository[0] && !models_serving(s->models))
+        log_msg(LOG_WARN, "no model version serving yet: not ready until one loads",
+                "\"repository\":\"%s\",\"failed\":%u", log_esc(cfg->model_repository, esc, sizeof esc), ch.failed);
     if (!(s->pool = pool_new(s->q, workers, score_batch, score_after, score_state_free, &s->sctx, pool_notify, s))) {
         log_msg(LOG_ERROR, "cannot start the worker threads", NULL);
         goto fail;
@@ -1761,11 +2238,16 @@ int srv_run(const srv_config *cfg)
     uv_poll_init(&L0->loop, &s->listen_poll, s->listen_fd);
     uv_timer_init(&L0->loop, &s->accept_timer);
     uv_timer_init(&L0->loop, &s->drain_timer);
+    uv_timer_init(&L0->loop, &s->poll_timer);
+    uv_timer_init(&L0->loop, &s->status_timer);
     uv_signal_init(&L0->loop, &s->sig_term);
     uv_signal_init(&L0->loop, &s->sig_int);
     uv_signal_init(&L0->loop, &s->sig_hup);
     s->control_ok = s->listening = 1;
-    s->listen_poll.data = s->accept_timer.data = s->drain_timer.data = s;
+    s->listen_poll.data = s->accept_timer.data = s->drain_timer.data = s->poll_timer.data = s->status_timer.data = s;
+    uv_timer_start(&s->status_timer, on_status_timer, cfg->status_sample_s * 1000, cfg->status_sample_s * 1000);
+    if (cfg->model_repository[0] && cfg->poll_s)
+        uv_timer_start(&s->poll_timer, on_poll, cfg->poll_s * 1000, cfg->poll_s * 1000);
     s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
     uv_poll_start(&s->listen_poll, UV_READABLE, on_listen);
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
@@ -1778,13 +2260,16 @@ int srv_run(const srv_config *cfg)
     if (getsockname(s->listen_fd, (struct sockaddr *)&bound, &blen) == 0)
         port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                  : ((struct sockaddr_in *)&bound)->sin_port);
-    const dcn_info *in = dcn_model_info(s->model);
+    mv **all;
+    size_t n_serving = models_serving_list(s->models, &all);
     char n1[160], n2[160];
     log_msg(LOG_INFO, "listening",
-            "\"host\":\"%s\",\"port\":%u,\"workers\":%zu,\"loops\":%zu,\"decode_offload_bytes\":%llu,\"kernels\":\"%s\",\"huge_pages\":\"%s\",\"model\":\"%s\",\"version\":\"%s\",\"max_batch_rows\":%llu",
+            "\"host\":\"%s\",\"port\":%u,\"workers\":%zu,\"loops\":%zu,\"decode_offload_bytes\":%llu,\"kernels\":\"%s\",\"huge_pages\":\"%s\",\"model\":\"%s\",\"version\":\"%s\",\"versions_serving\":%zu,\"max_batch_rows\":%llu",
             cfg->host, port, workers, s->n_loops, (unsigned long long)s->decode_offload_bytes, dcn_kernels_name(),
-            dcn_huge_pages(), log_esc(in->name, n1, sizeof n1), log_esc(in->version, n2, sizeof n2),
-            (unsigned long long)cfg->max_batch_rows);
+            dcn_huge_pages(), n_serving ? log_esc(all[0]->name, n1, sizeof n1) : "",
+            n_serving ? log_esc(all[0]->label, n2, sizeof n2) : "", n_serving, (unsigned long long)cfg->max_batch_rows);
+    for (size_t i = 0; i < n_serving; i++) mv_release(all[i]);
+    free(all);
 
     atomic_store(&s->loops_running, s->n_loops);
     uint64_t t0 = uv_hrtime();
@@ -1825,10 +2310,11 @@ int srv_run(const srv_config *cfg)
         pthread_mutex_destroy(&s->loops[i].in_mu);
     }
     pool_free(s->pool);
+    models_free(s->models);
+    status_free(s->status);
     score_stash_destroy(&s->sctx); /* after the workers are joined (and the last reload ran) */
     batch_destroy(s->q);
-    dcn_release(s->model);
-    pthread_mutex_destroy(&s->model_mu);
+    pthread_mutex_destroy(&s->reload_mu);
     pthread_mutex_destroy(&s->met_mu);
     free(s->loops);
     free(s);
@@ -1836,11 +2322,15 @@ int srv_run(const srv_config *cfg)
 
 fail:
     pool_free(s->pool); /* joins the workers: nothing wakes a loop after this */
+    models_free(s->models);
+    status_free(s->status);
     score_stash_destroy(&s->sctx);
     if (s->control_ok) {
         uv_close((uv_handle_t *)&s->listen_poll, on_close_noop);
         uv_close((uv_handle_t *)&s->accept_timer, on_close_noop);
         uv_close((uv_handle_t *)&s->drain_timer, on_close_noop);
+        uv_close((uv_handle_t *)&s->poll_timer, on_close_noop);
+        uv_close((uv_handle_t *)&s->status_timer, on_close_noop);
         uv_close((uv_handle_t *)&s->sig_term, on_close_noop);
         uv_close((uv_handle_t *)&s->sig_int, on_close_noop);
         uv_close((uv_handle_t *)&s->sig_hup, on_close_noop);
@@ -1848,8 +2338,7 @@ fail:
     if (s->listen_fd >= 0) close(s->listen_fd);
     for (size_t i = 0; i < n_init; i++) loop_free(&s->loops[i]);
     batch_destroy(s->q);
-    dcn_release(s->model);
-    pthread_mutex_destroy(&s->model_mu);
+    pthread_mutex_destroy(&s->reload_mu);
     pthread_mutex_destroy(&s->met_mu);
     free(s->loops);
     free(s);

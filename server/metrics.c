@@ -52,7 +52,7 @@ void met_init(met_set *m)
 }
 
 /* Index of a status in `statuses`; the last slot collects the rest. */
-static size_t status_index(int status)
+size_t met_status_index(int status)
 {
     for (size_t i = 0; i < MET_N_STATUS - 1; i++)
         if (statuses[i] == status) return i;
@@ -62,7 +62,7 @@ static size_t status_index(int status)
 void met_count_request(met_set *m, met_handler h, int status)
 {
     if ((unsigned)h >= MET_N_HANDLERS) h = MET_H_OTHER;
-    m->requests[h][status_index(status)]++;
+    m->requests[h][met_status_index(status)]++;
 }
 
 void met_count_rejection(met_set *m, int err)
@@ -97,7 +97,7 @@ void met_add(met_set *dst, const met_set *src)
 }
 
 /* Writes one histogram's series; labels is "" or `key="value"`. */
-static void put_hist(rk_buf *b, const char *name, const char *labels, const met_hist *h)
+void met_put_hist(rk_buf *b, const char *name, const char *labels, const met_hist *h)
 {
     uint64_t cum = 0;
     const char *sep = *labels ? "," : "";
@@ -171,22 +171,22 @@ void met_render(const met_set *m, const met_gauges *g, rk_buf *b)
 
     put_head(b, "dcnserve_request_duration_seconds", "histogram",
              "Ranking requests, from the first byte handled to the answer queued.");
-    put_hist(b, "dcnserve_request_duration_seconds", "", &m->request_seconds);
+    met_put_hist(b, "dcnserve_request_duration_seconds", "", &m->request_seconds);
     put_head(b, "dcnserve_request_phase_seconds", "histogram",
              "Ranking requests' time by phase: parse, queue wait, inference, encode.");
     for (int p = 0; p < MET_N_PHASES; p++) {
         char lab[32];
         snprintf(lab, sizeof lab, "phase=\"%s\"", phase_names[p]);
-        put_hist(b, "dcnserve_request_phase_seconds", lab, &m->phase_seconds[p]);
+        met_put_hist(b, "dcnserve_request_phase_seconds", lab, &m->phase_seconds[p]);
     }
     put_head(b, "dcnserve_queue_wait_seconds", "histogram", "Time a request waited for its first batch.");
-    put_hist(b, "dcnserve_queue_wait_seconds", "", &m->phase_seconds[MET_P_QUEUE]);
+    met_put_hist(b, "dcnserve_queue_wait_seconds", "", &m->phase_seconds[MET_P_QUEUE]);
     put_head(b, "dcnserve_inference_seconds", "histogram", "Engine time per batch.");
-    put_hist(b, "dcnserve_inference_seconds", "", &m->inference_seconds);
+    met_put_hist(b, "dcnserve_inference_seconds", "", &m->inference_seconds);
     put_head(b, "dcnserve_batch_rows", "histogram", "Rows per batch.");
-    put_hist(b, "dcnserve_batch_rows", "", &m->batch_rows);
+    met_put_hist(b, "dcnserve_batch_rows", "", &m->batch_rows);
     put_head(b, "dcnserve_request_candidates", "histogram", "Candidates per ranking request.");
-    put_hist(b, "dcnserve_request_candidates", "", &m->request_candidates);
+    met_put_hist(b, "dcnserve_request_candidates", "", &m->request_candidates);
 
     put_head(b, "dcnserve_inflight_requests", "gauge", "Ranking requests accepted and not yet answered.");
     rk_buf_printf(b, "dcnserve_inflight_requests %llu\n", (unsigned long long)g->inflight_requests);

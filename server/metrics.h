@@ -32,6 +32,9 @@ typedef struct met_hist {
 void met_hist_init_seconds(met_hist *h);
 void met_hist_init_rows(met_hist *h);
 void met_hist_observe(met_hist *h, double v);
+/* Appends h as a Prometheus histogram `name` with labels ("" or
+ * `a="x",b="y"`): cumulative buckets, sum and count. */
+void met_put_hist(rk_buf *b, const char *name, const char *labels, const met_hist *h);
 
 /* Handlers (label "handler") and phases (label "phase") of the histograms. */
 typedef enum { MET_H_RANK, MET_H_HEALTH, MET_H_MODEL, MET_H_METRICS, MET_H_ADMIN, MET_H_OTHER, MET_N_HANDLERS } met_handler;
@@ -77,6 +80,8 @@ typedef struct met_gauges {
 } met_gauges;
 
 void met_init(met_set *m);
+/* The index of an HTTP status in met_set.requests' second dimension. */
+size_t met_status_index(int status);
 /* Counts one answered HTTP request with its status. */
 void met_count_request(met_set *m, met_handler h, int status);
 /* Counts a rejection of a /rank request by its error code. */

@@ -145,6 +145,12 @@ void pool_free(pool *p)
 
 size_t pool_workers(const pool *p) { return p->n; }
 
+size_t pool_idle_workers(pool *p)
+{
+    size_t busy = atomic_load_explicit(&p->busy, memory_order_relaxed);
+    return busy < p->n ? p->n - busy : 0;
+}
+
 size_t pool_spare_workers(void)
 {
     pool *p = my_pool;

@@ -67,6 +67,9 @@ void pool_free(pool *p);
 
 size_t pool_workers(const pool *p);
 
+/* Workers with no batch or task in hand now (a snapshot); any thread. */
+size_t pool_idle_workers(pool *p);
+
 /* On a worker thread: its share of the workers of its pool that have no
  * batch in hand now, the idle ones divided among the busy ones (a
  * snapshot; they may take a batch the next moment). 0 on other threads. */

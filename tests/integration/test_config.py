@@ -17,6 +17,7 @@ option's name.
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,7 +63,8 @@ class EnvServer(Server):
         self.env.update(env or {})
 
     def argv(self):
-        self.env.update(DCNSERVE_MODEL=self.model, DCNSERVE_HOST=dcnproc.HOST, DCNSERVE_PORT=str(self.port))
+        # model None: a repository from DCNSERVE_MODEL_REPOSITORY, the file's variable set empty
+        self.env.update(DCNSERVE_MODEL=self.model or "", DCNSERVE_HOST=dcnproc.HOST, DCNSERVE_PORT=str(self.port))
         return [self.binary] + self.args
 
     def config(self):
@@ -80,6 +82,7 @@ ONE = {"candidates": [{"id": 1, "features": {"I1": 1}}]}
 # Values for options whose default plus one (or a flipped boolean) would not
 # do: values from a fixed set, strings, and times a test should not wait for.
 VALUES = {
+    "model-repository": "(set to the test's repository)",
     "busy-status": "429",
     "log-level": "debug",
     "admin-token": "s3cret",
@@ -186,6 +189,9 @@ class EnvConfigTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = make_model(os.path.join(cls.tmp.name, "tiny.dcn"), name="tiny", version="3")
+        cls.repo = os.path.join(cls.tmp.name, "repo")
+        os.makedirs(os.path.join(cls.repo, "ranker", "4"))
+        shutil.copyfile(cls.model, os.path.join(cls.repo, "ranker", "4", "tiny.dcn"))
         cls.options = help_options()
 
     @classmethod
@@ -236,7 +242,10 @@ class EnvConfigTest(unittest.TestCase):
             with self.subTest(option=flag, variable=var, value=value):
                 # every other run drains at once (a flag); this one cannot
                 args = () if flag == "drain-delay-ms" else ("--drain-delay-ms", "0")
-                srv = EnvServer(self.model, *args, env={var: value}).start()
+                repo = flag == "model-repository"
+                if repo:
+                    value = self.repo
+                srv = EnvServer(None if repo else self.model, *args, env={var: value}).start()
                 try:
                     cfg = srv.config()
                     got = cfg["options"]
@@ -251,8 +260,11 @@ class EnvConfigTest(unittest.TestCase):
                     self.assertNotEqual(got[flag], default)
                     self.assertIn(flag, cfg["from_env"])
                     for other, v in got.items():
-                        if other not in (flag, "port"):
+                        if other not in (flag, "port") and not (repo and other == "model"):
                             self.assertEqual(v, base[other], f"{var}={value} changed --{other}")
+                    if repo:  # the repository's model serves, under its directory's name
+                        out = srv.request_json("POST", "/rank", dict(ONE, model="ranker"))[2]
+                        self.assertEqual(out["model"], {"name": "ranker", "version": "4"}, out)
                     if flag in EFFECTS:
                         EFFECTS[flag](self, srv, value)
                 finally:

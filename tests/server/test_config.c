@@ -111,6 +111,7 @@ static const char *other_value(const char *flag, json_t *def, char *buf, size_t 
     if (!strcmp(flag, "log-level")) return "debug";
     if (!strcmp(flag, "host")) return "::1";
     if (!strcmp(flag, "model")) return "other.dcn";
+    if (!strcmp(flag, "model-repository")) return "repo";
     if (!strcmp(flag, "admin-token")) return "s3cret";
     if (json_is_string(def) && !strcmp(json_string_value(def), "auto")) return "4096"; /* a count or "auto" */
     if (json_is_boolean(def)) return json_is_true(def) ? "0" : "1";
@@ -138,8 +139,9 @@ Test(config, every_variable_sets_its_option)
         clear_env();
         cfg_env_name(flag, name, sizeof name);
         setenv(name, v, 1);
-        /* the model comes from the flag, except when it is the option tested */
-        int model_from_env = !strcmp(flag, "model");
+        /* the model comes from the flag, except when it or the repository
+         * (one choice with it) is the option tested */
+        int model_from_env = !strcmp(flag, "model") || !strcmp(flag, "model-repository");
         cr_assert_eq(parse(&c, model_from_env ? 1 : 3, argv_model), 0, "%s=%s refused", name, v);
         json_t *got = as_json(&c), *opts = json_object_get(got, "options");
         const char *key;
@@ -251,4 +253,37 @@ Test(config, unknown_variables_are_named_with_the_closest_option)
     char *none[] = {"DCNSERVE_MODEL=m", "DCNSERVE_LOG_LEVEL=info", "HOME=/", NULL};
     cr_assert_eq(warnings(none, log, sizeof log), 0);
     cr_assert_str_eq(log, "");
+}
+
+/* --model and --model-repository are one choice: a flag beats a variable,
+ * two of the same source are refused, and neither is refused. */
+Test(config, model_or_repository)
+{
+    srv_config c;
+    const char *file_flag[] = {"dcnserve", "--model", "m.dcn"};
+    const char *repo_flag[] = {"dcnserve", "--model-repository", "repo"};
+    const char *both_flags[] = {"dcnserve", "--model", "m.dcn", "--model-repository", "repo"};
+    const char *none[] = {"dcnserve"};
+    clear_env();
+    setenv("DCNSERVE_MODEL", "image.dcn", 1); /* as a container image sets it */
+    cr_assert_eq(parse(&c, 3, repo_flag), 0);
+    cr_assert_str_eq(c.model_repository, "repo");
+    cr_assert_str_eq(c.model_path, "");
+    clear_env();
+    setenv("DCNSERVE_MODEL_REPOSITORY", "repo", 1);
+    cr_assert_eq(parse(&c, 3, file_flag), 0);
+    cr_assert_str_eq(c.model_path, "m.dcn");
+    cr_assert_str_eq(c.model_repository, "");
+    setenv("DCNSERVE_MODEL", "image.dcn", 1); /* both variables */
+    cr_assert_eq(parse(&c, 1, none), -1);
+    setenv("DCNSERVE_MODEL", "", 1);          /* the image's emptied */
+    cr_assert_eq(parse(&c, 1, none), 0);
+    cr_assert_str_eq(c.model_repository, "repo");
+    clear_env();
+    cr_assert_eq(parse(&c, 5, both_flags), -1);
+    cr_assert_eq(parse(&c, 1, none), -1);
+    const char *bad_keep[] = {"dcnserve", "--model-repository", "repo", "--keep-versions", "0"};
+    cr_assert_eq(parse(&c, 5, bad_keep), -1);
+    const char *bad_sample[] = {"dcnserve", "--model", "m.dcn", "--status-sample-s", "0"};
+    cr_assert_eq(parse(&c, 5, bad_sample), -1);
 }
