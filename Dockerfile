@@ -7,13 +7,18 @@
 #   docker run --rm -p 8080:8080 --read-only dcnserve
 #   docker run --rm -p 8080:8080 --read-only -v "$PWD/models:/models:ro" \
 #       -e DCNSERVE_MODEL=/models/my-model.dcn dcnserve
+#   docker run --rm -p 8080:8080 --read-only -v "$PWD/repo:/models/repo:ro" \
+#       dcnserve --model-repository /models/repo   (repo/<name>/<version>/<file>.dcn)
 #
 # Every server option is a DCNSERVE_* variable (dcnserve --help). Portable:
 # no -march=native; the engine picks its AVX-512/AVX2/scalar kernels at run
 # time. The model lives in /models; mount your own directory there (read-only
-# is enough) and point DCNSERVE_MODEL at the file. Deploy a new model into a
-# mounted directory by writing a temporary file and renaming it, then
-# SIGHUP or POST /admin/reload (a mapped file must never be truncated).
+# is enough) and point DCNSERVE_MODEL at the file, or mount a model
+# repository and pass --model-repository (a flag beats the image's
+# DCNSERVE_MODEL; with variables, set DCNSERVE_MODEL empty). Deploy a new
+# model into a mounted directory by writing it elsewhere and renaming it into
+# place (a repository picks new versions up by itself; a single file on
+# SIGHUP or POST /admin/reload). A mapped file must never be truncated.
 
 # ---------------------------------------------------------------- build
 FROM debian:bookworm AS build

@@ -14,7 +14,11 @@
 #   run 2, model override: a host directory mounted read-only at /models/alt
 #          and DCNSERVE_MODEL pointing into it; the smoke check must see
 #          that model's name and rank with its feature names.
-#   run 3, deploy/compose/docker-compose.yml with podman-compose (installed
+#   run 3, model repository: a host directory <name>/<version>/<file>.dcn
+#          mounted read-only at /models/repo, DCNSERVE_MODEL_REPOSITORY
+#          pointing at it and the image's DCNSERVE_MODEL emptied; the smoke
+#          check must see the model under its directory's name.
+#   run 4, deploy/compose/docker-compose.yml with podman-compose (installed
 #          from Debian if missing): three replicas, nginx and Prometheus
 #          built and started; deploy/smoke.py through the balancer (PORT+1),
 #          /metrics not exposed there, and Prometheus (PORT+2) sees all three
@@ -120,6 +124,10 @@ alt_file=$(basename "$ALT_MODEL")
 alt_name=$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); import dcnfile; print(dcnfile.load_dcn(sys.argv[2]).metadata["general.name"])' \
            "$ROOT/tools" "$ALT_MODEL" 2>/dev/null || echo "${alt_file%.dcn}")
 HARDEN="--read-only --read-only-tmpfs=false --cap-drop=ALL --security-opt=no-new-privileges"
+repo_dir=$(mktemp -d /tmp/docker-check-repo.XXXXXX)
+trap 'rm -rf "$repo_dir"' EXIT
+mkdir -p "$repo_dir/ranker/3" && cp "$ALT_MODEL" "$repo_dir/ranker/3/model.dcn"
+chmod -R a+rX "$repo_dir"
 summary=()
 rc=0
 T0=$(date +%s)
@@ -144,6 +152,11 @@ if [ $rc = 0 ]; then
     CHECK_CMD="bash '$HERE/docker-check.sh' inner-alt '$alt_name'"
 else
   summary+=("model-override: SKIPPED (the default run failed)")
+fi
+if [ $rc = 0 ]; then
+  step repository BUILD=0 \
+    RUN_ARGS="$HARDEN -e DCNSERVE_PORT=$PORT -e DCNSERVE_DRAIN_DELAY_MS=500 -v $repo_dir:/models/repo:ro -e DCNSERVE_MODEL= -e DCNSERVE_MODEL_REPOSITORY=/models/repo" \
+    CHECK_CMD="bash '$HERE/docker-check.sh' inner-alt ranker"
 fi
 if [ "${COMPOSE:-1}" = 1 ] && [ $rc = 0 ]; then
   step compose BUILD=0 RUN_ARGS="-e DCNSERVE_PORT=$PORT -e DCNSERVE_DRAIN_DELAY_MS=500" READY_TIMEOUT=30 \

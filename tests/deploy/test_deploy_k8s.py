@@ -104,9 +104,12 @@ class K8sManifests(DeployTestCase):
     def test_model_comes_from_a_read_only_volume(self):
         mounts = {m["name"]: m for m in self.c["volumeMounts"]}
         vols = {v["name"]: v for v in self.pod["volumes"]}
-        model = self.env["DCNSERVE_MODEL"]["value"]
-        m = [m for m in mounts.values() if model.startswith(m["mountPath"].rstrip("/") + "/")]
-        self.assertEqual(len(m), 1, "DCNSERVE_MODEL must lie on one mounted volume")
+        # a repository: the file's variable empties the image's default
+        self.assertEqual(self.env["DCNSERVE_MODEL"]["value"], "")
+        repo = self.env["DCNSERVE_MODEL_REPOSITORY"]["value"].rstrip("/") + "/"
+        self.assertGreater(int(self.env["DCNSERVE_POLL_S"]["value"]), 0)
+        m = [m for m in mounts.values() if repo.startswith(m["mountPath"].rstrip("/") + "/")]
+        self.assertEqual(len(m), 1, "DCNSERVE_MODEL_REPOSITORY must lie on one mounted volume")
         self.assertTrue(m[0]["readOnly"])
         self.assertNotIn("subPath", m[0], "a subPath mount would hide a renamed model file")
         vol = vols[m[0]["name"]]
