@@ -1499,7 +1499,9 @@ static const char *pk_member(int k, const char *p, const char *end, rk_route *r)
     return after;
 }
 
-int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t errlen)
+/* rk_peek_route, or with head (not NULL) rk_peek_route_head: stops at the
+ * top-level "candidates" key, setting *head. */
+static int peek_route(const char *body, size_t len, rk_route *out, int *head, char *err, size_t errlen)
 {
     static const struct { const char *name; size_t len; } keys[] = {
         {"model", 5}, {"version", 7}, {"routing_key", 11},
@@ -1507,6 +1509,7 @@ int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t
     const char *p = body, *end = body + len;
     unsigned seen = 0;
     memset(out, 0, sizeof *out);
+    if (head) *head = 0;
     if (err && errlen) err[0] = 0;
 
     p = pk_ws(p, end);
@@ -1521,6 +1524,10 @@ int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t
         p = pk_ws(q + 1, end);
         if (p >= end || *p != ':') goto dom;
         p = pk_ws(p + 1, end);
+        if (head && klen == 10 && !memcmp(key, "candidates", 10)) {
+            *head = 1; /* the rest is the caller's to check (rk.h) */
+            return 0;
+        }
         int k = 0;
         while (k < 3 && (keys[k].len != klen || memcmp(keys[k].name, key, klen))) k++;
         if (k < 3) {
@@ -1545,5 +1552,16 @@ dom:;
     if (root && json_is_object(root)) rc = route_from_dom(root, out, err, errlen);
     else memset(out, 0, sizeof *out);
     json_decref(root);
+    if (head) *head = 0; /* jansson read the whole body */
     return rc;
+}
+
+int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t errlen)
+{
+    return peek_route(body, len, out, NULL, err, errlen);
+}
+
+int rk_peek_route_head(const char *body, size_t len, rk_route *out, int *head, char *err, size_t errlen)
+{
+    return peek_route(body, len, out, head, err, errlen);
 }

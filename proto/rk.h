@@ -191,6 +191,13 @@ typedef struct rk_route {
  * pay for one more parse, as failing bodies do in rk_decode. */
 #define RK_ROUTE_UNREADABLE 2
 int rk_peek_route(const char *body, size_t len, rk_route *out, char *err, size_t errlen);
+/* rk_peek_route, but stopping at the top-level "candidates" member (the
+ * bulk of a body; clients usually send the routing fields before it): then
+ * *head is 1, *out holds the routing members read before it, and the
+ * caller must compare them with the decoded request's (a member after
+ * "candidates" shows there only) and route again if they differ. Else
+ * (*head 0) exactly rk_peek_route. */
+int rk_peek_route_head(const char *body, size_t len, rk_route *out, int *head, char *err, size_t errlen);
 
 /* Orders n scores by descending score, ties by input order (stable), and
  * writes the first min(n, top_k) indices into order (n entries of room);

@@ -615,43 +615,59 @@ static void req_ready(srv_loop *L, srv_req *r)
     MHD_resume_connection(r->conn);
 }
 
-/* Picks the version that scores r (r->v): the model and version of the
- * path, else of the body ("model", "version", sticky on "routing_key"),
- * else the defaults. With a single version served the body is not read
- * here: check_route compares what the decoder read. */
-static int route_request(srv_req *r, const char *body)
+/* Picks the version that scores r (r->v; and r->shadow_v) from the path's
+ * model and version and the routing fields rt (NULL: none read), checking
+ * that the two agree. */
+static int route_with(srv_req *r, const rk_route *rt)
 {
     srv *s = r->s;
     const char *name = r->route_model[0] ? r->route_model : NULL, *key = NULL;
     uint64_t version = r->route_version;
-    rk_route rt;
-    int unreadable = 0;
-    if (!models_single(s->models)) {
-        int rc = rk_peek_route(body, r->body_len, &rt, r->msg, sizeof r->msg);
-        if (rc < 0) return rc;
-        if (rc == RK_ROUTE_UNREADABLE) {
-            unreadable = 1;
-        } else {
-            if (rt.has_model) {
-                if (name && strcmp(name, rt.model)) {
-                    snprintf(r->msg, sizeof r->msg, "model: \"%.64s\" in the body, \"%.64s\" in the path", rt.model, name);
-                    return RK_ESCHEMA;
-                }
-                name = rt.model;
-            }
-            if (rt.version) {
-                if (version && version != rt.version) {
-                    snprintf(r->msg, sizeof r->msg, "version: %llu in the body, %llu in the path",
-                             (unsigned long long)rt.version, (unsigned long long)version);
-                    return RK_ESCHEMA;
-                }
-                version = rt.version;
-            }
-            if (rt.has_routing_key) key = rt.routing_key;
+    if (rt && rt->has_model) {
+        if (name && strcmp(name, rt->model)) {
+            snprintf(r->msg, sizeof r->msg, "model: \"%.64s\" in the body, \"%.64s\" in the path", rt->model, name);
+            return RK_ESCHEMA;
         }
+        name = rt->model;
     }
-    int rc = models_route(s->models, name, version, key, &r->v, &r->shadow_v, r->msg, sizeof r->msg);
-    if (rc < 0 && unreadable && !name && !version) {
+    if (rt && rt->version) {
+        if (version && version != rt->version) {
+            snprintf(r->msg, sizeof r->msg, "version: %llu in the body, %llu in the path",
+                     (unsigned long long)rt->version, (unsigned long long)version);
+            return RK_ESCHEMA;
+        }
+        version = rt->version;
+    }
+    if (rt && rt->has_routing_key) key = rt->routing_key;
+    return models_route(s->models, name, version, key, &r->v, &r->shadow_v, r->msg, sizeof r->msg);
+}
+
+/* Picks the version that scores r before its body is decoded: from the
+ * path, and from the body's routing fields when several versions serve
+ * (rk_peek_route_head: the members before "candidates"; *head says it
+ * stopped there, *rt holds what it read). With a single version served
+ * the body is not read here: check_route compares what the decoder read. */
+static int route_request(srv_req *r, const char *body, rk_route *rt, int *head, int *peeked)
+{
+    srv *s = r->s;
+    *head = *peeked = 0;
+    memset(rt, 0, sizeof *rt);
+    if (models_single(s->models)) return route_with(r, NULL);
+    *peeked = 1;
+    int rc = rk_peek_route_head(body, r->body_len, rt, head, r->msg, sizeof r->msg);
+    if (rc < 0) return rc;
+    if (rc != RK_ROUTE_UNREADABLE) {
+        rc = route_with(r, rt);
+        if (rc == 0 || !*head) return rc;
+        /* not enough before "candidates" (no model named while several
+         * serve, say): read the whole top level for them */
+        *head = 0;
+        rc = rk_peek_route(body, r->body_len, rt, r->msg, sizeof r->msg);
+        if (rc < 0) return rc;
+        if (rc != RK_ROUTE_UNREADABLE) return route_with(r, rt);
+    }
+    rc = route_with(r, NULL);
+    if (rc < 0 && !r->route_model[0] && !r->route_version) {
         /* a body that is not JSON (or not an object) is refused for that
          * by the decoder, against any model served */
         mv **all;
@@ -683,16 +699,52 @@ static int check_route(srv_req *r)
     return 0;
 }
 
+/* The decoded request's routing fields, as rk_peek_route reads them. */
+static void fields_of(const rk_request *rq, rk_route *rt)
+{
+    memset(rt, 0, sizeof *rt);
+    rt->has_model = rq->has_model;
+    if (rq->has_model) memcpy(rt->model, rq->model, sizeof rt->model);
+    rt->version = rq->version;
+    rt->has_routing_key = rq->has_routing_key;
+    if (rq->has_routing_key) memcpy(rt->routing_key, rq->routing_key, sizeof rt->routing_key);
+}
+
+static int same_fields(const rk_route *a, const rk_route *b)
+{
+    return a->has_model == b->has_model && (!a->has_model || !strcmp(a->model, b->model)) &&
+           a->version == b->version && a->has_routing_key == b->has_routing_key &&
+           (!a->has_routing_key || !strcmp(a->routing_key, b->routing_key));
+}
+
 /* Routes and decodes r's body, on a worker thread (batch_task callback)
- * or on the loop; writes only r's decode fields. */
+ * or on the loop; writes only r's decode fields. A shadow has its version
+ * already. When the pre-scan stopped at "candidates" and the decoder found
+ * routing fields after it, the request is routed again on all of them and,
+ * if that picks another version, decoded again against it (rare: clients
+ * send the routing fields first). */
 static void decode_body(srv_req *r)
 {
     const char *body = r->body ? r->body : "";
-    r->dec_rc = r->is_shadow ? 0 : route_request(r, body); /* a shadow has its version */
-    if (r->dec_rc == 0)
-        r->dec_rc = rk_decode(r->v->m, body, r->body_len, r->is_shadow ? &r->s->shadow_lim : &r->s->lim, &r->rq,
-                              r->msg, sizeof r->msg);
-    if (r->dec_rc == 0 && !r->is_shadow) r->dec_rc = check_route(r);
+    const rk_limits *lim = r->is_shadow ? &r->s->shadow_lim : &r->s->lim;
+    rk_route rt, got;
+    int head = 0, peeked = 1;
+    r->dec_rc = r->is_shadow ? 0 : route_request(r, body, &rt, &head, &peeked);
+    if (r->dec_rc == 0) r->dec_rc = rk_decode(r->v->m, body, r->body_len, lim, &r->rq, r->msg, sizeof r->msg);
+    if (r->dec_rc == 0 && head && (fields_of(r->rq, &got), !same_fields(&rt, &got))) {
+        mv *was = r->v;
+        mv_release(r->shadow_v);
+        r->v = r->shadow_v = NULL;
+        r->dec_rc = route_with(r, &got);
+        if (r->dec_rc == 0 && r->v != was) {
+            rk_request_free(r->rq);
+            r->rq = NULL;
+            r->dec_rc = rk_decode(r->v->m, body, r->body_len, lim, &r->rq, r->msg, sizeof r->msg);
+        }
+        mv_release(was);
+    } else if (r->dec_rc == 0 && !peeked) {
+        r->dec_rc = check_route(r);
+    }
     r->t_parsed = batch_now_ns();
 }
 

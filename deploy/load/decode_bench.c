@@ -5,8 +5,10 @@
  * usage: decode-bench MODEL BODY.json [SECONDS]
  * Decodes BODY against MODEL repeatedly for about SECONDS (default 1) and
  * prints one line per phase: mean µs per request, MB/s of body, and
- * candidates/s on one core; then ranks and encodes the answer of that
- * request with made-up scores the same way. Exits 1 if the body does not
+ * candidates/s on one core; then the same for rk_peek_route (the routing
+ * pre-scan a server with several models or versions makes before the
+ * decode); then ranks and encodes the answer of that request with made-up
+ * scores the same way. Exits 1 if the body does not
  * decode.
  */
 #include <stdio.h>
@@ -81,6 +83,28 @@ int main(int argc, char **argv)
     size_t n = rq->n_cands;
     printf("decode  %5zu cands %8zu bytes: %9.1f us/request %8.1f MB/s %11.0f cands/s (1 core)\n", n, len, us,
            (double)len / us, (double)n / us * 1e6);
+
+    /* what a server with several models or versions reads first: the
+     * routing fields, up to "candidates" as the server does
+     * (rk_peek_route_head: "route"), and over the whole body
+     * (rk_peek_route: "route*", a body whose routing fields come last) */
+    for (int whole = 0; whole < 2; whole++) {
+        iters = 0;
+        t0 = now_s();
+        do {
+            rk_route rt;
+            int head, rc = whole ? rk_peek_route(body, len, &rt, err, sizeof err)
+                                 : rk_peek_route_head(body, len, &rt, &head, err, sizeof err);
+            if (rc != 0) {
+                fprintf(stderr, "decode-bench: rk_peek_route: %s\n", err[0] ? err : "unreadable");
+                return 1;
+            }
+            iters++;
+        } while ((t = now_s()) - t0 < secs);
+        us = (t - t0) / (double)iters * 1e6;
+        printf("%-7s %5zu cands %8zu bytes: %9.1f us/request %8.1f MB/s %11.0f cands/s (1 core)\n",
+               whole ? "route*" : "route", n, len, us, (double)len / us, (double)n / us * 1e6);
+    }
 
     float *scores = malloc((n + 1) * sizeof(float)), *logits = malloc((n + 1) * sizeof(float));
     uint32_t *order = malloc((n + 1) * sizeof(uint32_t));

@@ -357,7 +357,8 @@ def main():
             print(f"{n:>5} " + " ".join(f"{c:>30}" for c in cells))
     if decode_lines:
         print()
-        print("decode-bench (one core, no HTTP): the loop's decode and rank+encode per request")
+        print("decode-bench (one core, no HTTP): the loop's decode and rank+encode per request, and the routing "
+              "pre-scan (route) a server with several models or versions adds before the decode")
         for line in decode_lines:
             print("  " + line)
 

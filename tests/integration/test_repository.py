@@ -182,6 +182,14 @@ class RepositoryTest(unittest.TestCase):
             st, _, out = self.srv.rank(body(self.rows, model=name, version=str(v)))
             self.assertEqual(st, 200, out)
             self.check_scores(out, (name, v))
+            # routing fields after "candidates": the server's pre-scan stops
+            # there, the decoder finds them and the request is routed again
+            raw = json.dumps({"candidates": [{"id": i, "features": r} for i, r in enumerate(self.rows)],
+                              "model": name, "version": v})
+            st, _, out = self.srv.request("POST", "/rank", raw)
+            out = json.loads(out)
+            self.assertEqual((st, out["model"]), (200, {"name": name, "version": str(v)}), out)
+            self.check_scores(out, (name, v))
 
     def test_latest_version_is_the_default(self):
         for name, latest in (("alpha", 2), ("beta", 10)):
@@ -401,6 +409,11 @@ class RepositoryChangeTest(unittest.TestCase):
         self.assertLess(abs(share - 0.10), 0.03, share)
         again = {k: route(k) for k in keys[:300]}
         self.assertEqual(again, {k: first[k] for k in keys[:300]})  # sticky
+        # the key after "candidates" (routed again once decoded): the same version
+        for k in keys[:200]:
+            raw = json.dumps({"candidates": [], "model": "m", "routing_key": k})
+            st, _, out = srv.request("POST", "/rank", raw)
+            self.assertEqual((st, json.loads(out)["model"]["version"]), (200, first[k]), k)
         self.assertEqual(route(12345), route(12345))  # integer keys too
         # changed without a restart: 50%, keys already on the canary stay there
         st, _, out = srv.request_json("POST", "/admin/models/m/canary", {"version": "1", "percent": 50})

@@ -912,9 +912,39 @@ Test(request, peek_skips_large_candidate_arrays)
         cr_assert_eq(rk_decode(M, body, b.len, &lim, &rq, err, sizeof err), 0, "%s", err);
         cr_assert_eq(rq->n_cands, 20000);
         cr_assert(same_route(rq, &r));
+        /* the head scan stops at "candidates": what came before, and *head */
+        int head = -1;
+        rk_route h;
+        json_allocs = 0;
+        cr_assert_eq(rk_peek_route_head(body, b.len, &h, &head, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(json_allocs, 0);
+        cr_assert_eq(head, 1);
+        cr_assert_str_eq(h.model, pos == 0 ? "m1" : pos == 1 ? "m2" : "");
+        cr_assert_eq(h.version, pos == 0 ? 4u : 0u);
+        cr_assert_eq(h.has_routing_key, pos == 1);
+        cr_assert_eq(same_route(rq, &h), pos < 2, "position %d", pos);
         rk_request_free(rq);
         free(body);
         free(b.data);
+    }
+    /* no "candidates" key at the top level, or refused bodies: the whole
+     * top level, as rk_peek_route */
+    static const char *const whole[] = {
+        "{\"model\": \"m\", \"context\": {\"candidates\": 1}, \"version\": 3}",
+        "{\"model\": 5, \"candidates\": []}",
+        "{\"m\\u006fdel\": \"x\", \"candidates\": [], \"version\": 2}",
+        "[1]",
+    };
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++) {
+        rk_route a, h;
+        char e1[256], e2[256];
+        int head = -1;
+        int ra = rk_peek_route(whole[i], strlen(whole[i]), &a, e1, sizeof e1);
+        int rh = rk_peek_route_head(whole[i], strlen(whole[i]), &h, &head, e2, sizeof e2);
+        cr_assert_eq(ra, rh, "%s", whole[i]);
+        cr_assert_eq(head, 0, "%s", whole[i]);
+        cr_assert_eq(memcmp(&a, &h, sizeof a), 0, "%s", whole[i]);
+        cr_assert_str_eq(e1, e2);
     }
 }
 
