@@ -25,6 +25,7 @@ struct batch_queue {
     batch_opts o;
     jlist jobs[2];              /* [0]: normal, [1]: low priority */
     batch_task *task_head, *task_tail;
+    batch_task *low_task_head, *low_task_tail; /* run only when no normal job or task waits */
     size_t queued_rows;         /* normal jobs only */
     size_t low_rows;            /* low-priority jobs */
     int closed;
@@ -104,9 +105,10 @@ int batch_push_task(batch_queue *q, batch_task *t)
         rc = RK_EUNAVAIL;
     } else {
         t->next = NULL;
-        if (q->task_tail) q->task_tail->next = t;
-        else q->task_head = t;
-        q->task_tail = t;
+        batch_task **head = t->low ? &q->low_task_head : &q->task_head, **tail = t->low ? &q->low_task_tail : &q->task_tail;
+        if (*tail) (*tail)->next = t;
+        else *head = t;
+        *tail = t;
         pthread_cond_signal(&q->cond);
     }
     pthread_mutex_unlock(&q->mu);
@@ -182,17 +184,21 @@ batch_work *batch_take(batch_queue *q)
     batch_work *w = NULL;
     pthread_mutex_lock(&q->mu);
     for (;;) {
-        if (q->task_head) {
-            /* tasks first: they are short and unblock rows */
+        /* tasks first: they are short and unblock rows; low-priority ones
+         * only when no normal job waits either */
+        int low_task = !q->task_head && !q->jobs[0].head && q->low_task_head;
+        if (q->task_head || low_task) {
             if (!(w = calloc(1, sizeof *w))) {
                 pthread_mutex_unlock(&q->mu);
                 nanosleep(&(struct timespec){0, 1000000}, NULL);
                 pthread_mutex_lock(&q->mu);
                 continue;
             }
-            w->task = q->task_head;
-            q->task_head = w->task->next;
-            if (!q->task_head) q->task_tail = NULL;
+            batch_task **head = low_task ? &q->low_task_head : &q->task_head;
+            batch_task **tail = low_task ? &q->low_task_tail : &q->task_tail;
+            w->task = *head;
+            *head = w->task->next;
+            if (!*head) *tail = NULL;
             w->task->next = NULL;
             break;
         }

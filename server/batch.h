@@ -37,7 +37,9 @@
  *   server decodes large request bodies this way). A task is handed out
  *   before any row, in FIFO order, as a batch_work with `task` set and no
  *   segments; it is never dropped, not even by batch_close. Tasks are owned
- *   by the caller and bounded by it (one per connection at most).
+ *   by the caller and bounded by it (one per connection at most). A task
+ *   marked `low` (a shadow's decode) waits until no normal task or job
+ *   does.
  */
 #ifndef SRV_BATCH_H
 #define SRV_BATCH_H
@@ -65,6 +67,7 @@ typedef struct batch_job {
 /* A unit of non-scoring work, embedded in the caller's object. */
 typedef struct batch_task {
     void (*run)(struct batch_task *t); /* called on a worker thread */
+    int low;                           /* low priority: run only when no normal job or task waits */
     struct batch_task *next;           /* private, guarded by the queue mutex */
 } batch_task;
 

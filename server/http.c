@@ -169,6 +169,7 @@ typedef struct srv_req {
     char route_model[MODELS_NAME_MAX + 1]; /* from the path: "" none */
     uint64_t route_version;     /* from the path: 0 none */
     int allow_post;             /* the path's route takes POST (else GET, HEAD) */
+    models_change change;       /* POST /admin/reload: what its sync changed */
     uint64_t t_arrive, t_parsed, t_enq; /* monotonic ns */
     /* written by the threads that account its rows (route_done) */
     atomic_uint rows_left;
@@ -618,26 +619,32 @@ static void req_ready(srv_loop *L, srv_req *r)
 /* Picks the version that scores r (r->v; and r->shadow_v) from the path's
  * model and version and the routing fields rt (NULL: none read), checking
  * that the two agree. */
+/* RK_ESCHEMA with a message when the body's routing fields rt name
+ * another model or version than the path; else 0. */
+static int route_conflict(srv_req *r, const rk_route *rt)
+{
+    if (r->route_model[0] && rt->has_model && strcmp(r->route_model, rt->model)) {
+        snprintf(r->msg, sizeof r->msg, "model: \"%.64s\" in the body, \"%.64s\" in the path", rt->model,
+                 r->route_model);
+        return RK_ESCHEMA;
+    }
+    if (r->route_version && rt->version && r->route_version != rt->version) {
+        snprintf(r->msg, sizeof r->msg, "version: %llu in the body, %llu in the path",
+                 (unsigned long long)rt->version, (unsigned long long)r->route_version);
+        return RK_ESCHEMA;
+    }
+    return 0;
+}
+
 static int route_with(srv_req *r, const rk_route *rt)
 {
     srv *s = r->s;
     const char *name = r->route_model[0] ? r->route_model : NULL, *key = NULL;
     uint64_t version = r->route_version;
-    if (rt && rt->has_model) {
-        if (name && strcmp(name, rt->model)) {
-            snprintf(r->msg, sizeof r->msg, "model: \"%.64s\" in the body, \"%.64s\" in the path", rt->model, name);
-            return RK_ESCHEMA;
-        }
-        name = rt->model;
-    }
-    if (rt && rt->version) {
-        if (version && version != rt->version) {
-            snprintf(r->msg, sizeof r->msg, "version: %llu in the body, %llu in the path",
-                     (unsigned long long)rt->version, (unsigned long long)version);
-            return RK_ESCHEMA;
-        }
-        version = rt->version;
-    }
+    int rc;
+    if (rt && (rc = route_conflict(r, rt)) < 0) return rc;
+    if (rt && rt->has_model) name = rt->model;
+    if (rt && rt->version) version = rt->version;
     if (rt && rt->has_routing_key) key = rt->routing_key;
     return models_route(s->models, name, version, key, &r->v, &r->shadow_v, r->msg, sizeof r->msg);
 }
@@ -682,11 +689,26 @@ static int route_request(srv_req *r, const char *body, rk_route *rt, int *head, 
     return rc;
 }
 
+/* The decoded request's routing fields, as rk_peek_route reads them. */
+static void fields_of(const rk_request *rq, rk_route *rt)
+{
+    memset(rt, 0, sizeof *rt);
+    rt->has_model = rq->has_model;
+    if (rq->has_model) memcpy(rt->model, rq->model, sizeof rt->model);
+    rt->version = rq->version;
+    rt->has_routing_key = rq->has_routing_key;
+    if (rq->has_routing_key) memcpy(rt->routing_key, rq->routing_key, sizeof rt->routing_key);
+}
+
 /* After a decode without route_request reading the body: the model and
  * version it names must be the one served. */
 static int check_route(srv_req *r)
 {
     const rk_request *rq = r->rq;
+    rk_route rt;
+    fields_of(rq, &rt);
+    int rc = route_conflict(r, &rt); /* a 400, as with several versions served */
+    if (rc < 0) return rc;
     if (rq->has_model && strcmp(rq->model, r->v->name)) {
         snprintf(r->msg, sizeof r->msg, "no model \"%.64s\"; models: \"%.64s\"", rq->model, r->v->name);
         return RK_ENOTFOUND;
@@ -697,17 +719,6 @@ static int check_route(srv_req *r)
         return RK_ENOTFOUND;
     }
     return 0;
-}
-
-/* The decoded request's routing fields, as rk_peek_route reads them. */
-static void fields_of(const rk_request *rq, rk_route *rt)
-{
-    memset(rt, 0, sizeof *rt);
-    rt->has_model = rq->has_model;
-    if (rq->has_model) memcpy(rt->model, rq->model, sizeof rt->model);
-    rt->version = rq->version;
-    rt->has_routing_key = rq->has_routing_key;
-    if (rq->has_routing_key) memcpy(rt->routing_key, rq->routing_key, sizeof rt->routing_key);
 }
 
 static int same_fields(const rk_route *a, const rk_route *b)
@@ -886,12 +897,18 @@ static void ranks_of(const float *x, size_t n, ranked *tmp, double *rank)
 }
 
 /* Spearman's rho of a and b (n >= 2; NaN when either is constant), and
- * their mean absolute difference in *diff. */
+ * their mean absolute difference in *diff over the pairs both finite (NaN
+ * when none is). */
 static double compare_scores(const float *a, const float *b, size_t n, double *diff)
 {
     double d = 0;
-    for (size_t i = 0; i < n; i++) d += fabs((double)a[i] - (double)b[i]);
-    *diff = n ? d / (double)n : 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) continue;
+        d += fabs((double)a[i] - (double)b[i]);
+        k++;
+    }
+    *diff = k ? d / (double)k : NAN;
     if (n < 2) return NAN;
     ranked *tmp = malloc(n * sizeof *tmp);
     double *ra = malloc(n * sizeof *ra), *rb = malloc(n * sizeof *rb);
@@ -954,7 +971,7 @@ static void shadow_start(srv_loop *L, srv_req *r)
     if (L->live) L->live->prev = S;
     L->live = S;
     atomic_fetch_add_explicit(&L->n_live, 1, memory_order_relaxed);
-    S->task = (batch_task){.run = decode_task};
+    S->task = (batch_task){.run = decode_task, .low = 1};
     S->st = ST_DECODING;
     if (batch_push_task(s->q, &S->task) != 0) shadow_end(L, S, MODELS_SHADOW_SKIPPED, 0, NAN);
 }
@@ -1112,6 +1129,13 @@ static enum MHD_Result send_model(srv *s, srv_req *r)
     mv *v;
     int rc = models_route(s->models, r->route_model[0] ? r->route_model : NULL, r->route_version, NULL, &v, NULL, r->msg,
                           sizeof r->msg);
+    if (rc == RK_ESCHEMA && !r->route_model[0]) { /* several models: the list, and where to look */
+        char list[160];
+        const char *lp = strchr(r->msg, '(');
+        snprintf(list, sizeof list, "%.150s", lp ? lp : "(GET /v1/models lists them)");
+        snprintf(r->msg, sizeof r->msg, "this server serves several models %s: GET /v1/models/{name}/versions/{version} "
+                                        "describes one", list);
+    }
     if (rc < 0) return send_error(r, rc, r->msg);
     double loaded_unix = v->loaded_unix;
     const dcn_model *m = v->m;
@@ -1381,6 +1405,7 @@ static void on_status_timer(uv_timer_t *t)
     status_push(s->status, &sm);
     free(sum);
     free(ls);
+    models_reap(s->models); /* a version whose last release raced with its unloading */
 }
 
 static enum MHD_Result send_status(srv *s, srv_req *r)
@@ -1434,14 +1459,17 @@ static void reload_after(uv_work_t *w, int status)
     srv_req *r = s->reload_waiter;
     s->reload_waiter = NULL;
     s->reload_loop = NULL;
-    pthread_mutex_lock(&s->reload_mu);
-    s->reloading = 0; /* last: another loop may start the next reload from here */
-    pthread_mutex_unlock(&s->reload_mu);
-    if (r && L->d) { /* no daemon: stopped at the drain deadline, the request abandoned */
+    if (r) { /* copied before the next reload can start and overwrite them */
+        r->change = s->reload_change;
         if (!ok) {
             r->err = RK_ERELOAD;
             snprintf(r->msg, sizeof r->msg, "%s", s->reload_err[0] ? s->reload_err : "reload failed");
         }
+    }
+    pthread_mutex_lock(&s->reload_mu);
+    s->reloading = 0; /* last: another loop may start the next reload from here */
+    pthread_mutex_unlock(&s->reload_mu);
+    if (r && L->d) { /* no daemon: stopped at the drain deadline, the request abandoned */
         r->st = ST_READY;
         MHD_resume_connection(r->conn);
         run_mhd(L);
@@ -1488,7 +1516,7 @@ static void on_poll(uv_timer_t *t)
 static enum MHD_Result send_reloaded(srv *s, srv_req *r)
 {
     if (r->err) return send_error(r, r->err, r->msg);
-    const models_change *ch = &s->reload_change;
+    const models_change *ch = &r->change;
     mv **all;
     size_t n = models_serving_list(s->models, &all);
     rk_buf b = {0};

@@ -32,6 +32,7 @@ typedef struct row {
     char error[256];
     repo_entry file;            /* path owned (strdup), identity; path NULL for failed-without-file */
     mv *v;                      /* SERVING / UNLOADING: one reference; else NULL */
+    int retry;                  /* FAILED for want of memory: tried again even if unchanged */
 } row;
 
 /* Shadow scoring's results for one model, since its shadow was set. */
@@ -93,7 +94,15 @@ mv *mv_retain(mv *v)
     return v;
 }
 
-static void reap(srv_models *ms);
+/* Versions reap took out of the table, to release once its lock is let
+ * go (unmapping a large file must not hold every router). */
+typedef struct mv_list {
+    mv *v[16];
+    size_t n;
+} mv_list;
+
+static void reap(srv_models *ms, mv_list *drop);
+static void drop_all(mv_list *l);
 
 static void mv_free(mv *v)
 {
@@ -114,18 +123,23 @@ void mv_count(mv *v, size_t n, double seconds)
 void mv_release(mv *v)
 {
     if (!v) return;
-    unsigned before = atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel);
-    if (before == 2 && atomic_load_explicit(&v->unloading, memory_order_acquire)) {
-        /* the last request of an unloading version: only the table holds
-         * it, and reap may free it */
+    if (atomic_load_explicit(&v->unloading, memory_order_acquire)) {
+        /* an unloading version: the decrement under the table's lock, so
+         * that reap cannot free it in between; the last request's release
+         * (only the table's reference left) reaps it */
         srv_models *ms = v->ms;
+        mv_list drop = {.n = 0};
         pthread_mutex_lock(&ms->mu);
-        reap(ms);
+        unsigned before = atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel);
+        if (before == 2) reap(ms, &drop);
         pthread_mutex_unlock(&ms->mu);
+        drop_all(&drop);
+        if (before == 1) mv_free(v); /* not listed any more (cannot happen: kept for safety) */
         return;
     }
-    if (before != 1) return;
-    mv_free(v);
+    /* a release racing with the flag being set leaves the row to the next
+     * reap (models_reap, every status sample) */
+    if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1) mv_free(v);
 }
 
 /* The table's release, under mu: never reaps. */
@@ -240,11 +254,16 @@ static int load_file(const srv_config *c, const char *path, dcn_model **out, cha
 /* Loads path as version `number` of model `name` (NULL: the file's own
  * name) and prepares the workers' states for it. Returns a version with
  * one reference, or NULL with err set. */
-static mv *load_version(srv_models *ms, const char *path, const char *name, uint64_t number, char *err,
-                        size_t errlen)
+static mv *load_version(srv_models *ms, const char *path, const char *name, uint64_t number, int *transient,
+                        char *err, size_t errlen)
 {
     dcn_model *m = NULL;
-    if (load_file(ms->cfg, path, &m, err, errlen) < 0) return NULL;
+    *transient = 0;
+    int rc = load_file(ms->cfg, path, &m, err, errlen);
+    if (rc < 0) {
+        *transient = rc == DCN_ENOMEM;
+        return NULL;
+    }
     mv *v = calloc(1, sizeof *v);
     if (v && pthread_mutex_init(&v->hist_mu, NULL) != 0) {
         free(v);
@@ -252,6 +271,7 @@ static mv *load_version(srv_models *ms, const char *path, const char *name, uint
     }
     if (!v) {
         snprintf(err, errlen, "out of memory");
+        *transient = 1;
         dcn_release(m);
         return NULL;
     }
@@ -268,6 +288,7 @@ static mv *load_version(srv_models *ms, const char *path, const char *name, uint
     met_hist_init_seconds(&v->seconds);
     if (score_prepare(ms->sctx, m, ms->n_workers) < 0) {
         snprintf(err, errlen, "out of memory for the workers' states");
+        *transient = 1;
         mv_release(v);
         return NULL;
     }
@@ -342,18 +363,23 @@ static void remove_row(model *m, size_t k)
     m->n_rows--;
 }
 
-/* Under mu. Drops UNLOADING rows no request holds any more, then models
- * left without rows. */
-static void reap(srv_models *ms)
+/* Under mu. Drops UNLOADING rows no request holds any more (their
+ * versions go to drop, released by the caller after unlocking; as many as
+ * it has room for, the rest at the next reap), then models left without
+ * rows. */
+static void reap(srv_models *ms, mv_list *drop)
 {
     for (size_t i = 0; i < ms->n_models;) {
         model *m = &ms->models[i];
         for (size_t k = 0; k < m->n_rows;) {
             row *r = &m->rows[k];
-            if (r->state == ROW_UNLOADING && atomic_load_explicit(&r->v->refs, memory_order_acquire) == 1) {
+            if (r->state == ROW_UNLOADING && drop->n < sizeof drop->v / sizeof drop->v[0] &&
+                atomic_load_explicit(&r->v->refs, memory_order_acquire) == 1) {
                 char n1[160];
                 log_msg(LOG_INFO, "version unloaded", "\"model\":\"%s\",\"version\":%llu",
                         log_esc(m->name, n1, sizeof n1), (unsigned long long)r->number);
+                drop->v[drop->n++] = r->v;
+                r->v = NULL;
                 remove_row(m, k);
             } else {
                 k++;
@@ -369,6 +395,21 @@ static void reap(srv_models *ms)
         }
     }
     update_single(ms);
+}
+
+static void drop_all(mv_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) mv_drop(l->v[i]);
+    l->n = 0;
+}
+
+void models_reap(srv_models *ms)
+{
+    mv_list drop = {.n = 0};
+    pthread_mutex_lock(&ms->mu);
+    reap(ms, &drop);
+    pthread_mutex_unlock(&ms->mu);
+    drop_all(&drop);
 }
 
 static int copy_entry(repo_entry *dst, const repo_entry *src)
@@ -397,11 +438,13 @@ static int load_row(srv_models *ms, const char *name, const repo_entry *e, model
     free(r->file.path);
     r->file.path = NULL;
     r->state = ROW_LOADING;
+    r->retry = 0;
     r->error[0] = 0;
     if (copy_entry(&r->file, e) < 0) goto oom;
     pthread_mutex_unlock(&ms->mu);
 
-    mv *v = e->error[0] ? NULL : load_version(ms, e->path, name, e->version, err, sizeof err);
+    int transient = 0;
+    mv *v = e->error[0] ? NULL : load_version(ms, e->path, name, e->version, &transient, err, sizeof err);
     if (e->error[0]) snprintf(err, sizeof err, "%s", e->error);
 
     pthread_mutex_lock(&ms->mu);
@@ -427,18 +470,21 @@ static int load_row(srv_models *ms, const char *name, const repo_entry *e, model
         r->v = v;
     } else {
         r->state = ROW_FAILED;
+        r->retry = transient; /* out of memory: tried again at the next sync */
         snprintf(r->error, sizeof r->error, "%s", err);
     }
     update_single(ms);
     pthread_mutex_unlock(&ms->mu);
     if (old) {
+        if (ch) ch->unloaded++;
         score_forget(ms->sctx, old->m);
         mv_release(old); /* the last one: unloaded here */
     }
     if (v) {
         const dcn_info *in = dcn_model_info(v->m);
+        char n3[100];
         log_msg(LOG_INFO, "version serving", "\"model\":\"%s\",\"version\":\"%s\",\"file\":\"%s\",\"file_bytes\":%llu",
-                log_esc(v->name, n1, sizeof n1), v->label, log_esc(e->path, n2, sizeof n2),
+                log_esc(v->name, n1, sizeof n1), log_esc(v->label, n3, sizeof n3), log_esc(e->path, n2, sizeof n2),
                 (unsigned long long)in->file_bytes);
         if (ch) ch->loaded++;
         return 1;
@@ -477,7 +523,8 @@ static int sync_file(srv_models *ms, models_change *ch, char *err, size_t errlen
     /* the model's name comes from the file */
     repo_entry e = {.version = 1, .path = (char *)ms->cfg->model_path};
     char name[MODELS_NAME_MAX + 1];
-    mv *v = load_version(ms, e.path, NULL, 1, err, errlen);
+    int transient;
+    mv *v = load_version(ms, e.path, NULL, 1, &transient, err, errlen);
     if (!v) return RK_ERELOAD;
     snprintf(name, sizeof name, "%s", v->name);
     pthread_mutex_lock(&ms->mu);
@@ -515,8 +562,10 @@ static int sync_file(srv_models *ms, models_change *ch, char *err, size_t errlen
         snprintf(err, errlen, "out of memory");
         return RK_ENOMEM;
     }
-    reap(ms);
+    mv_list drop = {.n = 0};
+    reap(ms, &drop);
     pthread_mutex_unlock(&ms->mu);
+    drop_all(&drop);
     for (size_t i = 0; i < n_gone; i++) {
         score_forget(ms->sctx, gone[i]->m);
         mv_release(gone[i]);
@@ -525,9 +574,9 @@ static int sync_file(srv_models *ms, models_change *ch, char *err, size_t errlen
         ch->loaded++;
         ch->unloaded += (unsigned)n_gone;
     }
-    char n1[160];
+    char n1[160], n2[100];
     log_msg(LOG_INFO, "model loaded", "\"model\":\"%s\",\"version\":\"%s\"", log_esc(v->name, n1, sizeof n1),
-            v->label);
+            log_esc(v->label, n2, sizeof n2));
     return 0;
 }
 
@@ -673,7 +722,8 @@ static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen
                 long k = find_row(m, e->version, 1u << ROW_SERVING);
                 if (k >= 0 && repo_same_file(&m->rows[k].file, e)) serving = 1;
                 long f = find_row(m, e->version, 1u << ROW_FAILED);
-                if (f >= 0 && (e->error[0] ? !strcmp(m->rows[f].error, e->error) : repo_same_file(&m->rows[f].file, e)))
+                if (f >= 0 && !m->rows[f].retry &&
+                    (e->error[0] ? !strcmp(m->rows[f].error, e->error) : repo_same_file(&m->rows[f].file, e)))
                     failed_same = 1;
             }
             pthread_mutex_unlock(&ms->mu);
@@ -760,8 +810,10 @@ static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen
             if (m->n_rows == before) k++;
         }
     }
-    reap(ms);
+    mv_list drop = {.n = 0};
+    reap(ms, &drop);
     pthread_mutex_unlock(&ms->mu);
+    drop_all(&drop);
     for (size_t g = 0; g < n_gone; g++) {
         score_forget(ms->sctx, gone[g]->m);
         mv_release(gone[g]);
@@ -947,8 +999,8 @@ void models_shadow_result(srv_models *ms, const char *name, uint64_t version, mo
     if (m && m->shadow && m->shadow_version == version) { /* else: the shadow changed meanwhile */
         m->shadow->outcomes[o]++;
         if (o == MODELS_SHADOW_SCORED) {
-            met_hist_observe(&m->shadow->score_diff, score_diff);
-            if (!isnan(rank_corr)) met_hist_observe(&m->shadow->rank_corr, rank_corr);
+            if (isfinite(score_diff)) met_hist_observe(&m->shadow->score_diff, score_diff);
+            if (isfinite(rank_corr)) met_hist_observe(&m->shadow->rank_corr, rank_corr);
         }
     }
     pthread_mutex_unlock(&ms->mu);
@@ -1017,6 +1069,19 @@ size_t models_serving_list(srv_models *ms, mv ***out)
 }
 
 /* ------------------------------------------------------------ description */
+
+/* Under mu. 1 if row k of m is an unloading version with the label of
+ * another row (the same number from a new file, or a model file reloaded
+ * with the same version string): per-version series skip it, so that each
+ * (model, version) pair has one. */
+static int shadowed_label(const model *m, size_t k)
+{
+    const row *r = &m->rows[k];
+    if (r->state != ROW_UNLOADING || !r->v) return 0;
+    for (size_t j = 0; j < m->n_rows; j++)
+        if (j != k && m->rows[j].v && !strcmp(m->rows[j].v->label, r->v->label)) return 1;
+    return 0;
+}
 
 /* Under mu. */
 static void model_json(const model *m, rk_buf *b)
@@ -1089,8 +1154,9 @@ static void model_json(const model *m, rk_buf *b)
 int models_json(srv_models *ms, const char *name, rk_buf *b)
 {
     int rc = 0;
+    mv_list drop = {.n = 0};
     pthread_mutex_lock(&ms->mu);
-    reap(ms);
+    reap(ms, &drop);
     if (name) {
         model *m = find_model(ms, name);
         if (m) model_json(m, b);
@@ -1104,6 +1170,7 @@ int models_json(srv_models *ms, const char *name, rk_buf *b)
         rk_buf_puts(b, "]");
     }
     pthread_mutex_unlock(&ms->mu);
+    drop_all(&drop);
     return rc;
 }
 
@@ -1140,7 +1207,7 @@ void models_metrics(srv_models *ms, rk_buf *b)
                 const model *m = &ms->models[i];
                 for (size_t k = 0; k < m->n_rows; k++) {
                     mv *v = m->rows[k].v;
-                    if (!v) continue;
+                    if (!v || shadowed_label(m, k)) continue;
                     rk_buf lab = {0};
                     rk_buf_puts(&lab, "model=\"");
                     put_label(&lab, m->name);
@@ -1160,7 +1227,7 @@ void models_metrics(srv_models *ms, rk_buf *b)
             const model *m = &ms->models[i];
             for (size_t k = 0; k < m->n_rows; k++) {
                 const row *r = &m->rows[k];
-                if (part && !r->v) continue;
+                if (part && (!r->v || shadowed_label(m, k))) continue;
                 const char *metric[] = {"dcnserve_version_state", "dcnserve_version_requests_total",
                                         "dcnserve_version_candidates_total", "dcnserve_version_bytes",
                                         "dcnserve_version_in_flight"};
@@ -1240,7 +1307,7 @@ int models_status(srv_models *ms, status_sample *out)
         const model *m = &ms->models[i];
         for (size_t k = 0; k < m->n_rows; k++) {
             mv *v = m->rows[k].v;
-            if (!v) continue;
+            if (!v || shadowed_label(m, k)) continue;
             status_version *o = &out->v[out->n_v++];
             snprintf(o->model, sizeof o->model, "%s", m->name);
             snprintf(o->version, sizeof o->version, "%s", v->label);

@@ -141,6 +141,12 @@ typedef enum {
 void models_shadow_result(srv_models *ms, const char *name, uint64_t version, models_shadow_outcome o,
                           double score_diff, double rank_corr);
 
+/* Unloads the unloading versions no request holds any more (each is
+ * dropped by the release that leaves it unheld; this catches a release
+ * that raced with the version's unloading). Any thread, not under the
+ * table's lock; the server calls it with every status sample. */
+void models_reap(srv_models *ms);
+
 /* How many versions are serving (readiness: at least one). */
 size_t models_serving(srv_models *ms);
 

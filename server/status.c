@@ -111,7 +111,7 @@ typedef struct series {
 /* A value with an SI-ish unit: "12.3k", "4.56 ms", "87%". */
 static void fmt_value(char *out, size_t n, double v, const char *unit)
 {
-    if (isnan(v)) {
+    if (!isfinite(v)) {
         snprintf(out, n, "-");
     } else if (!strcmp(unit, "s")) {
         if (v >= 1) snprintf(out, n, "%.2f s", v);
@@ -144,7 +144,7 @@ static void chart(rk_buf *b, const char *title, const char *unit, const double *
         hi = 0;
         for (size_t k = 0; k < ns; k++)
             for (size_t i = 0; i < n; i++)
-                if (!isnan(sv[k].y[i]) && sv[k].y[i] > hi) hi = sv[k].y[i];
+                if (isfinite(sv[k].y[i]) && sv[k].y[i] > hi) hi = sv[k].y[i];
         if (hi <= 0) hi = 1;
         hi *= 1.1;
     }
@@ -172,7 +172,7 @@ static void chart(rk_buf *b, const char *title, const char *unit, const double *
         int open = 0;
         for (size_t i = 0; i < n; i++) {
             double y = sv[k].y[i];
-            if (isnan(y)) {
+            if (!isfinite(y)) {
                 if (open) rk_buf_puts(b, "\"/>");
                 open = 0;
                 continue;
@@ -188,7 +188,7 @@ static void chart(rk_buf *b, const char *title, const char *unit, const double *
         if (open) rk_buf_puts(b, "\"/>");
         /* a lone point is invisible as a line: mark the last one */
         for (size_t i = n; i-- > 0;) {
-            if (isnan(sv[k].y[i])) continue;
+            if (!isfinite(sv[k].y[i])) continue;
             double y = sv[k].y[i] < lo ? lo : sv[k].y[i] > hi ? hi : sv[k].y[i];
             rk_buf_printf(b, "<circle r=\"2.5\" fill=\"%s\" cx=\"%.1f\" cy=\"%.1f\"/>", colors[k % N_COLORS],
                           ML + pw * (t[i] - t0) / span, 2 + ph * (1 - (y - lo) / (hi - lo)));
@@ -199,7 +199,7 @@ static void chart(rk_buf *b, const char *title, const char *unit, const double *
     for (size_t k = 0; k < ns; k++) {
         double last = NAN;
         for (size_t i = n; i-- > 0;)
-            if (!isnan(sv[k].y[i])) {
+            if (isfinite(sv[k].y[i])) {
                 last = sv[k].y[i];
                 break;
             }
@@ -297,13 +297,13 @@ void status_render(status_ring *r, const status_info *in, rk_buf *b)
     for (size_t a = 0; last && a < last->n_v; a++) {
         const char *model = last->v[a].model;
         if (a && !strcmp(last->v[a - 1].model, model)) continue; /* grouped: one section per model */
-        size_t first = a, end = a;
+        size_t end = a;
         while (end < last->n_v && !strcmp(last->v[end].model, model)) end++;
         rk_buf_puts(b, "<h2>Model ");
         put_html(b, model);
         rk_buf_puts(b, "</h2><table><tr><th>version</th><th>state</th><th>requests</th><th>candidates/s now</th>"
                        "<th>p50 (window)</th><th>p99 (window)</th></tr>\n");
-        size_t nv = end - first > 7 ? 7 : end - first;
+        size_t nv = end - a > 7 ? 7 : end - a, first = end - nv; /* the newest seven */
         for (size_t k = 0; k < nv; k++) {
             const status_version *cv = &last->v[first + k];
             for (size_t i = 0; i < n; i++) {

@@ -308,3 +308,33 @@ Test(batch, low_priority_jobs_wait_for_the_normal_ones_and_have_their_own_bound)
     batch_destroy(q0);
     batch_destroy(q);
 }
+
+Test(batch, low_priority_tasks_wait_for_normal_tasks_and_jobs_and_survive_close)
+{
+    batch_opts o = opts(64, 1000, 1);
+    o.max_low_rows = 100;
+    batch_queue *q = batch_new(&o);
+    batch_job a = job(3, &K1), s = job(2, &K2);
+    s.low = 1;
+    batch_task lt = {.run = noop_task, .low = 1}, t = {.run = noop_task};
+    cr_assert_eq(batch_push_task(q, &lt), 0);
+    cr_assert_eq(batch_push(q, &a, 1), 0);
+    cr_assert_eq(batch_push(q, &s, 1), 0);
+    cr_assert_eq(batch_push_task(q, &t), 0);
+    batch_close(q);
+    batch_work *w = batch_take(q); /* the normal task, pushed last */
+    cr_assert_eq(w->task, &t);
+    batch_free(w);
+    w = batch_take(q); /* then the normal job */
+    cr_assert_null(w->task);
+    cr_assert_eq(w->segs[0].job, &a);
+    batch_free(w);
+    w = batch_take(q); /* then the low task, before the low job */
+    cr_assert_eq(w->task, &lt);
+    batch_free(w);
+    w = batch_take(q);
+    cr_assert_eq(w->segs[0].job, &s);
+    batch_free(w);
+    cr_assert_null(batch_take(q));
+    batch_destroy(q);
+}
