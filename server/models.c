@@ -412,6 +412,21 @@ void models_reap(srv_models *ms)
     drop_all(&drop);
 }
 
+/* The end of a sync step, under mu: reaps, unlocks, then forgets the
+ * workers' states of the versions gone (each referenced by the caller)
+ * and drops those references (the last request's release unloads). */
+static void unlock_and_forget(srv_models *ms, mv **gone, size_t n_gone)
+{
+    mv_list drop = {.n = 0};
+    reap(ms, &drop);
+    pthread_mutex_unlock(&ms->mu);
+    drop_all(&drop);
+    for (size_t i = 0; i < n_gone; i++) {
+        score_forget(ms->sctx, gone[i]->m);
+        mv_release(gone[i]);
+    }
+}
+
 static int copy_entry(repo_entry *dst, const repo_entry *src)
 {
     *dst = *src;
@@ -562,14 +577,7 @@ static int sync_file(srv_models *ms, models_change *ch, char *err, size_t errlen
         snprintf(err, errlen, "out of memory");
         return RK_ENOMEM;
     }
-    mv_list drop = {.n = 0};
-    reap(ms, &drop);
-    pthread_mutex_unlock(&ms->mu);
-    drop_all(&drop);
-    for (size_t i = 0; i < n_gone; i++) {
-        score_forget(ms->sctx, gone[i]->m);
-        mv_release(gone[i]);
-    }
+    unlock_and_forget(ms, gone, n_gone);
     if (ch) {
         ch->loaded++;
         ch->unloaded += (unsigned)n_gone;
@@ -810,14 +818,7 @@ static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen
             if (m->n_rows == before) k++;
         }
     }
-    mv_list drop = {.n = 0};
-    reap(ms, &drop);
-    pthread_mutex_unlock(&ms->mu);
-    drop_all(&drop);
-    for (size_t g = 0; g < n_gone; g++) {
-        score_forget(ms->sctx, gone[g]->m);
-        mv_release(gone[g]);
-    }
+    unlock_and_forget(ms, gone, n_gone);
 done:
     repo_scan_free(&s);
     return rc;
