@@ -427,6 +427,19 @@ static void unlock_and_forget(srv_models *ms, mv **gone, size_t n_gone)
     }
 }
 
+/* Under mu: keeps g (a version retire_row referenced, or NULL) in gone
+ * (64 entries) for unlock_and_forget; past 64 (rare), forgets it here. */
+static void keep_gone(srv_models *ms, mv *g, mv **gone, size_t *n_gone)
+{
+    if (!g) return;
+    if (*n_gone < 64) {
+        gone[(*n_gone)++] = g;
+        return;
+    }
+    score_forget(ms->sctx, g->m);
+    mv_drop(g);
+}
+
 static int copy_entry(repo_entry *dst, const repo_entry *src)
 {
     *dst = *src;
@@ -782,20 +795,11 @@ static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen
             }
             size_t before = m->n_rows;
             mv *g = retire_row(m, k, ch);
-            if (g && n_gone < 64) {
-                gone[n_gone++] = g;
-            } else if (g) { /* rare: forgotten here, under the lock */
-                score_forget(ms->sctx, g->m);
-                mv_drop(g);
-            }
+            keep_gone(ms, g, gone, &n_gone);
             if (m->n_rows == before) k++;
         }
         update_single(ms);
-        pthread_mutex_unlock(&ms->mu);
-        for (size_t g = 0; g < n_gone; g++) {
-            score_forget(ms->sctx, gone[g]->m);
-            mv_release(gone[g]);
-        }
+        unlock_and_forget(ms, gone, n_gone);
     }
     /* models gone from the directory: every version unloads */
     pthread_mutex_lock(&ms->mu);
@@ -809,12 +813,7 @@ static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen
             size_t before = m->n_rows;
             row_state st = m->rows[k].state;
             mv *g = st == ROW_UNLOADING ? NULL : retire_row(m, k, ch);
-            if (g && n_gone < 64) {
-                gone[n_gone++] = g;
-            } else if (g) { /* rare: forgotten here, under the lock */
-                score_forget(ms->sctx, g->m);
-                mv_drop(g);
-            }
+            keep_gone(ms, g, gone, &n_gone);
             if (m->n_rows == before) k++;
         }
     }
