@@ -53,6 +53,8 @@ typedef struct model {
     uint64_t pinned[MODELS_MAX_PINNED]; /* from its `pinned` file, ascending */
     size_t n_pinned;            /* 0: the latest keep_versions serve */
     char pin_error[200];        /* its `pinned` file is invalid: nothing changes */
+    char traffic_file[2][48];   /* the `canary` and `shadow` files' contents last applied ("" none) */
+    char traffic_error[200];    /* why one of them could not be applied ("" none) */
     int seen;                   /* models_sync: in the current scan */
 } model;
 
@@ -681,6 +683,89 @@ static int is_pinned(const uint64_t *pins, size_t n, uint64_t v)
     return 0;
 }
 
+/* Reads the small file DIR/<name>/<file> into buf (n bytes), whitespace
+ * at both ends trimmed. Returns 1, 0 when there is no such file, or -1
+ * with err set. */
+static int read_small(const char *dir, const char *name, const char *file, char *buf, size_t n, char *err,
+                      size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0;
+        snprintf(err, errlen, "cannot read %s/%s: %s", name, file, strerror(errno));
+        return -1;
+    }
+    size_t len = fread(buf, 1, n - 1, f);
+    int too_long = !feof(f) && fgetc(f) != EOF;
+    fclose(f);
+    buf[len] = 0;
+    if (too_long) {
+        snprintf(err, errlen, "%s/%s: longer than %zu bytes", name, file, n - 1);
+        return -1;
+    }
+    char *p = buf;
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+    memmove(buf, p, strlen(p) + 1);
+    for (len = strlen(buf); len && strchr(" \t\r\n", buf[len - 1]); len--) buf[len - 1] = 0;
+    return 1;
+}
+
+/* Applies the model directory's `canary` ("VERSION PERCENT") and `shadow`
+ * ("VERSION") files, the declarative form of the admin endpoints, shared by
+ * every replica and kept across restarts: a file's content is applied when
+ * it differs from what was last applied from it (so the admin endpoints
+ * may change the split meanwhile); a file removed ends what it set. A file
+ * that cannot be read, parsed or applied (its version not serving) is
+ * reported (log, /v1/models' traffic_error), changes nothing, and is tried
+ * again at the next sync. */
+static void apply_traffic_files(srv_models *ms, const char *name)
+{
+    static const char *const files[2] = {"canary", "shadow"};
+    char err[200] = "";
+    for (int t = 0; t < 2 && !err[0]; t++) {
+        char buf[48], last[48];
+        int got = read_small(ms->cfg->model_repository, name, files[t], buf, sizeof buf, err, sizeof err);
+        if (got < 0) break;
+        pthread_mutex_lock(&ms->mu);
+        model *m = find_model(ms, name);
+        snprintf(last, sizeof last, "%s", m ? m->traffic_file[t] : "");
+        pthread_mutex_unlock(&ms->mu);
+        if (!m || (got ? !strcmp(buf, last) : !last[0])) continue; /* unchanged */
+        int rc;
+        if (!got) { /* removed: end what it set */
+            rc = t ? models_set_shadow(ms, name, 0, err, sizeof err) : models_set_canary(ms, name, 0, 0, err, sizeof err);
+        } else {
+            unsigned long long v = 0;
+            double pct = 0;
+            char extra;
+            int ok = t ? sscanf(buf, "%llu %c", &v, &extra) == 1
+                       : sscanf(buf, "%llu %lf %c", &v, &pct, &extra) == 2 && pct > 0 && pct <= 100;
+            if (!ok || !v || v > REPO_VERSION_MAX) {
+                snprintf(err, sizeof err, "%s/%s: expected %s, got \"%.30s\"", name, files[t],
+                         t ? "a version number" : "a version number and a percentage (0 < p <= 100)", buf);
+                break;
+            }
+            rc = t ? models_set_shadow(ms, name, v, err, sizeof err) : models_set_canary(ms, name, v, pct, err, sizeof err);
+        }
+        if (rc < 0) break;
+        pthread_mutex_lock(&ms->mu);
+        if ((m = find_model(ms, name))) snprintf(m->traffic_file[t], sizeof m->traffic_file[t], "%s", got ? buf : "");
+        pthread_mutex_unlock(&ms->mu);
+    }
+    pthread_mutex_lock(&ms->mu);
+    model *m = find_model(ms, name);
+    int changed = m && strcmp(m->traffic_error, err);
+    if (changed) snprintf(m->traffic_error, sizeof m->traffic_error, "%s", err);
+    pthread_mutex_unlock(&ms->mu);
+    if (changed && err[0]) {
+        char n1[300];
+        log_msg(LOG_ERROR, "traffic file not applied: the model's canary and shadow stay as they are",
+                "\"error\":\"%s\"", log_esc(err, n1, sizeof n1));
+    }
+}
+
 static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen)
 {
     repo_scan s;
@@ -800,6 +885,7 @@ static int sync_repo(srv_models *ms, models_change *ch, char *err, size_t errlen
         }
         update_single(ms);
         unlock_and_forget(ms, gone, n_gone);
+        apply_traffic_files(ms, name);
     }
     /* models gone from the directory: every version unloads */
     pthread_mutex_lock(&ms->mu);
@@ -1119,6 +1205,10 @@ static void model_json(const model *m, rk_buf *b)
     if (m->pin_error[0]) {
         rk_buf_puts(b, ",\"pinned_error\":");
         rk_buf_json_str(b, m->pin_error, strlen(m->pin_error));
+    }
+    if (m->traffic_error[0]) {
+        rk_buf_puts(b, ",\"traffic_error\":");
+        rk_buf_json_str(b, m->traffic_error, strlen(m->traffic_error));
     }
     rk_buf_puts(b, ",\"versions\":[");
     for (size_t k = 0; k < m->n_rows; k++) {

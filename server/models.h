@@ -43,6 +43,12 @@
  *   lands on the same version while the split stands), or else the
  *   highest serving version. A request without a routing key counts as a
  *   random key.
+ * - Canary splits and shadows are set by the admin endpoints, or by the
+ *   model directory's `canary` ("VERSION PERCENT") and `shadow` ("VERSION")
+ *   files, read at each sync after the versions: a file's content is
+ *   applied when it changed since it was last applied (the endpoints may
+ *   change the split in between), a removed file ends what it set, and a
+ *   file that cannot be applied is reported and tried again.
  * - Ownership: the table owns its rows and one reference per listed
  *   version; models_route gives the caller a reference (mv_release).
  */

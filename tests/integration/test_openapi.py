@@ -226,6 +226,7 @@ class OpenApiDocumentTest(unittest.TestCase):
         v.check(model, good)
         v.check(model, dict(good, pinned=["1", "3"]))
         v.check(model, dict(good, pinned_error="m/pinned: \"x\" is not a version number"))
+        v.check(model, dict(good, traffic_error="m/canary: expected a version number and a percentage"))
         for bad in (dict(good, pinned=[]), dict(good, pinned=[1]), {k: x for k, x in good.items() if k != "pinned"}):
             with self.assertRaises(Exception, msg=str(bad)):
                 v.check(model, bad)

@@ -389,6 +389,49 @@ class RepositoryChangeTest(unittest.TestCase):
         self.assertTrue(wait_for(lambda: serving(srv, "m") == ["3"]), versions(srv, "m"))
         self.assertIsNone(versions_model(srv, "m")["pinned"])
 
+    def test_traffic_files_set_the_canary_and_the_shadow(self):
+        publish(self.repo, "m", 1, None, seed=1)
+        publish(self.repo, "m", 2, None, seed=2)
+        srv = self.start("--keep-versions", "2")
+
+        def put(name, text):
+            path = os.path.join(self.repo, "m", name)
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.rename(path + ".tmp", path)
+
+        put("canary", "1 25\n")
+        put("shadow", "1\n")
+        self.assertTrue(wait_for(lambda: versions_model(srv, "m")["canary"] == {"version": "1", "percent": 25.0}),
+                        versions_model(srv, "m"))
+        self.assertEqual(versions_model(srv, "m")["shadow"]["version"], "1")
+        got = [srv.rank({"model": "m", "routing_key": f"k{i}", "candidates": []})[2]["model"]["version"]
+               for i in range(800)]
+        self.assertLess(abs(got.count("1") / 800 - 0.25), 0.06)
+        # the admin endpoint may change it meanwhile: an unchanged file does not undo that
+        st, _, out = srv.request_json("POST", "/admin/models/m/canary", {"percent": 0})
+        self.assertEqual(st, 200, out)
+        time.sleep(1.5)
+        self.assertIsNone(versions_model(srv, "m")["canary"])
+        # an invalid file: reported, nothing changes
+        put("canary", "one 5")
+        self.assertTrue(wait_for(lambda: "traffic_error" in versions_model(srv, "m")), versions_model(srv, "m"))
+        self.assertIn("canary", versions_model(srv, "m")["traffic_error"])
+        self.assertIsNone(versions_model(srv, "m")["canary"])
+        # a version that is not serving: reported, tried again at each scan
+        put("canary", "7 5")
+        self.assertTrue(wait_for(lambda: "no version 7" in versions_model(srv, "m").get("traffic_error", "")),
+                        versions_model(srv, "m"))
+        put("canary", "2 40")
+        self.assertTrue(wait_for(lambda: versions_model(srv, "m")["canary"] == {"version": "2", "percent": 40.0}),
+                        versions_model(srv, "m"))
+        self.assertTrue(wait_for(lambda: "traffic_error" not in versions_model(srv, "m")), versions_model(srv, "m"))
+        # files removed: what they set ends
+        os.unlink(os.path.join(self.repo, "m", "canary"))
+        os.unlink(os.path.join(self.repo, "m", "shadow"))
+        self.assertTrue(wait_for(lambda: versions_model(srv, "m")["canary"] is None
+                                 and versions_model(srv, "m")["shadow"] is None), versions_model(srv, "m"))
+
     def test_canary_split_is_sticky_and_changeable(self):
         publish(self.repo, "m", 1, None, seed=1)
         publish(self.repo, "m", 2, None, seed=2)
