@@ -611,6 +611,35 @@ static void entries_of(const repo_scan *s, size_t from, size_t *hi)
     *hi = j;
 }
 
+/* Reads the small file DIR/<name>/<file> into buf (n bytes), whitespace
+ * at both ends trimmed. Returns 1, 0 when there is no such file, or -1
+ * with err set. */
+static int read_small(const char *dir, const char *name, const char *file, char *buf, size_t n, char *err,
+                      size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0;
+        snprintf(err, errlen, "cannot read %s/%s: %s", name, file, strerror(errno));
+        return -1;
+    }
+    size_t len = fread(buf, 1, n - 1, f);
+    int too_long = !feof(f) && fgetc(f) != EOF;
+    fclose(f);
+    buf[len] = 0;
+    if (too_long) {
+        snprintf(err, errlen, "%s/%s: longer than %zu bytes", name, file, n - 1);
+        return -1;
+    }
+    char *p = buf;
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+    memmove(buf, p, strlen(p) + 1);
+    for (len = strlen(buf); len && strchr(" \t\r\n", buf[len - 1]); len--) buf[len - 1] = 0;
+    return 1;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -623,23 +652,9 @@ static int cmp_u64(const void *a, const void *b)
  * unreadable or invalid file: the caller changes nothing for the model). */
 static long read_pins(const char *dir, const char *name, uint64_t *pins, char *err, size_t errlen)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s/pinned", dir, name);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        if (errno == ENOENT) return 0;
-        snprintf(err, errlen, "cannot read %s/pinned: %s", name, strerror(errno));
-        return -1;
-    }
     char buf[2048];
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    int too_long = !feof(f);
-    fclose(f);
-    buf[len] = 0;
-    if (too_long) {
-        snprintf(err, errlen, "%s/pinned: longer than %zu bytes", name, sizeof buf - 1);
-        return -1;
-    }
+    int got = read_small(dir, name, "pinned", buf, sizeof buf, err, errlen);
+    if (got <= 0) return got;
     long n = 0;
     for (char *p = buf; *p;) {
         if (*p == '#') {
@@ -681,35 +696,6 @@ static int is_pinned(const uint64_t *pins, size_t n, uint64_t v)
     for (size_t i = 0; i < n; i++)
         if (pins[i] == v) return 1;
     return 0;
-}
-
-/* Reads the small file DIR/<name>/<file> into buf (n bytes), whitespace
- * at both ends trimmed. Returns 1, 0 when there is no such file, or -1
- * with err set. */
-static int read_small(const char *dir, const char *name, const char *file, char *buf, size_t n, char *err,
-                      size_t errlen)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s/%s", dir, name, file);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        if (errno == ENOENT) return 0;
-        snprintf(err, errlen, "cannot read %s/%s: %s", name, file, strerror(errno));
-        return -1;
-    }
-    size_t len = fread(buf, 1, n - 1, f);
-    int too_long = !feof(f) && fgetc(f) != EOF;
-    fclose(f);
-    buf[len] = 0;
-    if (too_long) {
-        snprintf(err, errlen, "%s/%s: longer than %zu bytes", name, file, n - 1);
-        return -1;
-    }
-    char *p = buf;
-    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
-    memmove(buf, p, strlen(p) + 1);
-    for (len = strlen(buf); len && strchr(" \t\r\n", buf[len - 1]); len--) buf[len - 1] = 0;
-    return 1;
 }
 
 /* Applies the model directory's `canary` ("VERSION PERCENT") and `shadow`
@@ -971,6 +957,25 @@ static void list_models(const srv_models *ms, char *out, size_t n)
     if (!o) snprintf(out, n, "none");
 }
 
+/* Under mu. RK_ENOTFOUND with a message naming the models. */
+static int no_model(const srv_models *ms, const char *name, char *err, size_t errlen)
+{
+    char list[512];
+    list_models(ms, list, sizeof list);
+    snprintf(err, errlen, "no model \"%.64s\"; models: %s", name, list);
+    return RK_ENOTFOUND;
+}
+
+/* Under mu. RK_ENOTFOUND with a message naming m's serving versions. */
+static int not_serving(const model *m, uint64_t version, char *err, size_t errlen)
+{
+    char list[512];
+    list_versions(m, list, sizeof list);
+    snprintf(err, errlen, "model \"%s\" has no version %llu serving; serving: %s", m->name,
+             (unsigned long long)version, list);
+    return RK_ENOTFOUND;
+}
+
 /* Under mu. The serving row of highest number other than `not` (0: any). */
 static row *latest(model *m, uint64_t not)
 {
@@ -990,9 +995,7 @@ int models_route(srv_models *ms, const char *name, uint64_t version, const char 
     model *m = NULL;
     if (name) {
         if (!(m = find_model(ms, name))) {
-            list_models(ms, list, sizeof list);
-            snprintf(err, errlen, "no model \"%.64s\"; models: %s", name, list);
-            rc = RK_ENOTFOUND;
+            rc = no_model(ms, name, err, errlen);
             goto out;
         }
     } else {
@@ -1014,10 +1017,7 @@ int models_route(srv_models *ms, const char *name, uint64_t version, const char 
     if (version) {
         long k = find_row(m, version, 1u << ROW_SERVING);
         if (k < 0) {
-            list_versions(m, list, sizeof list);
-            snprintf(err, errlen, "model \"%s\" has no version %llu serving; serving: %s", m->name,
-                     (unsigned long long)version, list);
-            rc = RK_ENOTFOUND;
+            rc = not_serving(m, version, err, errlen);
             goto out;
         }
         r = &m->rows[k];
@@ -1049,18 +1049,12 @@ out:
 int models_set_shadow(srv_models *ms, const char *name, uint64_t version, char *err, size_t errlen)
 {
     int rc = 0;
-    char list[512];
     pthread_mutex_lock(&ms->mu);
     model *m = find_model(ms, name);
     if (!m) {
-        list_models(ms, list, sizeof list);
-        snprintf(err, errlen, "no model \"%.64s\"; models: %s", name, list);
-        rc = RK_ENOTFOUND;
+        rc = no_model(ms, name, err, errlen);
     } else if (version && find_row(m, version, 1u << ROW_SERVING) < 0) {
-        list_versions(m, list, sizeof list);
-        snprintf(err, errlen, "model \"%s\" has no version %llu serving; serving: %s", m->name,
-                 (unsigned long long)version, list);
-        rc = RK_ENOTFOUND;
+        rc = not_serving(m, version, err, errlen);
     } else if (version && !m->shadow && !(m->shadow = malloc(sizeof *m->shadow))) {
         snprintf(err, errlen, "out of memory");
         rc = RK_ENOMEM;
@@ -1104,16 +1098,9 @@ int models_set_canary(srv_models *ms, const char *name, uint64_t version, double
     pthread_mutex_lock(&ms->mu);
     model *m = find_model(ms, name);
     if (!m) {
-        char list[512];
-        list_models(ms, list, sizeof list);
-        snprintf(err, errlen, "no model \"%.64s\"; models: %s", name, list);
-        rc = RK_ENOTFOUND;
+        rc = no_model(ms, name, err, errlen);
     } else if (bp && find_row(m, version, 1u << ROW_SERVING) < 0) {
-        char list[512];
-        list_versions(m, list, sizeof list);
-        snprintf(err, errlen, "model \"%s\" has no version %llu serving; serving: %s", m->name,
-                 (unsigned long long)version, list);
-        rc = RK_ENOTFOUND;
+        rc = not_serving(m, version, err, errlen);
     } else {
         m->canary_version = bp ? version : 0;
         m->canary_bp = bp;
