@@ -62,6 +62,8 @@ struct dcn_scratch {
     size_t team_threads;            /* of the team's, at most (0: all): dcn_scratch_set_team_threads */
     size_t team_min_bytes;          /* dcn_team_min_bytes() */
     size_t grid_rows, grid_cols;    /* a split forced by DCN_TEAM_GRID (tests), or 0 */
+    size_t wake_rows, wake_width;   /* wake_team's last plan: for these rows and threads, */
+    int wake;                       /* whether some layer splits */
     void *mem;
 };
 
@@ -178,27 +180,51 @@ static void gemm(const dcn_model *m, const dcn_scratch *s, size_t rows, const fl
         m->ks->gemm(rows, x, ldx, L, rg, n_rg, y, ldy, e);
 }
 
+/* Whether plan_split splits some layer of m run on `rows` rows with
+ * `threads` threads: by its panels if panels_only, else in any way. */
+static int some_split(const dcn_model *m, size_t threads, size_t min_bytes, int cached, size_t rows, int panels_only) {
+    const dcn_info *in = &m->info;
+    size_t rgs, cgs;
+#define SPLITS(L)                                                                                  \
+    do {                                                                                           \
+        plan_split(m->ks, threads, min_bytes, cached, rows, (L), &rgs, &cgs);                      \
+        if (panels_only ? cgs > 1 : rgs * cgs > 1) return 1;                                       \
+    } while (0)
+    for (size_t j = 0; j < in->n_bottom; j++) SPLITS(&m->bottom[j]);
+    for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR; l++) {
+        SPLITS(&m->cross[l].a);
+        if (m->cross[l].u.in) SPLITS(&m->cross[l].u);
+        for (size_t i = 0; m->cross[l].c && i < in->experts; i++) SPLITS(&m->cross[l].c[i]);
+    }
+    for (size_t j = 0; j < in->n_deep; j++) SPLITS(&m->deep[j]);
+#undef SPLITS
+    return 0;
+}
+
 /* Whether some layer of m, run on `rows` rows with `threads` threads,
  * splits its panels (see dcn.h); never while all the weights stay in the
  * last-level cache: there is no stream to share then. */
 int dcn_team_pays(const dcn_model *m, size_t rows, size_t threads) {
-    const dcn_info *in = &m->info;
-    size_t min_bytes = dcn_team_min_bytes(), rgs, cgs;
     if (m->packed_bytes <= CHUNK_MAX_WEIGHT_BYTES) return 0;
-#define PAYS(L)                                                                  \
-    do {                                                                         \
-        plan_split(m->ks, threads, min_bytes, 0, rows, (L), &rgs, &cgs);         \
-        if (cgs > 1) return 1;                                                   \
-    } while (0)
-    for (size_t j = 0; j < in->n_bottom; j++) PAYS(&m->bottom[j]);
-    for (size_t l = 0; l < in->cross_layers && in->cross_kind != DCN_CROSS_VECTOR; l++) {
-        PAYS(&m->cross[l].a);
-        if (m->cross[l].u.in) PAYS(&m->cross[l].u);
-        for (size_t i = 0; m->cross[l].c && i < in->experts; i++) PAYS(&m->cross[l].c[i]);
+    return some_split(m, threads, dcn_team_min_bytes(), 0, rows, 1);
+}
+
+/* Wakes the helpers this batch's split layers will use before x0 is
+ * built, so that their wake-up (tens of microseconds on some machines)
+ * overlaps the gathers instead of delaying the first split layer
+ * (team.c). The plan is kept for the last rows and width asked: planning
+ * every layer costs about a microsecond. */
+static void wake_team(const dcn_model *m, dcn_scratch *s, size_t rows) {
+    size_t w = team_width(s);
+    if (w < 2) return;
+    if (rows > s->chunk_rows) rows = s->chunk_rows;
+    if (s->wake_rows != rows || s->wake_width != w) {
+        s->wake_rows = rows;
+        s->wake_width = w;
+        s->wake = s->grid_rows ||
+                  some_split(m, w, s->team_min_bytes, m->packed_bytes <= CHUNK_MAX_WEIGHT_BYTES, rows, 0);
     }
-    for (size_t j = 0; j < in->n_deep; j++) PAYS(&m->deep[j]);
-#undef PAYS
-    return 0;
+    if (s->wake) kteam_wake(s->team, w - 1);
 }
 
 dcn_scratch *dcn_scratch_new(const dcn_model *m, size_t max_rows) {
@@ -636,6 +662,7 @@ int dcn_score(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, float *sco
     int rc = check_batch(m, s, b, &p);
     if (rc) return rc;
     if (!p.n_rows) return 0;
+    if (s->team) wake_team(m, s, p.n_rows);
     build_x0(m, s, b, &p);
     /* The layers run on chunks of rows small enough that their activations
      * (x0, x_l, x_l+1, hidden) stay in the core's cache while every weight
@@ -667,5 +694,6 @@ int dcn_score(const dcn_model *m, dcn_scratch *s, const dcn_batch *b, float *sco
         v.seg_x0 += g0 * s->ldd;
         forward_rows(m, &v, &q, scores + c0, logits ? logits + c0 : NULL);
     }
+    kteam_rest(s->team); /* the helpers sleep until the next batch */
     return 0;
 }

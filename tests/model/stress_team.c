@@ -6,7 +6,9 @@
  *
  * DESIGN: N_CALLERS threads share one model; each has its own scratches
  * (one per forced split, DCN_TEAM_GRID being read as a scratch is made)
- * and its own team of 2 helpers, and scores batches of 1 to MAX_ROWS rows
+ * and its own team of 2 helpers (caller 0's made with DCN_TEAM_SPIN_US=0,
+ * so that every wait in it sleeps and wakes through its semaphore; the
+ * others spin first, as by default), and scores batches of 1 to MAX_ROWS rows
  * with every split in turn, limiting the team's width now and then
  * (dcn_scratch_set_team_threads). Every score must equal, bit for bit, the
  * same batch scored on the main thread without a team before any thread
@@ -42,6 +44,7 @@ static dcn_model *model;
 static dcn_batch batch;       /* MAX_ROWS rows; a batch of n takes the first n */
 static float want[MAX_ROWS + 1][MAX_ROWS];
 static dcn_scratch *scratch[N_CALLERS][N_GRIDS];
+static dcn_team *teams[N_CALLERS];
 
 /* Fills `batch` with MAX_ROWS rows: one id a sparse feature, dense values
  * from the row number. The buffers live until the process exits. */
@@ -69,8 +72,7 @@ static void make_batch(void) {
 /* One caller: every round, every size, every split. */
 static void *caller(void *arg) {
     size_t c = (size_t)arg;
-    dcn_team *t = dcn_team_new(2);
-    CHECK(t, "cannot make a team");
+    dcn_team *t = teams[c];
     for (size_t g = 0; g < N_GRIDS; g++) dcn_scratch_set_team(scratch[c][g], t);
     float got[MAX_ROWS];
     for (size_t round = 0; round < ROUNDS; round++)
@@ -108,13 +110,20 @@ int main(void) {
         for (size_t c = 0; c < N_CALLERS; c++) CHECK((scratch[c][g] = dcn_scratch_new(model, MAX_ROWS)), "out of memory");
     }
     unsetenv("DCN_TEAM_GRID");
+    for (size_t c = 0; c < N_CALLERS; c++) {
+        if (c == 0) setenv("DCN_TEAM_SPIN_US", "0", 1);
+        else unsetenv("DCN_TEAM_SPIN_US");
+        CHECK((teams[c] = dcn_team_new(2)), "cannot make a team");
+    }
+    unsetenv("DCN_TEAM_SPIN_US");
     pthread_t th[N_CALLERS];
     for (size_t c = 0; c < N_CALLERS; c++) CHECK(!pthread_create(&th[c], NULL, caller, (void *)c), "pthread_create");
     for (size_t c = 0; c < N_CALLERS; c++) pthread_join(th[c], NULL);
     for (size_t c = 0; c < N_CALLERS; c++)
         for (size_t g = 0; g < N_GRIDS; g++) dcn_scratch_free(scratch[c][g]);
     dcn_release(model);
-    printf("stress_team: %d callers x %zu splits x %d rounds of 1..%d rows: every score equals one thread's\n",
+    printf("stress_team: %d callers (one team always sleeping between jobs, one spinning first) x %zu splits x %d "
+           "rounds of 1..%d rows: every score equals one thread's\n",
            N_CALLERS, N_GRIDS, ROUNDS, MAX_ROWS);
     return 0;
 }

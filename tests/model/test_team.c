@@ -8,6 +8,8 @@
  * Also: the team really ran pieces of layers (dcn_team_jobs), and with the
  * default threshold it never splits the golden models' small layers, which
  * a batch of one row on many threads would only pay for (dcn_team_pays).
+ * And a team's helpers spin only within a burst: kteam_rest, or the spin
+ * time running out, puts them to sleep (the CPU time they use says so).
  *
  * The kernel set is the process's (DCN_KERNELS forces one); `make unit`
  * runs this file once more on the scalar set. */
@@ -17,8 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "model/dcn.h"
+#include "model/team.h"
 
 #define GOLDEN_DIR "tests/golden"
 #define MAX_MODELS 128
@@ -218,4 +223,49 @@ Test(team, small_layers_stay_on_one_thread) {
     }
     cr_expect_eq(dcn_team_jobs(t), 0, "the team ran %zu pieces of the golden models' layers", dcn_team_jobs(t));
     dcn_team_free(t);
+}
+
+/* CPU seconds this process has used. */
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds the process uses over the next `ms` milliseconds. */
+static double cpu_over(unsigned ms) {
+    double c0 = cpu_seconds();
+    usleep(ms * 1000u);
+    return cpu_seconds() - c0;
+}
+
+/* Woken into a burst, helpers spin (they use CPU while the caller sleeps);
+ * kteam_rest puts them to sleep at once, and a burst nobody ends stops by
+ * itself after DCN_TEAM_SPIN_US. A team freed in a burst joins cleanly. */
+Test(team, helpers_spin_only_in_a_burst) {
+    setenv("DCN_TEAM_SPIN_US", "1000000", 1); /* 1 s: long enough to see */
+    kteam *t = kteam_new(3);
+    unsetenv("DCN_TEAM_SPIN_US");
+    cr_assert_not_null(t);
+    cr_expect_lt(cpu_over(100), 0.02, "helpers use CPU before any burst");
+    kteam_wake(t, 2);
+    double spun = cpu_over(100);
+    cr_expect_gt(spun, 0.01, "two helpers woken into a burst used only %.3f s of CPU in 0.1 s", spun);
+    kteam_rest(t);
+    usleep(20000);
+    double rested = cpu_over(200);
+    cr_expect_lt(rested, 0.02, "helpers used %.3f s of CPU in 0.2 s after kteam_rest", rested);
+    kteam_wake(t, 3);
+    kteam_free(t); /* in a burst */
+
+    setenv("DCN_TEAM_SPIN_US", "20000", 1); /* 20 ms */
+    t = kteam_new(2);
+    unsetenv("DCN_TEAM_SPIN_US");
+    cr_assert_not_null(t);
+    kteam_wake(t, 2);
+    usleep(100000);
+    double after = cpu_over(200);
+    cr_expect_lt(after, 0.02, "helpers left in a burst used %.3f s of CPU in 0.2 s after their spin time", after);
+    kteam_rest(t);
+    kteam_free(t);
 }
