@@ -3,7 +3,9 @@
  * Subcommands (JSON lines on stdout, one per measurement; progress on stderr):
  *   peak    FP32 FMA throughput probe on 1..N threads, the running clock, and
  *           the streaming read bandwidth from memory: the roofs the
- *           engine's GFLOP/s and batch-1 latencies are compared with
+ *           engine's GFLOP/s and batch-1 latencies are compared with; and
+ *           what handing work to another thread costs (one that sleeps on
+ *           a semaphore, one that spins), what a dcn_team pays per layer
  *   run     dcn_score throughput and per-batch latency, per batch size and
  *           thread count
  *   share   request-context sharing: one request of R candidates whose first
@@ -41,6 +43,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,77 +338,95 @@ __attribute__((target("avx512f"))) static float fma512_loop(uint64_t iters)
 /* Integer dot products, the roofs of an INT8 path on AVX2 (no VNNI):
  * vpmaddwd (int16 x int16 pairs summed into int32: 16 multiply-adds an
  * instruction) and vpmaddubsw + vpmaddwd (uint8 x int8 pairs into int16,
- * saturating, then into int32: 32 an instruction pair), 12 independent
- * accumulators, the inputs changed every iteration. 2 ops per multiply-add,
- * as FLOPs count them: 384 and 768 per iteration. */
+ * saturating, then into int32: 32 an instruction pair), each summed into
+ * one of 8 independent accumulators. Written in asm, one statement a step:
+ * from intrinsics GCC 12 copied or spilled accumulators inside the loop,
+ * and the probes measured those moves (AVX-512 VNNI at half its rate).
+ * 2 ops per multiply-add, as FLOPs count them: 256 and 512 per iteration. */
+#define MADD16(acc, b)                                                                          \
+    do {                                                                                       \
+        __m256i t_;                                                                            \
+        __asm__("vpmaddwd %2, %3, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t_) : "x"(b), "x"(a)); \
+    } while (0)
 __attribute__((target("avx2"))) static float madd16_loop(uint64_t iters)
 {
-    __m256i a = _mm256_set1_epi16(3), b0 = _mm256_set1_epi16(5), b1 = _mm256_set1_epi16(7), acc[12];
-    for (int j = 0; j < 12; j++)
-        acc[j] = _mm256_set1_epi32(j);
+    __m256i a = _mm256_set1_epi16(3), b0 = _mm256_set1_epi16(5), b1 = _mm256_set1_epi16(7);
+    __m256i c0 = _mm256_set1_epi32(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
     for (uint64_t i = 0; i < iters; i++) {
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; j++)
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(a, (j & 1) ? b1 : b0));
-        a = _mm256_add_epi16(a, b0);
+        MADD16(c0, b0); MADD16(c1, b1); MADD16(c2, b0); MADD16(c3, b1);
+        MADD16(c4, b0); MADD16(c5, b1); MADD16(c6, b0); MADD16(c7, b1);
     }
-    for (int j = 1; j < 12; j++)
-        acc[0] = _mm256_add_epi32(acc[0], acc[j]);
-    return (float)_mm256_extract_epi32(acc[0], 0);
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
+    return (float)_mm256_extract_epi32(s, 0);
 }
+#undef MADD16
 
+#define MADDUBS(acc, b)                                                                         \
+    do {                                                                                       \
+        __m256i t_;                                                                            \
+        __asm__("vpmaddubsw %2, %3, %1\n\tvpmaddwd %4, %1, %1\n\tvpaddd %1, %0, %0"              \
+                : "+x"(acc), "=&x"(t_)                                                         \
+                : "x"(b), "x"(u), "x"(one));                                                   \
+    } while (0)
 __attribute__((target("avx2"))) static float maddubs_loop(uint64_t iters)
 {
-    __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(5), one = _mm256_set1_epi16(1), acc[12];
-    for (int j = 0; j < 12; j++)
-        acc[j] = _mm256_set1_epi32(j);
+    __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(5), w = _mm256_set1_epi8(-7), one = _mm256_set1_epi16(1);
+    __m256i c0 = _mm256_set1_epi32(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
     for (uint64_t i = 0; i < iters; i++) {
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; j++)
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_maddubs_epi16(u, (j & 1) ? v : one), one));
-        u = _mm256_add_epi8(u, v);
+        MADDUBS(c0, v); MADDUBS(c1, w); MADDUBS(c2, v); MADDUBS(c3, w);
+        MADDUBS(c4, v); MADDUBS(c5, w); MADDUBS(c6, v); MADDUBS(c7, w);
     }
-    for (int j = 1; j < 12; j++)
-        acc[0] = _mm256_add_epi32(acc[0], acc[j]);
-    return (float)_mm256_extract_epi32(acc[0], 0);
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
+    return (float)_mm256_extract_epi32(s, 0);
 }
+#undef MADDUBS
 
 /* vpdpbusd, the roofs of the VNNI INT8 kernels: uint8 x int8, 4 products
  * summed into each int32 lane, one instruction (256-bit AVX-VNNI: 32
  * multiply-adds; 512-bit AVX512-VNNI: 64), 12 and 24 independent
- * accumulators (latency x 2 a cycle), the unsigned input changed every
- * iteration. 768 and 3,072 ops per iteration. */
+ * accumulators (latency x 2 a cycle), in asm as above. 768 and 3,072 ops
+ * per iteration. */
+#define DP256(acc, b) __asm__("%{vex%} vpdpbusd %1, %2, %0" : "+x"(acc) : "x"(b), "x"(u))
 __attribute__((target("avx2,avxvnni"))) static float dpbusd256_loop(uint64_t iters)
 {
-    __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(5), w = _mm256_set1_epi8(-7), acc[12];
+    __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(5), w = _mm256_set1_epi8(-7);
+    __m256i c[12];
     for (int j = 0; j < 12; j++)
-        acc[j] = _mm256_set1_epi32(j);
+        c[j] = _mm256_set1_epi32(j);
+    __m256i c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5], c6 = c[6], c7 = c[7], c8 = c[8],
+            c9 = c[9], c10 = c[10], c11 = c[11];
     for (uint64_t i = 0; i < iters; i++) {
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; j++)
-            acc[j] = _mm256_dpbusd_avx_epi32(acc[j], u, (j & 1) ? v : w);
-        u = _mm256_add_epi8(u, v);
+        DP256(c0, v); DP256(c1, w); DP256(c2, v); DP256(c3, w); DP256(c4, v); DP256(c5, w);
+        DP256(c6, v); DP256(c7, w); DP256(c8, v); DP256(c9, w); DP256(c10, v); DP256(c11, w);
     }
-    for (int j = 1; j < 12; j++)
-        acc[0] = _mm256_add_epi32(acc[0], acc[j]);
-    return (float)_mm256_extract_epi32(acc[0], 0);
+    c0 = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                          _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
+    c0 = _mm256_add_epi32(c0, _mm256_add_epi32(_mm256_add_epi32(c8, c9), _mm256_add_epi32(c10, c11)));
+    return (float)_mm256_extract_epi32(c0, 0);
 }
+#undef DP256
 
+#define DP512(acc, b) __asm__("vpdpbusd %1, %2, %0" : "+v"(acc) : "v"(b), "v"(u))
 __attribute__((target("avx512f,avx512vnni"))) static float dpbusd512_loop(uint64_t iters)
 {
-    __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(5), w = _mm512_set1_epi8(-7), acc[24];
-    for (int j = 0; j < 24; j++)
-        acc[j] = _mm512_set1_epi32(j);
+    __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(5), w = _mm512_set1_epi8(-7);
+    __m512i c0 = _mm512_set1_epi32(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0, d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0,
+            d8 = c0, d9 = c0, d10 = c0, d11 = c0;
     for (uint64_t i = 0; i < iters; i++) {
-#pragma GCC unroll 24
-        for (int j = 0; j < 24; j++)
-            acc[j] = _mm512_dpbusd_epi32(acc[j], u, (j & 1) ? v : w);
-        u = _mm512_add_epi32(u, v);
+        DP512(c0, v); DP512(c1, w); DP512(c2, v); DP512(c3, w); DP512(c4, v); DP512(c5, w);
+        DP512(c6, v); DP512(c7, w); DP512(c8, v); DP512(c9, w); DP512(c10, v); DP512(c11, w);
+        DP512(d0, v); DP512(d1, w); DP512(d2, v); DP512(d3, w); DP512(d4, v); DP512(d5, w);
+        DP512(d6, v); DP512(d7, w); DP512(d8, v); DP512(d9, w); DP512(d10, v); DP512(d11, w);
     }
+    __m512i x[24] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11};
     for (int j = 1; j < 24; j++)
-        acc[0] = _mm512_add_epi32(acc[0], acc[j]);
-    return (float)_mm512_reduce_add_epi32(acc[0]);
+        x[0] = _mm512_add_epi32(x[0], x[j]);
+    return (float)_mm512_reduce_add_epi32(x[0]);
 }
+#undef DP512
 
 /* A chain of dependent integer adds (one per cycle): the running clock. */
 static uint64_t add_chain_loop(uint64_t iters)
@@ -461,8 +482,8 @@ static void *probe_thread(void *p)
 #if BENCH_X86
     if (a->kind == PROBE_FMA256) a->sink = fma256_loop(a->iters), per_iter = 192;
     else if (a->kind == PROBE_FMA512) a->sink = fma512_loop(a->iters), per_iter = 512;
-    else if (a->kind == PROBE_MADD16) a->sink = madd16_loop(a->iters), per_iter = 384;
-    else if (a->kind == PROBE_MADDUBS) a->sink = maddubs_loop(a->iters), per_iter = 768;
+    else if (a->kind == PROBE_MADD16) a->sink = madd16_loop(a->iters), per_iter = 256;
+    else if (a->kind == PROBE_MADDUBS) a->sink = maddubs_loop(a->iters), per_iter = 512;
     else if (a->kind == PROBE_DPBUSD256) a->sink = dpbusd256_loop(a->iters), per_iter = 768;
     else if (a->kind == PROBE_DPBUSD512) a->sink = dpbusd512_loop(a->iters), per_iter = 3072;
     else if (a->kind == PROBE_STREAM)
@@ -504,7 +525,7 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
     probe_thread(&cal);
     pthread_barrier_destroy(&b1);
     double per_iter = kind == PROBE_FMA256 ? 192 : kind == PROBE_FMA512 ? 512 : kind == PROBE_STREAM ? STREAM_BYTES
-                      : kind == PROBE_MADD16 ? 384 : kind == PROBE_MADDUBS ? 768 : kind == PROBE_DPBUSD256 ? 768
+                      : kind == PROBE_MADD16 ? 256 : kind == PROBE_MADDUBS ? 512 : kind == PROBE_DPBUSD256 ? 768
                       : kind == PROBE_DPBUSD512 ? 3072 : 8;
     uint64_t iters = (uint64_t)(seconds_s * cal.rate / per_iter) + 1;
     double best = 0, best_min = 0, best_fg = 0;
@@ -554,9 +575,102 @@ static int run_probe(int kind, size_t n, double seconds_s, int reps)
     return 0;
 }
 
+/* ---------------------------------------------------------------- hand-off probe */
+
+/* The partner of the hand-off probe: answers every post of `go` with a
+ * post of `done` (sleeping mode), or every new value of `flag` with the
+ * same value in `back` (spinning mode), until stop. */
+typedef struct handoff {
+    sem_t go, done;
+    atomic_uint flag, back;
+    atomic_int stop;
+} handoff;
+
+static void *handoff_sleeper(void *p)
+{
+    handoff *h = p;
+    for (;;) {
+        while (sem_wait(&h->go) != 0)
+            ;
+        if (atomic_load(&h->stop))
+            return NULL;
+        sem_post(&h->done);
+    }
+}
+
+static void *handoff_spinner(void *p)
+{
+    handoff *h = p;
+    for (unsigned last = 0;;) {
+        unsigned f;
+        while ((f = atomic_load_explicit(&h->flag, memory_order_acquire)) == last)
+            if (atomic_load_explicit(&h->stop, memory_order_relaxed))
+                return NULL;
+        last = f;
+        atomic_store_explicit(&h->back, f, memory_order_release);
+    }
+}
+
+/* Round trips to a thread woken through a semaphore after it has slept
+ * `gap_us` (what a dcn_team paid per split layer before it spun), and to a
+ * thread spinning on a flag (what it pays now): the median of n, in us.
+ * One JSON line; returns 0, or -1 when no thread can be started. */
+static int run_handoff(void)
+{
+    enum { N = 1000 };
+    static double t[N];
+    handoff h = {0};
+    pthread_t th;
+    sem_init(&h.go, 0, 0);
+    sem_init(&h.done, 0, 0);
+    if (pthread_create(&th, NULL, handoff_sleeper, &h) != 0)
+        return -1;
+    double us[3];
+    static const unsigned gaps[2] = {0, 50};
+    for (int g = 0; g < 2; g++) {
+        for (int i = 0; i < N; i++) {
+            double w = now_s() + gaps[g] * 1e-6;
+            while (now_s() < w)
+                ;
+            double t0 = now_s();
+            sem_post(&h.go);
+            while (sem_wait(&h.done) != 0)
+                ;
+            t[i] = (now_s() - t0) * 1e6;
+        }
+        qsort(t, N, sizeof *t, cmp_double);
+        us[g] = t[N / 2];
+    }
+    atomic_store(&h.stop, 1);
+    sem_post(&h.go);
+    pthread_join(th, NULL);
+    atomic_store(&h.stop, 0);
+    if (pthread_create(&th, NULL, handoff_spinner, &h) != 0)
+        return -1;
+    for (unsigned i = 1; i <= N; i++) {
+        double t0 = now_s();
+        atomic_store_explicit(&h.flag, i, memory_order_release);
+        while (atomic_load_explicit(&h.back, memory_order_acquire) != i)
+            ;
+        t[i - 1] = (now_s() - t0) * 1e6;
+    }
+    atomic_store(&h.stop, 1);
+    pthread_join(th, NULL);
+    qsort(t, N, sizeof *t, cmp_double);
+    us[2] = t[N / 2];
+    sem_destroy(&h.go);
+    sem_destroy(&h.done);
+    printf("{\"kind\": \"peak\", \"test\": \"handoff\", \"threads\": 2, \"us_sleeping\": %.3f, "
+           "\"us_sleeping_50us\": %.3f, \"us_spinning\": %.3f, \"round_trips\": %d}\n",
+           us[0], us[1], us[2], N);
+    fflush(stdout);
+    return 0;
+}
+
 /* `peak`: clock, AVX2 FMA and (where the CPU has it) AVX-512 FMA throughput,
  * the integer dot products (vpdpbusd where the CPU has VNNI) per thread count,
- * each the best of 3 runs of min(--min-time, 0.3) s.
+ * each the best of 3 runs of min(--min-time, 0.3) s; with 2 threads, the
+ * hand-off probe too.
  * Prints nothing but a note on non-x86 machines. */
 static int cmd_peak(const opts *o)
 {
@@ -577,6 +691,7 @@ static int cmd_peak(const opts *o)
         if (hasvnni256) run_probe(PROBE_DPBUSD256, n, s, 3);
         if (hasvnni512) run_probe(PROBE_DPBUSD512, n, s, 3);
         if (has256) run_probe(PROBE_STREAM, n, s, 3);
+        if (n == 2) run_handoff();
     }
 #else
     (void)o;
