@@ -213,7 +213,11 @@ size_t dcn_scratch_rows(const dcn_scratch *s);
 const dcn_model *dcn_scratch_model(const dcn_scratch *s);
 
 /* helpers threads (1..255) that one scratch at a time may use; NULL if the
- * threads or memory cannot be had. dcn_team_free joins them. */
+ * threads or memory cannot be had. dcn_team_free joins them. While a
+ * dcn_score with the team runs, its helpers spin between layers rather
+ * than sleep (a wake-up through the kernel can cost as much as a layer);
+ * they sleep when it returns, or after DCN_TEAM_SPIN_US microseconds
+ * without work (read here; default 200, 0: never spin). */
 typedef struct dcn_team dcn_team;
 dcn_team *dcn_team_new(size_t helpers);
 void dcn_team_free(dcn_team *t); /* NULL is fine; not while a scratch scores with it */
