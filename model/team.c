@@ -36,12 +36,16 @@
  *   one, for at most DCN_TEAM_SPIN_US (200 us), and the caller spins for
  *   `left`. Outside a burst, or past that time, a waiter sleeps on its
  *   semaphore. Sleeping follows one protocol for both: the waiter sets its
- *   `sleeping` flag, then looks at what it waits for once more; the waker
- *   changes what is waited for, then takes the flag (exchange) and posts
- *   only if it was set. Both sides use sequentially consistent
- *   operations, so at least one sees the other; whichever clears the flag
- *   decides whether a post is owed, and a waiter that finds the flag taken
- *   consumes that post. A spinning helper spends a core only while its
+ *   flag (a helper's `sleeping`, the caller's `waiting`), then looks at
+ *   what it waits for once more; the waker changes what is waited for,
+ *   then takes the flag (exchange) and posts only if it was set. Both
+ *   sides use sequentially consistent operations, so at least one sees the
+ *   other; whichever clears the flag decides whether a post is owed, and a
+ *   waiter that finds the flag taken consumes that post. So posts and
+ *   waits pair up, but a post is not proof of what was waited for: a
+ *   waker held up between its change and its exchange (preempted) may
+ *   take a flag set for a later wait. Every waiter looks again after it
+ *   wakes. A spinning helper spends a core only while its
  *   batch is being scored, and the server lends a batch only idle
  *   workers' share of the cores.
  * - Results equal the unsplit GEMM's bit for bit when no row group falls
@@ -138,6 +142,16 @@ static int spin_while(const atomic_uint *p, unsigned v, const atomic_int *spin, 
     }
 }
 
+/* Tests only: tests/model/stress_team.c includes this file with
+ * KTEAM_TEST_HOOKS defined, to stop a helper where preemption may stop it:
+ * between its decrement of `left` and its wake of the caller. */
+#ifdef KTEAM_TEST_HOOKS
+static void (*kteam_after_decrement)(void);
+#define AFTER_DECREMENT() (kteam_after_decrement ? kteam_after_decrement() : (void)0)
+#else
+#define AFTER_DECREMENT() ((void)0)
+#endif
+
 /* Wakes a waiter that may sleep on s with *sleeping set (see DESIGN);
  * call after changing what it waits for. */
 static void wake(atomic_int *sleeping, sem_t *s) {
@@ -158,7 +172,10 @@ static void *helper_main(void *arg) {
         seen = atomic_load_explicit(&h->seq, memory_order_acquire);
         if (atomic_load_explicit(&t->stop, memory_order_relaxed)) return NULL;
         run_job(&h->j);
-        if (atomic_fetch_sub_explicit(&t->left, 1, memory_order_acq_rel) == 1) wake(&t->waiting, &t->done);
+        if (atomic_fetch_sub_explicit(&t->left, 1, memory_order_acq_rel) == 1) {
+            AFTER_DECREMENT();
+            wake(&t->waiting, &t->done);
+        }
     }
 }
 kteam *kteam_new(size_t helpers) {
@@ -269,16 +286,19 @@ void kteam_gemm_grid(kteam *t, const kern_set *ks, size_t rgroups, size_t cgroup
     t->jobs += n - 1;
     job j0 = share(ks, x, ldx, L, rg, n_rg, y, ldy, e, 0, m / rgroups, 0, panels / cgroups);
     run_job(&j0);
-    /* Wait for left == 0: spin, then sleep (see DESIGN). */
+    /* Wait for left == 0: spin, then sleep (see DESIGN). A post of done
+     * only says that some helper took the flag: the last helper of the
+     * GEMM before, held up between its decrement and its wake(), may take
+     * the flag set for this one. So left is looked at again after each. */
     uint64_t t0 = 0;
     for (unsigned i = 1; atomic_load_explicit(&t->left, memory_order_acquire); i++) {
         if (spun_out(&t0, i, t->spin_ns)) {
             atomic_store(&t->waiting, 1);
             if (!atomic_load(&t->left) && atomic_exchange(&t->waiting, 0)) break; /* no post owed */
             sem_take(&t->done);
-            break;
+        } else {
+            cpu_relax();
         }
-        cpu_relax();
     }
 }
 

@@ -12,8 +12,22 @@
  * with every split in turn, limiting the team's width now and then
  * (dcn_scratch_set_team_threads). Every score must equal, bit for bit, the
  * same batch scored on the main thread without a team before any thread
- * started, and every team must have run pieces of layers. Exits 0 on
- * success, 1 with a message otherwise.
+ * started, and every team must have run pieces of layers.
+ *
+ * Then the hand-off protocol alone: N_HANDOFF callers, all but one of
+ * their teams never spinning, each runs HANDOFF_GEMMS GEMMs split three
+ * ways through a kernel that only checks its job: it reads its view of
+ * the layer, works a while, reads it again (a job rewritten while it
+ * runs is caught) and stamps the GEMM's serial number into its share of y.
+ * After every GEMM the caller checks all three stamps: a caller that
+ * returned before a helper finished finds an old one. This file includes
+ * model/team.c itself, with its test hook: after every other GEMM its last
+ * helper stops for a while between its decrement of `left` and its wake of
+ * the caller, as a preempted helper may. A wake-up left over that way once
+ * let the next GEMM return before its jobs ran (a benchmark crashed 1 run
+ * in 40 under load); this check failed on every run then.
+ *
+ * Exits 0 on success, 1 with a message otherwise.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -21,6 +35,10 @@
 #include <string.h>
 
 #include "model/dcn.h"
+#define KTEAM_TEST_HOOKS
+#include "model/team.c" /* with its test hook; the library's team.o is then never linked */
+
+#include <time.h>
 
 #define MODEL_PATH "tests/golden/mix_sigmoid_shared.dcn"
 #define N_CALLERS 2
@@ -92,6 +110,87 @@ static void *caller(void *arg) {
     return NULL;
 }
 
+#define N_HANDOFF 3
+#define HANDOFF_GEMMS 600
+#define HANDOFF_NR 16
+
+static _Thread_local int is_caller;      /* this thread calls kteam_gemm_grid */
+static _Thread_local size_t last_serial; /* the GEMM this thread's last job belonged to */
+
+/* Busy for us microseconds. */
+static void work_us(long us) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    while ((t1.tv_sec - t0.tv_sec) * 1000000L + (t1.tv_nsec - t0.tv_nsec) / 1000 < us);
+}
+
+/* The kernel of the hand-off check: L->in carries the GEMM's serial. In
+ * odd GEMMs the caller's job is the long one, so the caller finds left at
+ * 0 by itself while the last helper is stopped in the hook; in even GEMMs
+ * the helpers' jobs are, so a caller woken by that helper's late post
+ * before they end would find a stamp missing. */
+static void stamp_gemm(size_t m, const float *x, size_t ldx, const klinear *L, const krange *rg, size_t n_rg, float *y,
+                       size_t ldy, const kepi *e) {
+    (void)m, (void)x, (void)ldx, (void)rg, (void)n_rg, (void)ldy, (void)e;
+    size_t serial = L->in;
+    work_us(serial % 2 ? (is_caller ? 100 : 5) : (is_caller ? 5 : 200));
+    CHECK(L->in == serial && L->out == HANDOFF_NR, "a job changed while it ran (serial %zu, now %zu)", serial, L->in);
+    y[0] = (float)serial;
+    last_serial = serial;
+}
+
+static const kern_set stamp_set = {.name = "stamp", .nr = HANDOFF_NR, .mr = 1, .gemm = stamp_gemm};
+static kteam *hteams[N_HANDOFF];
+
+/* The hook: after an odd GEMM's last job, the helper stops 300 us between
+ * its decrement and its wake, as a preempted helper may. */
+static void stall_helper(void) {
+    if (last_serial % 2) {
+        struct timespec d = {0, 300000};
+        nanosleep(&d, NULL);
+    }
+}
+
+/* One hand-off caller: HANDOFF_GEMMS GEMMs of 3 panels, one a thread. */
+static void *handoff_caller(void *arg) {
+    size_t c = (size_t)arg;
+    kteam *t = hteams[c];
+    is_caller = 1;
+    float bias[3 * HANDOFF_NR] = {0}, y[3 * HANDOFF_NR] = {0}, x[1] = {0};
+    krange rg = {0, 1};
+    kepi e = {0};
+    for (size_t i = 1; i <= HANDOFF_GEMMS; i++) {
+        klinear L = {.in = i, .out = 3 * HANDOFF_NR, .out_pad = 3 * HANDOFF_NR, .nr = HANDOFF_NR, .bias = bias};
+        kteam_gemm_grid(t, &stamp_set, 1, 3, 1, x, 1, &L, &rg, 1, y, 3 * HANDOFF_NR, &e);
+        for (size_t p = 0; p < 3; p++)
+            CHECK(y[p * HANDOFF_NR] == (float)i, "caller %zu, GEMM %zu: share %zu holds %g: the GEMM returned before its job ran",
+                  c, i, p, (double)y[p * HANDOFF_NR]);
+        if (i % 97 == 0) kteam_rest(t); /* the next GEMM starts a burst again */
+    }
+    kteam_rest(t);
+    return NULL;
+}
+
+/* The hand-off check (see the header); returns the GEMMs run. */
+static size_t handoff_check(void) {
+    kteam_after_decrement = stall_helper;
+    for (size_t c = 0; c < N_HANDOFF; c++) {
+        setenv("DCN_TEAM_SPIN_US", c == 0 ? "200" : "0", 1);
+        CHECK((hteams[c] = kteam_new(2)), "cannot make a team");
+    }
+    unsetenv("DCN_TEAM_SPIN_US");
+    pthread_t th[N_HANDOFF];
+    for (size_t c = 0; c < N_HANDOFF; c++) CHECK(!pthread_create(&th[c], NULL, handoff_caller, (void *)c), "pthread_create");
+    for (size_t c = 0; c < N_HANDOFF; c++) pthread_join(th[c], NULL);
+    for (size_t c = 0; c < N_HANDOFF; c++) {
+        CHECK(kteam_jobs(hteams[c]) == 2 * HANDOFF_GEMMS, "team %zu ran %zu jobs", c, kteam_jobs(hteams[c]));
+        kteam_free(hteams[c]);
+    }
+    return N_HANDOFF * HANDOFF_GEMMS;
+}
+
 int main(void) {
     char err[256];
     CHECK(dcn_open(MODEL_PATH, NULL, &model, err, sizeof err) == 0, "%s (run from the repository root)", err);
@@ -125,5 +224,9 @@ int main(void) {
     printf("stress_team: %d callers (one team always sleeping between jobs, one spinning first) x %zu splits x %d "
            "rounds of 1..%d rows: every score equals one thread's\n",
            N_CALLERS, N_GRIDS, ROUNDS, MAX_ROWS);
+    size_t gemms = handoff_check();
+    printf("stress_team: %zu GEMMs handed to helpers by %d callers at once: every job ran once, whole, before its "
+           "GEMM returned\n",
+           gemms, N_HANDOFF);
     return 0;
 }
