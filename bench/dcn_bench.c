@@ -348,20 +348,6 @@ __attribute__((target("avx512f"))) static float fma512_loop(uint64_t iters)
         __m256i t_;                                                                            \
         __asm__("vpmaddwd %2, %3, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t_) : "x"(b), "x"(a)); \
     } while (0)
-__attribute__((target("avx2"))) static float madd16_loop(uint64_t iters)
-{
-    __m256i a = _mm256_set1_epi16(3), b0 = _mm256_set1_epi16(5), b1 = _mm256_set1_epi16(7);
-    __m256i c0 = _mm256_set1_epi32(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-    for (uint64_t i = 0; i < iters; i++) {
-        MADD16(c0, b0); MADD16(c1, b1); MADD16(c2, b0); MADD16(c3, b1);
-        MADD16(c4, b0); MADD16(c5, b1); MADD16(c6, b0); MADD16(c7, b1);
-    }
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
-                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
-    return (float)_mm256_extract_epi32(s, 0);
-}
-#undef MADD16
-
 #define MADDUBS(acc, b)                                                                         \
     do {                                                                                       \
         __m256i t_;                                                                            \
@@ -369,19 +355,32 @@ __attribute__((target("avx2"))) static float madd16_loop(uint64_t iters)
                 : "+x"(acc), "=&x"(t_)                                                         \
                 : "x"(b), "x"(u), "x"(one));                                                   \
     } while (0)
+/* The loop of both: 8 accumulators, STEP(acc, p) and STEP(acc, q) in turn;
+ * returns lane 0 of their sum (what keeps the work alive). */
+#define INT8_ACC_LOOP(STEP, p, q)                                                                   \
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0; \
+    for (uint64_t i = 0; i < iters; i++) {                                                          \
+        STEP(c0, p); STEP(c1, q); STEP(c2, p); STEP(c3, q);                                         \
+        STEP(c4, p); STEP(c5, q); STEP(c6, p); STEP(c7, q);                                         \
+    }                                                                                               \
+    __m256i s_ = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)), \
+                                  _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7))); \
+    return (float)_mm256_extract_epi32(s_, 0)
+
+__attribute__((target("avx2"))) static float madd16_loop(uint64_t iters)
+{
+    __m256i a = _mm256_set1_epi16(3), b0 = _mm256_set1_epi16(5), b1 = _mm256_set1_epi16(7);
+    INT8_ACC_LOOP(MADD16, b0, b1);
+}
+
 __attribute__((target("avx2"))) static float maddubs_loop(uint64_t iters)
 {
     __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(5), w = _mm256_set1_epi8(-7), one = _mm256_set1_epi16(1);
-    __m256i c0 = _mm256_set1_epi32(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-    for (uint64_t i = 0; i < iters; i++) {
-        MADDUBS(c0, v); MADDUBS(c1, w); MADDUBS(c2, v); MADDUBS(c3, w);
-        MADDUBS(c4, v); MADDUBS(c5, w); MADDUBS(c6, v); MADDUBS(c7, w);
-    }
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
-                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
-    return (float)_mm256_extract_epi32(s, 0);
+    INT8_ACC_LOOP(MADDUBS, v, w);
 }
+#undef INT8_ACC_LOOP
 #undef MADDUBS
+#undef MADD16
 
 /* vpdpbusd, the roofs of the VNNI INT8 kernels: uint8 x int8, 4 products
  * summed into each int32 lane, one instruction (256-bit AVX-VNNI: 32
