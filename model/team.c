@@ -97,7 +97,7 @@ struct kteam {
     sem_t done;
     atomic_size_t left;  /* helpers' jobs of the current GEMM not finished */
     atomic_int waiting;  /* 1: the caller is asleep on done, or about to be */
-    atomic_int burst;    /* 1 from the first split GEMM to kteam_rest */
+    atomic_int burst;    /* 1 from kteam_wake or the first split GEMM to kteam_rest */
     atomic_int stop;
     size_t jobs; /* handed to helpers so far; only the caller's thread writes it */
     uint64_t spin_ns; /* DCN_TEAM_SPIN_US, read when the team is made */
@@ -167,7 +167,7 @@ static void *helper_main(void *arg) {
             if (spin_while(&h->seq, seen, &t->burst, t->spin_ns)) break;
             atomic_store(&h->sleeping, 1);
             if (atomic_load(&h->seq) != seen && atomic_exchange(&h->sleeping, 0)) break; /* no post owed */
-            sem_take(&h->go); /* a job, a stop, or kteam_gemm_grid's wake into a burst */
+            sem_take(&h->go); /* a job, a stop, or kteam_wake into a burst */
         }
         seen = atomic_load_explicit(&h->seq, memory_order_acquire);
         if (atomic_load_explicit(&t->stop, memory_order_relaxed)) return NULL;

@@ -15,8 +15,9 @@ size_t kteam_jobs(const kteam *t);    /* jobs its helpers ran; not while it runs
 /* Begins a burst ahead of the first split GEMM: the first `helpers`
  * helpers wake now and spin for their jobs (team.c). NULL is fine. */
 void kteam_wake(kteam *t, size_t helpers);
-/* Ends the burst the first split GEMM began: the helpers sleep now instead
- * of spinning for the next GEMM (team.c). NULL is fine. */
+/* Ends the burst that kteam_wake or the first split GEMM began: the
+ * helpers sleep now instead of spinning for the next GEMM (team.c). NULL
+ * is fine. */
 void kteam_rest(kteam *t);
 /* ks->gemm with the same arguments, its panels cut into contiguous shares:
  * the caller computes the first, each helper one other. Not reentrant. */
