@@ -38,17 +38,21 @@ DEPS_PKGS := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-
 # ---------------------------------------------------------------- library
 MODEL_SRC := model/dcn.c model/load.c model/idmap.c model/forward.c model/gguf.c model/kernels.c model/kern_scalar.c model/team.c \
              model/kern_avx2.c model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c \
-             model/kern_bf16_fma.c model/kern_bf16_512.c
+             model/kern_bf16_fma.c model/kern_bf16_512.c model/kern_amx.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 LIBDCN    := $(BUILD)/libdcn.a
 
-# Each instruction set in its own file with its own flags (chosen at run time).
-$(BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
-$(BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
-$(BUILD)/model/kern_avxvnni.o: KFLAGS := -mavx2 -mfma -mf16c -mavxvnni
-$(BUILD)/model/kern_vnni512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
-$(BUILD)/model/kern_bf16_fma.o: KFLAGS := -mavx2 -mfma -mf16c
-$(BUILD)/model/kern_bf16_512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+# Each instruction set in its own file with its own flags (chosen at run
+# time): KF_<file>, for this build and the fuzz build alike.
+KF_AVX512    := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
+KF_kern_avx2     := -mavx2 -mfma -mf16c
+KF_kern_avx512   := $(KF_AVX512) -mavx512bf16
+KF_kern_avxvnni  := -mavx2 -mfma -mf16c -mavxvnni
+KF_kern_vnni512  := $(KF_AVX512) -mavx512vnni
+KF_kern_bf16_fma := -mavx2 -mfma -mf16c
+KF_kern_bf16_512 := $(KF_AVX512) -mavx512bf16
+KF_kern_amx      := $(KF_AVX512) -mavx512vnni -mamx-tile -mamx-int8
+$(BUILD)/model/%.o: KFLAGS = $(KF_$(notdir $*))
 
 $(LIBDCN): $(MODEL_OBJ)
 	@mkdir -p $(@D)
@@ -89,11 +93,13 @@ TSAN_PYTESTS := test_server. test_lifecycle. test_golden_http. test_loops. test_
 # every machine of this project has, keeps SIMDe's 512-bit FMA fused (two
 # 256-bit halves), as the real instruction is: unfused, the emulated set
 # would round differently from the one it stands in for.
-EMU_SRC := model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c model/kern_bf16_512.c
+# The AMX kernel's tile instructions are emulated in C (tests/lib/amx_emu.h).
+EMU_SRC := model/kern_avx512.c model/kern_avxvnni.c model/kern_vnni512.c model/kern_bf16_512.c model/kern_amx.c
 EMU_OBJ := $(EMU_SRC:model/%.c=$(BUILD)/tests/emu/%.o)
+$(BUILD)/tests/emu/kern_amx.o: EMUFLAGS := -include tests/lib/amx_emu.h
 $(BUILD)/tests/emu/%.o: model/%.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -DKERN_EMULATED -include tests/lib/simde_x86.h -c -o $@ $<
+	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -DKERN_EMULATED -include tests/lib/simde_x86.h $(EMUFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/model/%: $(BUILD)/tests/model/%.o $(EMU_OBJ) $(LIBDCN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lcriterion -ljansson $(LDLIBS)
@@ -149,7 +155,9 @@ run: deps all
 # The golden parity test runs once more on the scalar kernels (the oracle),
 # once on the AVX-512 set (native, or emulated where the CPU lacks it: the
 # kernel tests print which), once on each VNNI INT8 kernel (AVX-VNNI under
-# the avx2 set, AVX512-VNNI under avx512), and once with small row chunks.
+# the avx2 set, AVX512-VNNI under avx512), once on AMX's tiles (emulated
+# where the CPU lacks them; every row count on tiles), and once with small
+# row chunks.
 unit: $(TEST_BIN) $(STRESS_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; $$t --jobs 2; done; \
 	for k in scalar avx512; do echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=$$k)"; \
@@ -157,6 +165,8 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 	for k in avx2:avxvnni avx512:avx512vnni; do \
 	  echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=$${k%:*} DCN_INT8_KERNEL=$${k#*:})"; \
 	  DCN_KERNELS=$${k%:*} DCN_INT8_KERNEL=$${k#*:} $(BUILD)/tests/model/test_golden --jobs 2; done; \
+	echo "== $(BUILD)/tests/model/test_golden (DCN_KERNELS=avx512 DCN_INT8_KERNEL=amx DCN_AMX_MIN_ROWS=1)"; \
+	DCN_KERNELS=avx512 DCN_INT8_KERNEL=amx DCN_AMX_MIN_ROWS=1 $(BUILD)/tests/model/test_golden --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_CHUNK_ROWS=7: chunk edges inside segments)"; \
 	DCN_CHUNK_ROWS=7 $(BUILD)/tests/model/test_golden --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_golden (DCN_TEST_TEAM=2 DCN_TEAM_MIN_BYTES=0: every layer split as planned)"; \
@@ -167,6 +177,8 @@ unit: $(TEST_BIN) $(STRESS_BIN)
 	DCN_KERNELS=scalar $(BUILD)/tests/model/test_team --jobs 2; \
 	echo "== $(BUILD)/tests/model/test_team (DCN_KERNELS=avx512 DCN_INT8_KERNEL=avx512vnni: column shares of the VNNI tiles)"; \
 	DCN_KERNELS=avx512 DCN_INT8_KERNEL=avx512vnni $(BUILD)/tests/model/test_team --jobs 2; \
+	echo "== $(BUILD)/tests/model/test_team (DCN_KERNELS=avx512 DCN_INT8_KERNEL=amx DCN_AMX_MIN_ROWS=1: column shares of the AMX tiles)"; \
+	DCN_KERNELS=avx512 DCN_INT8_KERNEL=amx DCN_AMX_MIN_ROWS=1 $(BUILD)/tests/model/test_team --jobs 2; \
 	for t in $(STRESS_BIN); do echo "== $$t"; $$t; done
 
 pytest: all
@@ -236,12 +248,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -fno-strict-aliasing -I. -
 FUZZ_XOBJ_request := proto/request.o proto/response.o server/score.o server/pool.o server/batch.o
 FUZZ_LIBS_request := -ljansson
 
-$(FUZZ_BUILD)/model/kern_avx2.o:   KFLAGS := -mavx2 -mfma -mf16c
-$(FUZZ_BUILD)/model/kern_avx512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
-$(FUZZ_BUILD)/model/kern_avxvnni.o: KFLAGS := -mavx2 -mfma -mf16c -mavxvnni
-$(FUZZ_BUILD)/model/kern_vnni512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
-$(FUZZ_BUILD)/model/kern_bf16_fma.o: KFLAGS := -mavx2 -mfma -mf16c
-$(FUZZ_BUILD)/model/kern_bf16_512.o: KFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+$(FUZZ_BUILD)/model/%.o: KFLAGS = $(KF_$(notdir $*))
 $(FUZZ_BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(KFLAGS) -c -o $@ $<

@@ -1088,6 +1088,17 @@ static int measure_pair(team *t, const row_pool *p, plan_fn plan_at, const void 
 
 /* Opens a model with its pages pre-faulted; exits the process on failure
  * (this is a command-line tool, not library code). */
+/* The kernel of the INT8 or BF16 layers (DCN_INT8_KERNEL and
+ * DCN_BF16_KERNEL name one), "-" for float layers and the scalar set. */
+static const char *dot_kernel(int int8, int bf16)
+{
+    const char *set = dcn_kernels_name();
+    if ((!int8 && !bf16) || !strcmp(set, "scalar"))
+        return "-";
+    int wide = !strcmp(set, "avx512");
+    return int8 ? kern_i8_get(wide)->name : kern_bf16_get(wide)->name;
+}
+
 static dcn_model *open_model(const char *path, int widen, int int8, int bf16)
 {
     char err[512];
@@ -1165,11 +1176,12 @@ static int cmd_run(const opts *o)
                    "\"samples_per_s\": %.2f, \"gflops\": %.3f, \"flops_per_row\": %.0f, "
                    "\"lat_ms_median\": %.4f, \"lat_ms_p99\": %.4f, \"lat_ms_mean\": %.4f, "
                    "\"lat_ms_min\": %.4f, \"foreign_cpu\": %.4f, \"steal\": %.4f, \"tries\": %d, "
-                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"int8\": %d, \"bf16\": %d, \"split\": \"%s\"}\n",
+                   "\"pool_rows\": %zu, \"packed_bytes\": %zu, \"widen\": %d, \"int8\": %d, \"bf16\": %d, \"split\": \"%s\", "
+                   "\"dot_kernel\": \"%s\"}\n",
                    dcn_kernels_name(), B, T, r.iters, sps, gflops, in->flops_per_row,
                    r.median_s * 1e3, r.p99_s * 1e3, r.mean_s * 1e3, r.min_s * 1e3, r.foreign,
                    r.steal, tries, pool_rows, in->packed_bytes, o->widen, in->int8, in->bf16,
-                   uses_cols(t, B) ? "team" : "rows");
+                   uses_cols(t, B) ? "team" : "rows", dot_kernel(in->int8, in->bf16));
             fflush(stdout);
             fprintf(stderr, "[dcn T=%zu] %-16s B=%5zu %12.1f samples/s %7.2f GFLOP/s p50 %8.3f ms "
                             "p99 %8.3f ms (%zu iters, fg %.2f)\n",

@@ -3,7 +3,8 @@
  * AVX-512 and VNNI flags and run by the avx512 set where the CPU has them
  * (kernels.c: kern_i8_get). The code is kern_vnni.inc, shared with the
  * AVX-VNNI kernel. Test binaries also hold it compiled against SIMDe
- * (KERN_EMULATED) as kern_i8_avx512vnni_emu.
+ * (KERN_EMULATED) as kern_i8_avx512vnni_emu. kern_amx.c includes this
+ * file with I8_INNER for its gemm alone (the AMX kernel's few-row path).
  *
  * DESIGN (why this shape; measured nowhere yet: bench/README.md, "INT8 on
  * VNNI", says what a machine with AVX-512 must run)

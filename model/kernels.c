@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static const kern_set *chosen;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
@@ -86,10 +88,20 @@ static void choose_dot(size_t (*avail)(const kern_dot **, size_t), const kern_do
     for (int wide = 0; wide < 2; wide++) {
         const kern_dot *c = dflt;
         for (size_t i = 0; i < n; i++)
-            if (!ks[i]->emulated && (wide || !ks[i]->wide)) c = ks[i];
+            if (!ks[i]->emulated && !ks[i]->by_name && (wide || !ks[i]->wide)) c = ks[i];
         for (size_t i = 0; force && i < n; i++)
             if (!strcmp(force, ks[i]->name) && (wide || !ks[i]->wide)) c = ks[i];
         out[wide] = c;
+    }
+    /* A name none answers to (a typo, or AMX on a CPU without it) must not
+     * pass unseen: the defaults serve, and stderr says so. */
+    int found = !force || !*force;
+    for (size_t i = 0; !found && i < n; i++) found = !strcmp(force, ks[i]->name);
+    if (!found) {
+        fprintf(stderr, "dcn: %s=%s names no kernel this CPU runs (it has:", env, force);
+        for (size_t i = 0; i < n; i++)
+            if (!ks[i]->emulated) fprintf(stderr, " %s", ks[i]->name);
+        fprintf(stderr, "); the avx2 set runs %s, the avx512 set %s\n", out[0]->name, out[1]->name);
     }
 }
 
@@ -109,6 +121,28 @@ int kern_cpu_vnni(int wide) {
     return wide ? cpu_has_avx512vnni() : cpu_has_avxvnni();
 }
 
+/* AMX: CPUID.(7,0):EDX bits 24 (AMX-TILE) and 25 (AMX-INT8); XCR0 bits
+ * 17 and 18 (the OS manages XTILECFG and XTILEDATA); and, on Linux, the
+ * process's permission for the 8 KiB tile state (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, 18), without which the first
+ * tile instruction kills the process. Asked once; a refusal (an old
+ * kernel, a seccomp filter) leaves AMX unused. */
+static int amx_ok;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void probe_amx(void) {
+    unsigned a, b, c, d, lo, hi;
+    if (!cpu_has_avx512vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d >> 24 & 1) || !(d >> 25 & 1)) return;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo >> 17 & 3) != 3) return;
+    amx_ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+int kern_cpu_amx(void) {
+    pthread_once(&amx_once, probe_amx);
+    return amx_ok;
+}
+
 size_t kern_i8_available(const kern_i8 **out, size_t max) {
     size_t n = 0;
     if (!cpu_has_avx2()) return 0;
@@ -121,6 +155,10 @@ size_t kern_i8_available(const kern_i8 **out, size_t max) {
         out[n++] = &kern_i8_avx512vnni;
     else if (n < max && &kern_i8_avx512vnni_emu)
         out[n++] = &kern_i8_avx512vnni_emu;
+    if (n < max && kern_cpu_amx())
+        out[n++] = &kern_i8_amx;
+    else if (n < max && &kern_i8_amx_emu)
+        out[n++] = &kern_i8_amx_emu;
     return n;
 }
 
@@ -252,7 +290,7 @@ float kern_weight(const klinear *L, size_t n, size_t k) {
 int kern_quantize(klinear *L, const float *smooth) {
     if (L->in > KQ_MAX_IN) return 0;
     size_t op = (L->out + KQ_NR - 1) / KQ_NR * KQ_NR, kq = (L->in + 3) / 4 * 4;
-    int8_t *wq = kern_alloc(op * kq);
+    int8_t *wq = kern_alloc(op * kq + KQ_SLACK);
     float *wsc = kern_alloc(op * sizeof(float));
     int32_t *wzc = kern_alloc(op * sizeof(int32_t));
     float *qsm = smooth ? malloc(L->in * sizeof *qsm) : NULL;
@@ -260,7 +298,7 @@ int kern_quantize(klinear *L, const float *smooth) {
         free(wq), free(wsc), free(wzc), free(qsm);
         return -1;
     }
-    memset(wq, 0, op * kq);
+    memset(wq, 0, op * kq + KQ_SLACK);
     for (size_t k = 0; smooth && k < L->in; k++) qsm[k] = 1.0f / smooth[k];
 #define SW(n, k) (smooth ? kern_weight(L, n, k) * smooth[k] : kern_weight(L, n, k))
     for (size_t n = 0; n < op; n++) {

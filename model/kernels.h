@@ -17,7 +17,8 @@
  *   carry an INT8 copy (kern_quantize): a GEMM over all of a layer's inputs
  *   then runs in INT8 (the scalar set has its reference; the avx2 and
  *   avx512 sets run the INT8 kernel kern_i8_get chooses: VNNI's vpdpbusd
- *   where the CPU has it, else the AVX2 vpmaddubsw kernel).
+ *   where the CPU has it, else the AVX2 vpmaddubsw kernel; AMX's tiles
+ *   where the CPU has them and DCN_INT8_KERNEL=amx names them).
  * - Or a BF16 dot-product copy (kern_bf16_pack): a GEMM over all of a
  *   layer's inputs then rounds its input rows to BF16 and sums pairs of
  *   BF16 products in float32, as vdpbf16ps does (the kernel kern_bf16_get
@@ -73,6 +74,10 @@ typedef struct klinear {
  * same 7-bit copy, so every kernel gives the same results. */
 #define KQ_WMAX 63
 #define KQ_NR 16
+/* Bytes allocated past an INT8 copy's last panel: the AMX kernel's last
+ * B tile of a panel may read up to 15 lines of 64 bytes past it (they
+ * meet zero activations; kern_amx.c). */
+#define KQ_SLACK 1024
 #define KQ_MAX_IN 65536 /* wider layers stay float */
 #define KQ_TINY 1e-30f  /* rows with max|x| below this quantize to zeros */
 
@@ -143,15 +148,19 @@ typedef struct kern_dot {
     const char *name;   /* "maddubs", "avxvnni", "avx512vnni"; "fma", "avx512bf16" */
     int emulated;       /* compiled against SIMDe for tests (KERN_EMULATED) */
     int wide;           /* 512-bit: only the avx512 set runs it */
+    int by_name;        /* served only where DCN_INT8_KERNEL names it (not yet measured) */
     kern_gemm_i8_fn gemm;
 } kern_dot;
 typedef kern_dot kern_i8;
 extern const kern_i8 kern_i8_maddubs;    /* AVX2 (kern_avx2.c) */
 extern const kern_i8 kern_i8_avxvnni;    /* AVX-VNNI, 256-bit (kern_avxvnni.c) */
 extern const kern_i8 kern_i8_avx512vnni; /* AVX512-VNNI, 512-bit (kern_vnni512.c) */
+extern const kern_i8 kern_i8_amx;        /* AMX tiles, by name only (kern_amx.c) */
 /* The same compiled against SIMDe: test binaries only (weak: NULL elsewhere). */
 extern const kern_i8 kern_i8_avxvnni_emu __attribute__((weak));
 extern const kern_i8 kern_i8_avx512vnni_emu __attribute__((weak));
+/* AMX's tile instructions emulated in C (tests/lib/amx_emu.h). */
+extern const kern_i8 kern_i8_amx_emu __attribute__((weak));
 /* The INT8 kernels this CPU can run, narrowest first (none without AVX2);
  * returns how many. In test binaries an emulated kernel stands in for each
  * the CPU lacks, as kern_available does for sets. */
@@ -159,6 +168,10 @@ size_t kern_i8_available(const kern_i8 **out, size_t max);
 /* Whether this CPU (and OS) runs vpdpbusd: 512-bit AVX512-VNNI (wide 1) or
  * 256-bit AVX-VNNI (wide 0). */
 int kern_cpu_vnni(int wide);
+/* Whether this CPU has AMX-TILE and AMX-INT8 (with AVX512-VNNI), the OS
+ * enables the tile state, and Linux granted this process its use (asked
+ * once, at the first call). */
+int kern_cpu_amx(void);
 /* The VNNI kernels' quantized rows (kern_vnni.inc), one buffer a thread
  * for both (a thread runs one kernel at a time): 256 KiB, 48 rows of up to
  * 5,461 inputs. */
@@ -191,7 +204,8 @@ int kern_cpu_avx512bf16(void);
 /* The INT8 kernel the avx2 set (wide 0) or the avx512 set (wide 1) runs,
  * chosen once per process: the widest native one that set may run, or the
  * one DCN_INT8_KERNEL names ("maddubs" keeps the pre-VNNI kernel for
- * comparison; an emulated one only so; a wide one never for the avx2 set). */
+ * comparison; an emulated one, or AMX, only so; a wide one never for the
+ * avx2 set). A name that no kernel here answers to is said on stderr once. */
 const kern_i8 *kern_i8_get(int wide);
 
 extern const kern_set kern_scalar;

@@ -300,12 +300,19 @@ static void check_dot_list(const char *what, const kern_dot **ks, size_t n, cons
         for (int wide = 0; wide < 2; wide++) cr_assert(!get(wide)->emulated, "an emulated kernel only by name");
 }
 
-/* On any CPU with AVX2 the three INT8 kernels are there, native or
- * emulated. */
+/* On any CPU with AVX2 the four INT8 kernels are there, native or
+ * emulated; AMX only by name, wherever it runs. */
 Test(kernels, every_int8_kernel_runs_native_or_emulated) {
-    const kern_i8 *ks[4];
-    size_t n = kern_i8_available(ks, 4);
-    check_dot_list("INT8", ks, n, kern_i8_get, 3, "maddubs", "DCN_INT8_KERNEL");
+    const kern_i8 *ks[5];
+    size_t n = kern_i8_available(ks, 5);
+    check_dot_list("INT8", ks, n, kern_i8_get, 4, "maddubs", "DCN_INT8_KERNEL");
+    if (n == 4) {
+        cr_assert_str_eq(ks[3]->name, "amx");
+        cr_assert(ks[3]->by_name && ks[3]->wide, "AMX: the avx512 set's, and only by name");
+        cr_assert_eq(!ks[3]->emulated, kern_cpu_amx(), "the AMX kernel is native exactly where the CPU has AMX");
+        const char *want = getenv("DCN_INT8_KERNEL");
+        if (!want || strcmp(want, "amx")) cr_assert_str_neq(kern_i8_get(1)->name, "amx", "AMX served unnamed");
+    }
 }
 
 /* One INT8 case for kernel k against the scalar INT8 reference: the same
@@ -374,8 +381,9 @@ static void check_i8_kernel(const kern_i8 *k, size_t m, size_t out, size_t in, i
  * 12; 5 rows of KQ_MAX_IN inputs: blocks of 4), every epilogue, with and
  * without smoothing; and the largest sums. */
 Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
-    const kern_i8 *ks[4];
-    size_t nk = kern_i8_available(ks, 4);
+    setenv("DCN_AMX_MIN_ROWS", "1", 1); /* AMX's tiles on every row count, not the VNNI kernel below 16 */
+    const kern_i8 *ks[5];
+    size_t nk = kern_i8_available(ks, 5);
     static const size_t rows[] = {1, 5, 6, 7, 13, 49, 100};
     for (size_t q = 0; q < nk; q++) {
         for (size_t i = 0; i < NSIZES; i++)
@@ -388,6 +396,13 @@ Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
         check_i8_kernel(ks[q], 7, 1023, 65, KEPI_CROSS, 0, 0);
         check_i8_kernel(ks[q], 30, 17, 20000, KEPI_BIAS, 0, 0);
         check_i8_kernel(ks[q], 5, 33, KQ_MAX_IN, KEPI_BIAS, 0, 1);
+        /* AMX: the widest rows its 16-row tiles take (kp x 16 = the rows
+         * buffer), one input more (the VNNI kernel then), and 3 panels of
+         * 64-input steps with a 65th row: 2 x 2 blocks, a lone panel and
+         * a lone row tile. */
+        check_i8_kernel(ks[q], 17, 20, 16384, KEPI_RELU, 0, 0);
+        check_i8_kernel(ks[q], 16, 3, 16385, KEPI_BIAS, 1, 0);
+        check_i8_kernel(ks[q], 65, 48, 128, KEPI_CROSS, 1, 1);
     }
 }
 
