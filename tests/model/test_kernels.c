@@ -8,6 +8,7 @@
  * host's huge-page setting as read; every INT8 and BF16 dot-product kernel
  * equals its scalar reference bit for bit. */
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,6 +314,19 @@ Test(kernels, every_int8_kernel_runs_native_or_emulated) {
         const char *want = getenv("DCN_INT8_KERNEL");
         if (!want || strcmp(want, "amx")) cr_assert_str_neq(kern_i8_get(1)->name, "amx", "AMX served unnamed");
     }
+}
+
+/* A DCN_INT8_KERNEL that names no kernel here (a typo; AMX where the CPU
+ * has none, in the server) is said on stderr, and the defaults serve. */
+Test(kernels, unknown_int8_kernel_name_is_said, .init = cr_redirect_stderr) {
+    setenv("DCN_INT8_KERNEL", "avx512vnnni", 1);
+    const kern_i8 *k = kern_i8_get(1);
+    const kern_i8 *ks[5];
+    size_t n = kern_i8_available(ks, 5);
+    fflush(stderr);
+    if (!n) return; /* no AVX2: no INT8 kernel to name */
+    cr_assert(!k->emulated && !k->by_name, "a default kernel serves");
+    cr_assert_stderr_neq_str("", "nothing said of DCN_INT8_KERNEL=avx512vnnni");
 }
 
 /* One INT8 case for kernel k against the scalar INT8 reference: the same
