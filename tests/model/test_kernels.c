@@ -410,12 +410,13 @@ Test(kernels, int8_kernels_equal_reference, .timeout = 300) {
         check_i8_kernel(ks[q], 7, 1023, 65, KEPI_CROSS, 0, 0);
         check_i8_kernel(ks[q], 30, 17, 20000, KEPI_BIAS, 0, 0);
         check_i8_kernel(ks[q], 5, 33, KQ_MAX_IN, KEPI_BIAS, 0, 1);
-        /* AMX: the widest rows its 16-row tiles take (kp x 16 = the rows
-         * buffer), one input more (the VNNI kernel then), and 3 panels of
+        /* AMX: the widest rows its 16-row tiles take (16 rows of 255
+         * lines of 64 bytes in the rows buffer), one input more (256
+         * lines, stored 257 apart: the VNNI kernel then), and 3 panels of
          * 64-input steps with a 65th row: 2 x 2 blocks, a lone panel and
          * a lone row tile. */
-        check_i8_kernel(ks[q], 17, 20, 16384, KEPI_RELU, 0, 0);
-        check_i8_kernel(ks[q], 16, 3, 16385, KEPI_BIAS, 1, 0);
+        check_i8_kernel(ks[q], 17, 20, 16320, KEPI_RELU, 0, 0);
+        check_i8_kernel(ks[q], 16, 3, 16321, KEPI_BIAS, 1, 0);
         check_i8_kernel(ks[q], 65, 48, 128, KEPI_CROSS, 1, 1);
     }
 }
