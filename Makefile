@@ -44,12 +44,13 @@ LIBDCN    := $(BUILD)/libdcn.a
 
 # Each instruction set in its own file with its own flags (chosen at run
 # time): KF_<file>, for this build and the fuzz build alike.
+KF_AVX2      := -mavx2 -mfma -mf16c
 KF_AVX512    := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
-KF_kern_avx2     := -mavx2 -mfma -mf16c
+KF_kern_avx2     := $(KF_AVX2)
 KF_kern_avx512   := $(KF_AVX512) -mavx512bf16
-KF_kern_avxvnni  := -mavx2 -mfma -mf16c -mavxvnni
+KF_kern_avxvnni  := $(KF_AVX2) -mavxvnni
 KF_kern_vnni512  := $(KF_AVX512) -mavx512vnni
-KF_kern_bf16_fma := -mavx2 -mfma -mf16c
+KF_kern_bf16_fma := $(KF_AVX2)
 KF_kern_bf16_512 := $(KF_AVX512) -mavx512bf16
 KF_kern_amx      := $(KF_AVX512) -mavx512vnni -mamx-tile -mamx-int8
 $(BUILD)/model/%.o: KFLAGS = $(KF_$(notdir $*))

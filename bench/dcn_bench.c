@@ -1086,8 +1086,6 @@ static int measure_pair(team *t, const row_pool *p, plan_fn plan_at, const void 
     return rc;
 }
 
-/* Opens a model with its pages pre-faulted; exits the process on failure
- * (this is a command-line tool, not library code). */
 /* The kernel of the INT8 or BF16 layers (DCN_INT8_KERNEL and
  * DCN_BF16_KERNEL name one), "-" for float layers and the scalar set. */
 static const char *dot_kernel(int int8, int bf16)
@@ -1099,6 +1097,8 @@ static const char *dot_kernel(int int8, int bf16)
     return int8 ? kern_i8_get(wide)->name : kern_bf16_get(wide)->name;
 }
 
+/* Opens a model with its pages pre-faulted; exits the process on failure
+ * (this is a command-line tool, not library code). */
 static dcn_model *open_model(const char *path, int widen, int int8, int bf16)
 {
     char err[512];

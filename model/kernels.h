@@ -145,10 +145,10 @@ typedef void (*kern_gemm_i8_fn)(size_t m, const float *x, size_t ldx, const klin
 /* A kernel of a layer's reduced-precision copy (INT8 here, BF16 below),
  * over all of its inputs. */
 typedef struct kern_dot {
-    const char *name;   /* "maddubs", "avxvnni", "avx512vnni"; "fma", "avx512bf16" */
-    int emulated;       /* compiled against SIMDe for tests (KERN_EMULATED) */
+    const char *name;   /* "maddubs", "avxvnni", "avx512vnni", "amx"; "fma", "avx512bf16" */
+    int emulated;       /* compiled against SIMDe (and amx_emu.h) for tests (KERN_EMULATED) */
     int wide;           /* 512-bit: only the avx512 set runs it */
-    int by_name;        /* served only where DCN_INT8_KERNEL names it (not yet measured) */
+    int by_name;        /* served only where DCN_INT8_KERNEL / DCN_BF16_KERNEL names it (not yet measured) */
     kern_gemm_i8_fn gemm;
 } kern_dot;
 typedef kern_dot kern_i8;
@@ -172,9 +172,10 @@ int kern_cpu_vnni(int wide);
  * enables the tile state, and Linux granted this process its use (asked
  * once, at the first call). */
 int kern_cpu_amx(void);
-/* The VNNI kernels' quantized rows (kern_vnni.inc), one buffer a thread
- * for both (a thread runs one kernel at a time): 256 KiB, 48 rows of up to
- * 5,461 inputs. */
+/* The VNNI and AMX kernels' quantized rows (kern_vnni.inc, kern_amx.c)
+ * and the BF16 kernels' rounded ones, one buffer a thread for all (a
+ * thread runs one kernel at a time): 256 KiB, 48 rows of up to 5,461
+ * inputs for VNNI. */
 #define KERN_I8_ROWS_BYTES ((size_t)256 << 10)
 extern _Thread_local uint8_t kern_i8_rows[KERN_I8_ROWS_BYTES];
 /* BF16 dot products over all of L's inputs (L->wbf set), the rule every
